@@ -1,0 +1,10 @@
+//! mnq: hardware co-design simulator for the integer non-linear units of vision transformers.
+//!
+//! See `README.md` for the commands and `../shared/design.md` for the module map.
+
+pub mod fixed;
+pub mod golden;
+pub mod io;
+pub mod report;
+pub mod sensitivity;
+pub mod units;

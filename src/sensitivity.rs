@@ -1,0 +1,1 @@
+//! SQNR metrics and sensitivity.

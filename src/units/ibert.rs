@@ -1,0 +1,616 @@
+//! I-BERT units (kssteven418/I-BERT @ 1b09c75): i-exp softmax, i-GELU and IntLayerNorm
+//! (`kernels.md` §1).
+//!
+//! Reference mode replays the float64 steps of the published code: the inner 16-bit QuantAct
+//! of the softmax, the `⌊rdiv⌋` normalisations, i-GELU's float64 products and LayerNorm's
+//! `torch.sqrt` and dynamic-shift rule. Integer mode is what hardware builds: a dyadic 16-bit
+//! requantiser, integer dividers, an integer square root and the integer shift rule.
+
+use super::ivit::{floor_div, ln_bias_and_scale};
+use super::{
+    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe,
+    Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+};
+use crate::fixed::{bit_length, div_round, int_range, isqrt, rdiv, round_half_even_f64, signed_width, Dyadic, QTensor, Rounding, Scale};
+
+/// Polynomial constants of I-BERT's i-exp, evaluated as the Python code does.
+pub(crate) const EXP_A: f64 = 0.35815147;
+/// `b = 0.96963238 / 0.35815147` (Python double division).
+pub(crate) fn exp_b() -> f64 {
+    0.96963238 / EXP_A
+}
+/// `c = 1 / 0.35815147`.
+pub(crate) fn exp_c() -> f64 {
+    1.0 / EXP_A
+}
+
+/// Constants of i-exp for one input scale (`kernels.md` §1.2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ExpConsts {
+    pub x0: i64,
+    pub b: i64,
+    pub c: i64,
+    pub n: u32,
+    pub upshift: u32,
+    /// Scale of the polynomial output `fl(a·fl(s·s))` (before `/2^n`).
+    pub poly_sf: f64,
+}
+
+impl ExpConsts {
+    /// Constants for scale `s`, with the input shifted left by `upshift` first.
+    pub fn new(s: f64, n: u32, upshift: u32) -> ExpConsts {
+        let s = s / 2f64.powi(upshift as i32);
+        let ss = s * s;
+        ExpConsts {
+            x0: rdiv(-0.6931, s).floor() as i64,
+            b: rdiv(exp_b(), s).floor() as i64,
+            c: rdiv(exp_c(), ss).floor().min(9.0e18) as i64,
+            n,
+            upshift,
+            poly_sf: EXP_A * ss,
+        }
+    }
+
+    /// Upshift so the polynomial has at least 2^10 levels (c_int ≥ 1024): fixes c_int = 0 at coarse scales.
+    pub fn auto_upshift(s: f64) -> u32 {
+        (0..24).find(|&p| ExpConsts::new(s, 30, p).c >= 1024).unwrap_or(24)
+    }
+
+    /// `E = max(0, z·2^(n−qq))` for `x = q − max ≤ 0` (before the upshift).
+    #[inline(always)]
+    pub fn exp<P: Probe>(&self, x: i64, p: &mut P) -> i64 {
+        let x = x << self.upshift;
+        p.see(x as i128);
+        let lim = i64::from(self.n) * self.x0;
+        let x = x.max(lim);
+        let qq = floor_div(x, self.x0);
+        let r = x - self.x0 * qq;
+        p.see((self.x0 * qq) as i128);
+        let t = r + self.b;
+        p.see(t as i128);
+        let rt = r as i128 * t as i128;
+        p.see(rt);
+        let z = rt + self.c as i128;
+        p.see(z);
+        let e = (z << (self.n as i64 - qq)).max(0);
+        p.see(e);
+        e as i64
+    }
+
+    /// The largest E (at the row maximum): `c·2^n`.
+    pub fn e_max(&self) -> i128 {
+        (self.c as i128) << self.n
+    }
+
+    /// Widths of the exponent datapath for inputs spanning `span` codes.
+    pub fn widths(&self, span: i64) -> u32 {
+        let xmin = -(i128::from(span) << self.upshift);
+        let r = i128::from(self.x0);
+        [
+            signed_width(xmin),
+            signed_width(i128::from(self.n) * r),
+            signed_width(r + i128::from(self.b)),
+            signed_width(r * (r + i128::from(self.b)).abs().max(i128::from(self.b))),
+            signed_width(i128::from(self.c) + r.abs() * i128::from(self.b)),
+            signed_width(self.e_max()),
+        ]
+        .into_iter()
+        .max()
+        .unwrap()
+    }
+}
+
+fn opt_param(v: Option<u32>) -> String {
+    v.map_or("auto".into(), |v| v.to_string())
+}
+
+fn parse_opt(unit: &'static str, param: &'static str, v: &str) -> Result<Option<u32>, UnitError> {
+    if v == "auto" {
+        Ok(None)
+    } else {
+        parse_param(unit, param, v).map(Some)
+    }
+}
+
+/// I-BERT IntSoftmax: i-exp, a 16-bit requantisation and normalisation (`kernels.md` §1.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Softmax {
+    /// Output bits `ob`: output in `[0, 2^ob]` (reference) with scale `2^−ob`.
+    pub out_bits: u32,
+    /// Polynomial range: inputs clamped at `n·x0` (reference 30).
+    pub n: u32,
+    /// Clamp the output to `2^ob − 1` so it fits `ob` bits (adapted) instead of reaching `2^ob`.
+    pub clamp_out: bool,
+    /// Input left shift before i-exp (reference 0; `None` = auto, keeps c_int ≥ 1024 at coarse scales).
+    pub upshift: Option<u32>,
+}
+
+impl Softmax {
+    /// Build from a preset.
+    pub fn preset(p: Preset) -> Softmax {
+        match p {
+            Preset::Reference => Softmax { out_bits: 8, n: 30, clamp_out: false, upshift: Some(0) },
+            Preset::Adapted => Softmax { out_bits: 8, n: 30, clamp_out: true, upshift: None },
+        }
+    }
+
+    fn consts(&self, x: &QTensor) -> Result<ExpConsts, UnitError> {
+        check_bits("softmax_ibert", x, 2, 24, None)?;
+        if !(2..=24).contains(&self.out_bits) || !(1..=40).contains(&self.n) {
+            return Err(UnitError::Param {
+                unit: "softmax_ibert",
+                param: "out_bits/n",
+                value: format!("{}/{}", self.out_bits, self.n),
+                why: "out_bits must be 2..=24 and n 1..=40".into(),
+            });
+        }
+        let s = x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "softmax_ibert", what: "softmax needs a per-tensor input scale".into() })?;
+        let up = self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s));
+        Ok(ExpConsts::new(s, self.n, up))
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+        let k = self.consts(x)?;
+        let (c, _) = rows(x);
+        let data = x.data();
+        let mut out = vec![0i64; data.len()];
+        let mut cond = Conditions::default();
+        let scale = Scale::PerTensor(2f64.powi(-(self.out_bits as i32)));
+        let top = if self.clamp_out { (1i64 << self.out_bits) - 1 } else { 1i64 << self.out_bits };
+        if k.c <= 0 {
+            // Reference: every E is 0, the sum is 0 and 0·∞ = NaN. Defined here as all zeros.
+            cond.add_n(Condition::ExpUnderflow, data.len() / c.max(1));
+            return Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() });
+        }
+        let e_max = k.e_max();
+        let osh = 32 - self.out_bits;
+        match mode {
+            Mode::Integer => {
+                // Hardware: E16 = RNE(E · m / 2^e) with the dyadic form of 32767 / E_max.
+                let d = Dyadic::from_ratio(32767.0 / e_max as f64);
+                fn req<Q: Probe>(e: i64, d: Dyadic, p: &mut Q) -> i64 {
+                    let prod = e as i128 * d.m as i128;
+                    p.see(prod);
+                    let v = crate::fixed::shift_round(prod, d.e as u32, Rounding::HalfEven).clamp(-32768, 32767) as i64;
+                    p.see(v as i128);
+                    v
+                }
+                let (lo, hi) = int_range(x.bits, x.signed);
+                let span = (hi - lo) as usize;
+                let table: Vec<i64> = if lut && data.len() > span {
+                    (0..=span as i64).map(|dd| req(k.exp(-dd, &mut NoProbe), d, &mut NoProbe)).collect()
+                } else {
+                    Vec::new()
+                };
+                let mut e16 = vec![0i64; c];
+                for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+                    let m = *row.iter().max().unwrap();
+                    let mut sum = 0i64;
+                    for (ei, &q) in e16.iter_mut().zip(row) {
+                        *ei = if table.is_empty() { req(k.exp(q - m, p), d, p) } else { table[(m - q) as usize] };
+                        sum += *ei;
+                    }
+                    p.see(sum as i128);
+                    let factor = (1i64 << 32) / sum;
+                    p.see(factor as i128);
+                    for (o, &ei) in orow.iter_mut().zip(&e16) {
+                        let prod = ei * factor;
+                        p.see(prod as i128);
+                        *o = (prod >> osh).min(top);
+                    }
+                }
+            }
+            Mode::Reference => {
+                // Replay of QuantAct(16) on the integer E (kernels.md §1.2), in float64.
+                let exp_sf = k.poly_sf / 2f64.powi(k.n as i32);
+                let act_sf = (e_max as f64).max(1e-8) / 32767.0;
+                let d = Dyadic::from_ratio(exp_sf / f64::from(act_sf as f32));
+                let mut e16 = vec![0f64; c];
+                for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+                    let m = *row.iter().max().unwrap();
+                    let mut sum = 0f64;
+                    for (ei, &q) in e16.iter_mut().zip(row) {
+                        let e = k.exp(q - m, p);
+                        if e as f64 >= 2f64.powi(53) {
+                            cond.add(Condition::InexactFloat);
+                        }
+                        let z16 = round_half_even_f64(e as f64 / exp_sf);
+                        let v = d.apply_f64(z16).clamp(-32768.0, 32767.0);
+                        *ei = (v * act_sf) / act_sf;
+                        sum += *ei;
+                    }
+                    let factor = rdiv(2f64.powi(32), sum).floor();
+                    for (o, &ei) in orow.iter_mut().zip(&e16) {
+                        *o = ((ei * factor) / 2f64.powi(osh as i32)).floor() as i64;
+                        *o = (*o).min(top);
+                    }
+                }
+            }
+        }
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+}
+
+impl Unit for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax_ibert"
+    }
+    fn op(&self) -> Op {
+        Op::Softmax
+    }
+    fn method(&self) -> Method {
+        Method::IBert
+    }
+    fn input_bits(&self) -> (u32, u32, Option<bool>) {
+        (2, 24, None)
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "output bits ob: scale 2^-ob" },
+            ParamInfo { name: "n", value: self.n.to_string(), doc: "i-exp polynomial range: inputs clamped at n*x0 (reference 30)" },
+            ParamInfo { name: "clamp_out", value: self.clamp_out.to_string(), doc: "clamp output to 2^ob-1 (adapted) instead of reaching 2^ob (reference)" },
+            ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before i-exp (reference 0; auto keeps c_int >= 1024)" },
+        ]
+    }
+    fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
+        let u = "softmax_ibert";
+        match name {
+            "out_bits" => self.out_bits = parse_param(u, "out_bits", value)?,
+            "n" => self.n = parse_param(u, "n", value)?,
+            "clamp_out" => self.clamp_out = parse_param(u, "clamp_out", value)?,
+            "upshift" => self.upshift = parse_opt(u, "upshift", value)?,
+            _ => return Err(unknown_param(u, name, &self.params())),
+        }
+        Ok(())
+    }
+    fn declared_width(&self, x: &QTensor, _aux: &Aux) -> Result<u32, UnitError> {
+        let k = self.consts(x)?;
+        let (lo, hi) = int_range(x.bits, x.signed);
+        let d = Dyadic::from_ratio(32767.0 / k.e_max().max(1) as f64);
+        let c = x.row_len() as i128;
+        Ok([
+            k.widths(hi - lo),
+            signed_width(k.e_max() * i128::from(d.m)),
+            signed_width(32767 * c),
+            signed_width(1i128 << 32),
+        ]
+        .into_iter()
+        .max()
+        .unwrap())
+    }
+    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, mode, &mut NoProbe, true)
+    }
+    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, Mode::Integer, probe, false)
+    }
+}
+
+/// i-GELU constants for one input scale (`kernels.md` §1.1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GeluConsts {
+    b: i64,
+    c: i64,
+    shift: i64,
+    n: u32,
+    s_out: f64,
+}
+
+/// I-BERT IntGELU (i-GELU): a second-order erf polynomial (`kernels.md` §1.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gelu {
+    /// erf output shift `n` (reference 14, tuned for int32 inputs); `None` = auto, keeping ~2^11 erf levels.
+    pub n: Option<u32>,
+    /// `k ≈ √2` (reference 1.4142).
+    pub k: f64,
+}
+
+const GELU_A: f64 = -0.2888;
+const GELU_B: f64 = -1.769;
+
+impl Gelu {
+    /// Build from a preset.
+    pub fn preset(p: Preset) -> Gelu {
+        match p {
+            Preset::Reference => Gelu { n: Some(14), k: 1.4142 },
+            Preset::Adapted => Gelu { n: None, k: 1.4142 },
+        }
+    }
+
+    fn consts(&self, s: f64) -> GeluConsts {
+        let se = s / self.k;
+        let ss = se * se;
+        let b = rdiv(GELU_B, se).floor() as i64;
+        let c = rdiv(1.0 / GELU_A, ss).floor().max(-9.0e18) as i64;
+        let n = self.n.unwrap_or_else(|| bit_length(c.unsigned_abs() as u128).saturating_sub(12));
+        let sig_sf = (ss * GELU_A) * 2f64.powi(n as i32);
+        let shift = rdiv(1.0, sig_sf).floor() as i64;
+        let s_out = (s * sig_sf) / 2.0;
+        GeluConsts { b, c, shift, n, s_out }
+    }
+
+    fn check(&self, x: &QTensor) -> Result<(), UnitError> {
+        check_bits("gelu_ibert", x, 2, 32, Some(true))?;
+        if !(self.k.is_finite() && self.k > 0.0) || self.n.is_some_and(|n| n > 60) {
+            return Err(UnitError::Param { unit: "gelu_ibert", param: "k/n", value: format!("{}/{:?}", self.k, self.n), why: "k must be positive, n at most 60".into() });
+        }
+        Ok(())
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+        self.check(x)?;
+        let c = x.row_len();
+        let consts: Vec<GeluConsts> = match &x.scale {
+            Scale::PerTensor(s) => vec![self.consts(*s)],
+            Scale::PerChannel(v) => v.iter().map(|s| self.consts(*s)).collect(),
+        };
+        let mut cond = Conditions::default();
+        let out: Vec<i64> = x
+            .data()
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let k = &consts[if consts.len() == 1 { 0 } else { i % c }];
+                match mode {
+                    Mode::Integer => {
+                        let a = q.abs().min(-k.b);
+                        let t = (a + k.b) as i128;
+                        let y = t * t + k.c as i128;
+                        p.see(y);
+                        let y = if q < 0 { -y } else if q == 0 { 0 } else { y };
+                        let erf = y >> k.n;
+                        let sum = erf + k.shift as i128;
+                        p.see(sum);
+                        let o = q as i128 * sum;
+                        p.see(o);
+                        o as i64
+                    }
+                    Mode::Reference => {
+                        let qf = q as f64;
+                        let a = qf.abs().min(-(k.b as f64));
+                        let t = a + k.b as f64;
+                        let y = t * t + k.c as f64;
+                        let y = qf.signum() * y * if q == 0 { 0.0 } else { 1.0 };
+                        let erf = (y / 2f64.powi(k.n as i32)).floor();
+                        let o = qf * (erf + k.shift as f64);
+                        if o.abs() >= 2f64.powi(53) {
+                            cond.add(Condition::InexactFloat);
+                        }
+                        o as i64
+                    }
+                }
+            })
+            .collect();
+        let scale = match &x.scale {
+            Scale::PerTensor(_) => Scale::PerTensor(consts[0].s_out),
+            Scale::PerChannel(_) => Scale::PerChannel(consts.iter().map(|k| k.s_out).collect()),
+        };
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+}
+
+impl Unit for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu_ibert"
+    }
+    fn op(&self) -> Op {
+        Op::Gelu
+    }
+    fn method(&self) -> Method {
+        Method::IBert
+    }
+    fn input_bits(&self) -> (u32, u32, Option<bool>) {
+        (2, 32, Some(true))
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo { name: "n", value: opt_param(self.n), doc: "erf shift n (reference 14, breaks below 16-bit inputs; auto keeps ~2^11 erf levels)" },
+            ParamInfo { name: "k", value: self.k.to_string(), doc: "sqrt(2) as written in the reference (1.4142)" },
+        ]
+    }
+    fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
+        let u = "gelu_ibert";
+        match name {
+            "n" => self.n = parse_opt(u, "n", value)?,
+            "k" => self.k = parse_param(u, "k", value)?,
+            _ => return Err(unknown_param(u, name, &self.params())),
+        }
+        Ok(())
+    }
+    fn declared_width(&self, x: &QTensor, _aux: &Aux) -> Result<u32, UnitError> {
+        self.check(x)?;
+        let qmax = 1i128 << (x.bits - 1);
+        Ok(x.scale
+            .values()
+            .iter()
+            .map(|s| {
+                let k = self.consts(*s);
+                let t = i128::from(k.b).abs().min(qmax);
+                let y = t * t + i128::from(k.c).abs();
+                let sum = (y >> k.n) + 1 + i128::from(k.shift).abs();
+                [signed_width(y), signed_width(-sum), signed_width(-qmax * sum)].into_iter().max().unwrap()
+            })
+            .max()
+            .unwrap())
+    }
+    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, mode, &mut NoProbe)
+    }
+    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, Mode::Integer, probe)
+    }
+}
+
+/// How I-BERT LayerNorm picks the variance shift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShiftRule {
+    /// The reference: start from `shift`, raise it when a variance reaches 2^32 (training-mode `overflow_handling`).
+    Dynamic(u32),
+    /// A frozen shift (the reference after `fix()`): variances ≥ 2^32 pass unnoticed.
+    Frozen(u32),
+    /// A static shift from the input width so the variance always fits 32 bits (adapted).
+    Static,
+}
+
+/// I-BERT IntLayerNorm (`kernels.md` §1.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNorm {
+    /// Variance shift rule.
+    pub shift: ShiftRule,
+}
+
+impl LayerNorm {
+    /// Build from a preset.
+    pub fn preset(p: Preset) -> LayerNorm {
+        match p {
+            Preset::Reference => LayerNorm { shift: ShiftRule::Dynamic(0) },
+            Preset::Adapted => LayerNorm { shift: ShiftRule::Static },
+        }
+    }
+
+    /// Static shift for `bits`-bit inputs and rows of `c`: `Σ (y >> t)^2 < 2^32` for any row.
+    pub fn static_shift(bits: u32, c: usize) -> u32 {
+        let worst = (1u128 << (2 * bits)) * c as u128; // |y| < 2^bits
+        (0..64).find(|t| worst >> (2 * t) < 1u128 << 32).unwrap_or(64)
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+        let u = "layernorm_ibert";
+        check_bits(u, x, 2, 32, Some(true))?;
+        x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: u, what: "IntLayerNorm needs a per-tensor input scale".into() })?;
+        let (c, nrows) = rows(x);
+        let (gamma, beta) = affine(u, aux, c)?;
+        let mut cond = Conditions::default();
+        let (bias, scale) = ln_bias_and_scale(gamma, beta, c, &mut cond);
+        let data = x.data();
+        // Pass 1: centre every row (the shift rule needs every row's variance first).
+        let mut y = vec![0i64; data.len()];
+        for (row, yrow) in data.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
+            let sum: i64 = row.iter().sum();
+            p.see(sum as i128);
+            let mean = div_round(sum as i128, c as i128, Rounding::HalfEven) as i64;
+            for (yi, &q) in yrow.iter_mut().zip(row) {
+                *yi = q - mean;
+                p.see(*yi as i128);
+            }
+        }
+        let var_of = |yrow: &[i64], sh: u32| -> i128 { yrow.iter().map(|&v| ((v >> sh) as i128).pow(2)).sum() };
+        let mut shift = match self.shift {
+            ShiftRule::Dynamic(s) | ShiftRule::Frozen(s) => s,
+            ShiftRule::Static => Self::static_shift(x.bits, c),
+        };
+        let mut vars: Vec<i128> = y.chunks_exact(c).map(|r| var_of(r, shift)).collect();
+        let limit = 1i128 << 32;
+        if matches!(self.shift, ShiftRule::Dynamic(_)) && vars.iter().any(|&v| v >= limit) {
+            let t = y
+                .chunks_exact(c)
+                .map(|r| {
+                    let v = var_of(r, 0);
+                    match mode {
+                        // ⌈log2(sqrt(V / 2^32))⌉ in float64, as the reference computes it.
+                        Mode::Reference => ((v as f64) / 2f64.powi(32)).sqrt().log2().ceil() as i64,
+                        // Smallest t with V ≤ 2^(32+2t).
+                        Mode::Integer => (0..64).find(|t| v <= 1i128 << (32 + 2 * t)).unwrap_or(64),
+                    }
+                })
+                .max()
+                .unwrap_or(0);
+            shift = shift.max(t.max(0) as u32);
+            vars = y.chunks_exact(c).map(|r| var_of(r, shift)).collect();
+        }
+        cond.add_n(Condition::VarianceOverflow, vars.iter().filter(|&&v| v >= limit).count());
+        let mut out = vec![0i64; data.len()];
+        for ((yrow, orow), &var) in y.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&vars) {
+            p.see(var);
+            let root = match mode {
+                Mode::Integer => isqrt(var as u128) as i64,
+                Mode::Reference => (var as f64).sqrt().floor() as i64,
+            };
+            let std = root << shift;
+            p.see(std as i128);
+            if std == 0 {
+                // Reference: 2^31 / 0 = inf, then NaN. Defined here as y = 0: the output is the bias.
+                cond.add(Condition::ZeroVariance);
+                orow.copy_from_slice(&bias);
+                continue;
+            }
+            let factor = match mode {
+                Mode::Integer => (1i64 << 31) / std,
+                Mode::Reference => rdiv(2f64.powi(31), std as f64).floor() as i64,
+            };
+            p.see(factor as i128);
+            for ((o, &yi), &b) in orow.iter_mut().zip(yrow).zip(&bias) {
+                let prod = yi as i128 * factor as i128;
+                p.see(prod);
+                let v = (prod >> 1) as i64 + b;
+                p.see(v as i128);
+                *o = v;
+            }
+        }
+        let _ = nrows;
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerChannel(scale), encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+}
+
+impl Unit for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layernorm_ibert"
+    }
+    fn op(&self) -> Op {
+        Op::LayerNorm
+    }
+    fn method(&self) -> Method {
+        Method::IBert
+    }
+    fn input_bits(&self) -> (u32, u32, Option<bool>) {
+        (2, 32, Some(true))
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![ParamInfo {
+            name: "shift",
+            value: match self.shift {
+                ShiftRule::Dynamic(s) => format!("dynamic:{s}"),
+                ShiftRule::Frozen(s) => format!("frozen:{s}"),
+                ShiftRule::Static => "static".into(),
+            },
+            doc: "variance shift: dynamic:S (reference training mode, starts at S), frozen:S (after fix()), static (adapted: from input bits, var < 2^32 always)",
+        }]
+    }
+    fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
+        let u = "layernorm_ibert";
+        if name != "shift" {
+            return Err(unknown_param(u, name, &self.params()));
+        }
+        self.shift = match value.split_once(':') {
+            Some(("dynamic", s)) => ShiftRule::Dynamic(parse_param(u, "shift", s)?),
+            Some(("frozen", s)) => ShiftRule::Frozen(parse_param(u, "shift", s)?),
+            None if value == "static" => ShiftRule::Static,
+            _ => return Err(UnitError::Param { unit: u, param: "shift", value: value.into(), why: "dynamic:S, frozen:S or static".into() }),
+        };
+        Ok(())
+    }
+    fn declared_width(&self, x: &QTensor, aux: &Aux) -> Result<u32, UnitError> {
+        check_bits("layernorm_ibert", x, 2, 32, Some(true))?;
+        let (c, _) = rows(x);
+        let (gamma, beta) = affine("layernorm_ibert", aux, c)?;
+        let (bias, _) = ln_bias_and_scale(gamma, beta, c, &mut Conditions::default());
+        let span = 1i128 << x.bits;
+        let bmax = bias.iter().map(|b| i128::from(*b).abs()).max().unwrap_or(0);
+        let prod = span * (1i128 << 31);
+        Ok([
+            signed_width(span * c as i128),
+            signed_width(span * span * c as i128),
+            signed_width(prod),
+            signed_width((prod >> 1) + bmax),
+        ]
+        .into_iter()
+        .max()
+        .unwrap())
+    }
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, mode, &mut NoProbe)
+    }
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, Mode::Integer, probe)
+    }
+}

@@ -1,0 +1,713 @@
+//! I-ViT units (zkkli/I-ViT @ 380ba99): Shiftmax, ShiftGELU, I-LayerNorm and the dyadic
+//! requantiser (`kernels.md` §0.2, §2).
+//!
+//! Reference and Integer modes agree on every input for Shiftmax, ShiftGELU and I-LayerNorm:
+//! the only float steps of the reference are per-row divisions `⌊rdiv(2^31−1, S)⌋`, which the
+//! Reference mode replays in float64 and the Integer mode computes as exact integer division;
+//! `tests/modes.rs` measures that they agree. The requantiser differs where `|z·m| ≥ 2^53`
+//! (float64 product rounded) and where the reference casts its output to float32.
+
+use super::{
+    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode,
+    NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+};
+use crate::fixed::{bit_length, fl32, int_range, rdiv, signed_width, ClampList, Dyadic, QTensor, Scale};
+
+/// Floor division for a negative divisor (`torch.floor(a / b)` on integers).
+#[inline(always)]
+pub(crate) fn floor_div(a: i64, b: i64) -> i64 {
+    let q = a / b;
+    if a % b != 0 && ((a < 0) != (b < 0)) {
+        q - 1
+    } else {
+        q
+    }
+}
+
+/// `int_exp_shift` (`kernels.md` §2.1) of one element `x` with `x0 = ⌊−1/s⌋`.
+/// Results above `cap` saturate to `cap` (only reachable for `x > 0`, where the caller clamps anyway).
+#[inline(always)]
+pub(crate) fn exp_shift<P: Probe>(x: i64, x0: i64, n: i64, cap: i64, p: &mut P) -> i64 {
+    let xe = x + (x >> 1) - (x >> 4);
+    p.see(xe as i128);
+    let lim = n * x0;
+    p.see(lim as i128);
+    let xc = xe.max(lim);
+    let qq = floor_div(xc, x0);
+    let x0qq = x0 * qq;
+    p.see(x0qq as i128);
+    let r = xc - x0qq;
+    let base = r - 2 * x0; // = 2·(r/2 − x0) > 0: the half bit of r/2 is kept
+    p.see(base as i128);
+    let sh = n - qq - 1;
+    let e = if sh < 0 {
+        base >> 1
+    } else if i64::from(bit_length(base as u128)) + sh > 62 || (base << sh) > cap {
+        cap
+    } else {
+        base << sh
+    };
+    p.see(e as i128);
+    e
+}
+
+/// `x0_int = ⌊−fl(1/s)⌋` of int_exp_shift.
+pub(crate) fn shift_x0(s: f64) -> i64 {
+    rdiv(-1.0, s).floor() as i64
+}
+
+/// Upshift `p` so that `|x0|` of `s/2^p` is at least 16: fixes the coarse-scale slope error (§2.2).
+fn auto_upshift(s: f64) -> u32 {
+    let mut p = 0;
+    while shift_x0(s / 2f64.powi(p as i32)).abs() < 16 && p < 16 {
+        p += 1;
+    }
+    p
+}
+
+/// `⌊(2^K − 1) / S⌋`: exact integer division, or the reference's `⌊fl(fl(1/S)·(2^K−1))⌋`.
+#[inline]
+fn recip_factor(k: u32, s: i64, mode: Mode) -> i64 {
+    let num = (1i64 << k) - 1;
+    match mode {
+        Mode::Integer => num / s,
+        Mode::Reference => rdiv(num as f64, s as f64).floor() as i64,
+    }
+}
+
+fn opt_param(v: Option<u32>) -> String {
+    v.map_or("auto".into(), |v| v.to_string())
+}
+
+fn parse_opt(unit: &'static str, param: &'static str, v: &str) -> Result<Option<u32>, UnitError> {
+    if v == "auto" {
+        Ok(None)
+    } else {
+        parse_param(unit, param, v).map(Some)
+    }
+}
+
+/// Shiftmax: I-ViT's integer softmax (`kernels.md` §2.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Softmax {
+    /// Output bits `ob`: output in `[0, 2^(ob−1)−1]`, scale `2^−(ob−1)`.
+    pub out_bits: u32,
+    /// `n` of int_exp_shift (exp clamped below `2^−n`); 15 in the reference.
+    pub n: u32,
+    /// Sum width `K`: sum clamped at and numerator `2^K − 1`; 31 in the reference; `None` = wide enough for the row.
+    pub sum_bits: Option<u32>,
+    /// Left shift of the input before the exponent (finer x0); 0 in the reference; `None` = auto.
+    pub upshift: Option<u32>,
+}
+
+impl Softmax {
+    /// Build from a preset.
+    pub fn preset(p: Preset) -> Softmax {
+        match p {
+            Preset::Reference => Softmax { out_bits: 16, n: 15, sum_bits: Some(31), upshift: Some(0) },
+            Preset::Adapted => Softmax { out_bits: 16, n: 15, sum_bits: None, upshift: None },
+        }
+    }
+
+    /// Per-tensor constants: (x0, upshift, K).
+    fn constants(&self, s: f64, row: usize) -> (i64, u32, u32) {
+        let p = self.upshift.unwrap_or_else(|| auto_upshift(s));
+        let x0 = shift_x0(s / 2f64.powi(p as i32));
+        let k = self.sum_bits.unwrap_or_else(|| {
+            let max_sum = (row.max(1) as u128) * (x0.unsigned_abs() as u128) << (self.n + 1);
+            bit_length(max_sum).max(31)
+        });
+        (x0, p, k)
+    }
+
+    fn check(&self, x: &QTensor) -> Result<f64, UnitError> {
+        check_bits("softmax_ivit", x, 2, 24, None)?;
+        if !(2..=32).contains(&self.out_bits) || self.n > 40 {
+            return Err(UnitError::Param {
+                unit: "softmax_ivit",
+                param: "out_bits/n",
+                value: format!("{}/{}", self.out_bits, self.n),
+                why: "out_bits must be 2..=32 and n at most 40".into(),
+            });
+        }
+        x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "softmax_ivit", what: "softmax needs a per-tensor input scale".into() })
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+        let s = self.check(x)?;
+        let (c, _) = rows(x);
+        let (x0, up, k) = self.constants(s, c);
+        let k = k.min(62);
+        if k + 1 < self.out_bits {
+            return Err(UnitError::Param { unit: "softmax_ivit", param: "sum_bits", value: k.to_string(), why: "must be at least out_bits − 1".into() });
+        }
+        let n = i64::from(self.n);
+        let cap = i64::MAX >> 1;
+        let (lo, hi) = int_range(x.bits, x.signed);
+        let span = (hi - lo) as usize;
+        let data = x.data();
+        // The exponent depends only on max − q: tabulate it when that is cheaper.
+        let table: Vec<i64> = if lut && data.len() > span {
+            (0..=span as i64).map(|d| exp_shift(-(d << up), x0, n, cap, &mut NoProbe)).collect()
+        } else {
+            Vec::new()
+        };
+        let shift = k + 1 - self.out_bits;
+        let limit = (1i64 << k) - 1;
+        let mut out = vec![0i64; data.len()];
+        let mut e = vec![0i64; c];
+        let mut cond = Conditions::default();
+        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let m = *row.iter().max().unwrap();
+            let mut sum: i64 = 0;
+            for (ei, &q) in e.iter_mut().zip(row) {
+                *ei = if table.is_empty() {
+                    let xv = (q - m) << up;
+                    p.see(xv as i128);
+                    exp_shift(xv, x0, n, cap, p)
+                } else {
+                    table[(m - q) as usize]
+                };
+                sum += *ei;
+            }
+            p.see(sum as i128);
+            if sum > limit {
+                cond.add(Condition::SumSaturated);
+            }
+            let sc = sum.min(limit);
+            let factor = recip_factor(k, sc, mode);
+            p.see(factor as i128);
+            for (o, &ei) in orow.iter_mut().zip(&e) {
+                let prod = ei as i128 * factor as i128;
+                p.see(prod);
+                *o = (prod >> shift) as i64;
+            }
+        }
+        Ok(UnitOutput {
+            values: out,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerTensor(f64::from(2f32.powi(-(self.out_bits as i32 - 1)))),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        })
+    }
+}
+
+impl Unit for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax_ivit"
+    }
+    fn op(&self) -> Op {
+        Op::Softmax
+    }
+    fn method(&self) -> Method {
+        Method::IVit
+    }
+    fn input_bits(&self) -> (u32, u32, Option<bool>) {
+        (2, 24, None)
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "output bits ob: range [0, 2^(ob-1)-1], scale 2^-(ob-1)" },
+            ParamInfo { name: "n", value: self.n.to_string(), doc: "exp clamp: e^x floored at 2^-n (reference 15)" },
+            ParamInfo { name: "sum_bits", value: opt_param(self.sum_bits), doc: "K: row sum clamped at 2^K-1 (reference 31; auto = wide enough, fixes the saturation bug)" },
+            ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before exp so x0=floor(-1/s) is accurate (reference 0; auto = |x0| >= 16)" },
+        ]
+    }
+    fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
+        let u = "softmax_ivit";
+        match name {
+            "out_bits" => self.out_bits = parse_param(u, "out_bits", value)?,
+            "n" => self.n = parse_param(u, "n", value)?,
+            "sum_bits" => self.sum_bits = parse_opt(u, "sum_bits", value)?,
+            "upshift" => self.upshift = parse_opt(u, "upshift", value)?,
+            _ => return Err(unknown_param(u, name, &self.params())),
+        }
+        Ok(())
+    }
+    fn declared_width(&self, x: &QTensor, _aux: &Aux) -> Result<u32, UnitError> {
+        let s = self.check(x)?;
+        let (c, _) = rows(x);
+        let (x0, up, k) = self.constants(s, c);
+        let (lo, hi) = int_range(x.bits, x.signed);
+        let xmin = -(i128::from(hi - lo) << up);
+        let emax = i128::from(x0.unsigned_abs() as i64) << (self.n + 1);
+        let widths = [
+            signed_width(xmin * 3 / 2 - 2),
+            signed_width(i128::from(self.n) * i128::from(x0) * 2),
+            signed_width(emax),
+            signed_width(emax * c as i128),
+            signed_width(emax.max((1i128 << k) - 1)),
+        ];
+        Ok(widths.into_iter().max().unwrap())
+    }
+    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, mode, &mut NoProbe, true)
+    }
+    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, Mode::Integer, probe, false)
+    }
+}
+
+/// ShiftGELU: I-ViT's integer GELU `x·σ(1.702x)` (`kernels.md` §2.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gelu {
+    /// Output bits `ob` of the sigmoid: σ in `[0, 2^(ob−1)−1]`.
+    pub out_bits: u32,
+    /// `n` of int_exp_shift; 23 in the reference.
+    pub n: u32,
+    /// Subtract the row maximum (reference) or `max(x, 0)` per element (adapted: element-wise, no saturation).
+    pub row_max: bool,
+    /// Left shift of the input before the exponent; 0 in the reference; `None` = auto.
+    pub upshift: Option<u32>,
+}
+
+impl Gelu {
+    /// Build from a preset.
+    pub fn preset(p: Preset) -> Gelu {
+        match p {
+            Preset::Reference => Gelu { out_bits: 8, n: 23, row_max: true, upshift: Some(0) },
+            Preset::Adapted => Gelu { out_bits: 8, n: 23, row_max: false, upshift: None },
+        }
+    }
+
+    fn check(&self, x: &QTensor) -> Result<f64, UnitError> {
+        check_bits("gelu_ivit", x, 2, 16, Some(true))?;
+        if !(2..=24).contains(&self.out_bits) || self.n > 40 {
+            return Err(UnitError::Param {
+                unit: "gelu_ivit",
+                param: "out_bits/n",
+                value: format!("{}/{}", self.out_bits, self.n),
+                why: "out_bits must be 2..=24 and n at most 40".into(),
+            });
+        }
+        x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "gelu_ivit", what: "ShiftGELU needs a per-tensor input scale".into() })
+    }
+
+    fn constants(&self, s: f64) -> (i64, u32) {
+        let s_sig = s * 1.702;
+        let up = self.upshift.unwrap_or_else(|| auto_upshift(s_sig));
+        (shift_x0(s_sig / 2f64.powi(up as i32)), up)
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+        let s = self.check(x)?;
+        let (x0, up) = self.constants(s);
+        let (c, _) = rows(x);
+        let n = i64::from(self.n);
+        let k = 31u32;
+        let limit = (1i64 << k) - 1;
+        let cap = 1i64 << k;
+        let shift = k + 1 - self.out_bits;
+        let data = x.data();
+        let mut out = vec![0i64; data.len()];
+        let mut cond = Conditions::default();
+        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let rmax = *row.iter().max().unwrap();
+            let em_row = exp_shift(-rmax << up, x0, n, cap, p);
+            for (o, &q) in orow.iter_mut().zip(row) {
+                let (m, em) = if self.row_max { (rmax, em_row) } else if q > 0 { (q, exp_shift(-q << up, x0, n, cap, p)) } else { (0, exp_shift(0, x0, n, cap, p)) };
+                let e = exp_shift((q - m) << up, x0, n, cap, p);
+                let sum = e + em;
+                p.see(sum as i128);
+                if sum > limit {
+                    cond.add(Condition::SumSaturated);
+                }
+                let factor = recip_factor(k, sum.min(limit), mode);
+                p.see(factor as i128);
+                let prod = e as i128 * factor as i128;
+                p.see(prod);
+                let sig = (prod >> shift) as i64;
+                let v = q * sig;
+                p.see(v as i128);
+                *o = v;
+            }
+        }
+        let s_out = fl32(f64::from(s as f32) * f64::from(2f32.powi(-(self.out_bits as i32 - 1))));
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerTensor(s_out), encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+}
+
+impl Unit for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu_ivit"
+    }
+    fn op(&self) -> Op {
+        Op::Gelu
+    }
+    fn method(&self) -> Method {
+        Method::IVit
+    }
+    fn input_bits(&self) -> (u32, u32, Option<bool>) {
+        (2, 16, Some(true))
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "sigmoid bits ob: sigma in [0, 2^(ob-1)-1] (reference 8)" },
+            ParamInfo { name: "n", value: self.n.to_string(), doc: "exp clamp 2^-n (reference 23)" },
+            ParamInfo { name: "row_max", value: self.row_max.to_string(), doc: "subtract the row max (reference, row-wise) or max(x,0) per element (adapted)" },
+            ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before exp (reference 0; auto = |x0| >= 16)" },
+        ]
+    }
+    fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
+        let u = "gelu_ivit";
+        match name {
+            "out_bits" => self.out_bits = parse_param(u, "out_bits", value)?,
+            "n" => self.n = parse_param(u, "n", value)?,
+            "row_max" => self.row_max = parse_param(u, "row_max", value)?,
+            "upshift" => self.upshift = parse_opt(u, "upshift", value)?,
+            _ => return Err(unknown_param(u, name, &self.params())),
+        }
+        Ok(())
+    }
+    fn declared_width(&self, x: &QTensor, _aux: &Aux) -> Result<u32, UnitError> {
+        let s = self.check(x)?;
+        let (x0, up) = self.constants(s);
+        let span = i128::from(int_range(x.bits, true).1) * 2 + 1;
+        let xmin = -(span << up);
+        let widths = [
+            signed_width(xmin * 3 / 2 - 2),
+            signed_width(-(span << up) * 3 / 2 - 2),
+            signed_width(i128::from(self.n) * i128::from(x0) * 2),
+            signed_width((1i128 << 31) * 2),
+            signed_width(i128::from(x0.unsigned_abs() as i64) << (self.n + 1)),
+            signed_width(-(1i128 << (x.bits - 1)) << (self.out_bits - 1)),
+        ];
+        Ok(widths.into_iter().max().unwrap())
+    }
+    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, mode, &mut NoProbe)
+    }
+    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, Mode::Integer, probe)
+    }
+}
+
+/// How I-LayerNorm starts its Newton square root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewtonStart {
+    /// A fixed start value (the reference: 2^16).
+    Fixed(u64),
+    /// `2^⌈bitlen(var)/2⌉`, at or above the root (a leading-zero count in hardware).
+    BitLength,
+}
+
+/// `dsq/2^30` of I-BERT/I-ViT LayerNorm: `fl32(fl32(sqrt(fl32(C))) / 2^30)`.
+pub(crate) fn ln_out_unit(c: usize) -> f64 {
+    let dsq = (c as f32).sqrt();
+    f64::from(dsq / 2f32.powi(30))
+}
+
+/// Per-channel `bias_int = ⌊fl(fl(β/γ) / sf)⌋` and output scale `sf·γ`, shared with I-BERT.
+pub(crate) fn ln_bias_and_scale(gamma: &[f32], beta: &[f32], c: usize, cond: &mut Conditions) -> (Vec<i64>, Vec<f64>) {
+    let sf = ln_out_unit(c);
+    let mut bias = Vec::with_capacity(c);
+    let mut scale = Vec::with_capacity(c);
+    for (&g, &b) in gamma.iter().zip(beta) {
+        let g = f64::from(g);
+        if g == 0.0 {
+            cond.add(Condition::ZeroGamma);
+            bias.push(0);
+        } else {
+            let v = ((f64::from(b) / g) / sf).floor();
+            bias.push(v.clamp(-9.0e18, 9.0e18) as i64);
+        }
+        scale.push(sf * g);
+    }
+    (bias, scale)
+}
+
+/// I-LayerNorm: I-ViT's integer LayerNorm with a fixed-step Newton square root (`kernels.md` §2.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNorm {
+    /// Number of Newton steps (reference 10, no convergence test).
+    pub newton_steps: u32,
+    /// Start value of the Newton iteration.
+    pub start: NewtonStart,
+}
+
+impl LayerNorm {
+    /// Build from a preset.
+    pub fn preset(p: Preset) -> LayerNorm {
+        match p {
+            Preset::Reference => LayerNorm { newton_steps: 10, start: NewtonStart::Fixed(1 << 16) },
+            Preset::Adapted => LayerNorm { newton_steps: 10, start: NewtonStart::BitLength },
+        }
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+        let u = "layernorm_ivit";
+        check_bits(u, x, 2, 32, Some(true))?;
+        x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: u, what: "I-LayerNorm needs a per-tensor input scale".into() })?;
+        let (c, _) = rows(x);
+        let (gamma, beta) = affine(u, aux, c)?;
+        let mut cond = Conditions::default();
+        let (bias, scale) = ln_bias_and_scale(gamma, beta, c, &mut cond);
+        let data = x.data();
+        let mut out = vec![0i64; data.len()];
+        let mut y = vec![0i64; c];
+        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let sum: i64 = row.iter().sum();
+            p.see(sum as i128);
+            let mean = crate::fixed::div_round(sum as i128, c as i128, crate::fixed::Rounding::HalfEven) as i64;
+            let mut var: i128 = 0;
+            for (yi, &q) in y.iter_mut().zip(row) {
+                *yi = q - mean;
+                p.see(*yi as i128);
+                var += (*yi as i128) * (*yi as i128);
+            }
+            p.see(var);
+            if var == 0 {
+                cond.add(Condition::ZeroVariance);
+            }
+            let mut k: i128 = match self.start {
+                NewtonStart::Fixed(v) => v as i128,
+                NewtonStart::BitLength => 1i128 << bit_length(var as u128).div_ceil(2),
+            };
+            for _ in 0..self.newton_steps {
+                // k >= 1 always in the reference; the guard only matters for custom starts.
+                k = ((k + var / k.max(1)) >> 1).max(1);
+                p.see(k);
+            }
+            let std = k as i64;
+            let factor = match mode {
+                Mode::Integer => ((1i64 << 31) - 1) / std,
+                Mode::Reference => rdiv(((1i64 << 31) - 1) as f64, std as f64).floor() as i64,
+            };
+            p.see(factor as i128);
+            for ((o, &yi), &b) in orow.iter_mut().zip(&y).zip(&bias) {
+                let prod = yi as i128 * factor as i128;
+                p.see(prod);
+                let v = (prod >> 1) as i64 + b;
+                p.see(v as i128);
+                *o = v;
+            }
+        }
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerChannel(scale), encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+}
+
+impl Unit for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layernorm_ivit"
+    }
+    fn op(&self) -> Op {
+        Op::LayerNorm
+    }
+    fn method(&self) -> Method {
+        Method::IVit
+    }
+    fn input_bits(&self) -> (u32, u32, Option<bool>) {
+        (2, 32, Some(true))
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo { name: "newton_steps", value: self.newton_steps.to_string(), doc: "Newton iterations of the integer sqrt (reference 10)" },
+            ParamInfo {
+                name: "start",
+                value: match self.start {
+                    NewtonStart::Fixed(v) => v.to_string(),
+                    NewtonStart::BitLength => "bitlength".into(),
+                },
+                doc: "Newton start: a fixed value (reference 65536) or 'bitlength' = 2^ceil(bitlen(var)/2) (adapted)",
+            },
+        ]
+    }
+    fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
+        let u = "layernorm_ivit";
+        match name {
+            "newton_steps" => self.newton_steps = parse_param(u, "newton_steps", value)?,
+            "start" => {
+                self.start = if value == "bitlength" {
+                    NewtonStart::BitLength
+                } else {
+                    let v: u64 = parse_param(u, "start", value)?;
+                    if v == 0 {
+                        return Err(UnitError::Param { unit: u, param: "start", value: value.into(), why: "must be at least 1".into() });
+                    }
+                    NewtonStart::Fixed(v)
+                }
+            }
+            _ => return Err(unknown_param(u, name, &self.params())),
+        }
+        Ok(())
+    }
+    fn declared_width(&self, x: &QTensor, aux: &Aux) -> Result<u32, UnitError> {
+        check_bits("layernorm_ivit", x, 2, 32, Some(true))?;
+        let (c, _) = rows(x);
+        let (gamma, beta) = affine("layernorm_ivit", aux, c)?;
+        let (bias, _) = ln_bias_and_scale(gamma, beta, c, &mut Conditions::default());
+        let span = 1i128 << x.bits; // |q - mean| < 2^bits
+        let var = span * span * c as i128;
+        let bmax = bias.iter().map(|b| i128::from(*b).abs()).max().unwrap_or(0);
+        let kmax = match self.start {
+            NewtonStart::Fixed(v) => i128::from(v).max(var),
+            NewtonStart::BitLength => 2 * var.max(1),
+        };
+        let prod = span * (1i128 << 31);
+        let widths = [
+            signed_width(span * c as i128),
+            signed_width(var),
+            signed_width(kmax),
+            signed_width(prod),
+            signed_width((prod >> 1) + bmax),
+        ];
+        Ok(widths.into_iter().max().unwrap())
+    }
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, mode, &mut NoProbe)
+    }
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, Mode::Integer, probe)
+    }
+}
+
+/// Dyadic requantisation `fixedpoint_mul` of I-ViT / I-BERT (`kernels.md` §0.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requant {
+    /// Output bits.
+    pub out_bits: u32,
+    /// Which output widths are clamped.
+    pub clamp: ClampList,
+    family: Method,
+}
+
+impl Requant {
+    /// Build from a preset for the I-ViT or I-BERT flavour (they differ in the clamp list).
+    pub fn preset(p: Preset, family: Method) -> Requant {
+        let clamp = match (p, family) {
+            (Preset::Adapted, _) => ClampList::Always,
+            (Preset::Reference, Method::IBert) => ClampList::IBert,
+            (Preset::Reference, _) => ClampList::IVit,
+        };
+        Requant { out_bits: 8, clamp, family }
+    }
+
+    /// The dyadic multiplier for one input scale: `frexp(fl64(s_in / f64(f32(s_out))))`.
+    pub fn dyadic(s_in: f64, s_out: f64) -> Dyadic {
+        Dyadic::from_ratio(s_in / fl32(s_out))
+    }
+
+    fn name_of(&self) -> &'static str {
+        if self.family == Method::IBert {
+            "requant_ibert"
+        } else {
+            "requant_ivit"
+        }
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+        let u = self.name_of();
+        check_bits(u, x, 2, 48, Some(true))?;
+        if !(2..=32).contains(&self.out_bits) {
+            return Err(UnitError::Param { unit: u, param: "out_bits", value: self.out_bits.to_string(), why: "must be 2..=32".into() });
+        }
+        let s_out = match &aux.out_scale {
+            Some(Scale::PerTensor(s)) if s.is_finite() && *s > 0.0 => *s,
+            _ => return Err(UnitError::Aux { unit: u, what: "requantiser needs a positive per-tensor output scale (--out-scale)".into() }),
+        };
+        let c = x.row_len();
+        let dy: Vec<Dyadic> = (0..c).map(|i| Self::dyadic(x.scale.at(i), s_out)).collect();
+        let id = match &aux.identity {
+            Some(t) => {
+                if t.shape() != x.shape() {
+                    return Err(UnitError::Aux { unit: u, what: format!("identity branch shape {:?} differs from input shape {:?}", t.shape(), x.shape()) });
+                }
+                let d: Vec<Dyadic> = (0..c).map(|i| Self::dyadic(t.scale.at(i), s_out)).collect();
+                Some((t.data(), d))
+            }
+            None => None,
+        };
+        let clamp = self.clamp.clamps(self.out_bits);
+        let (lo, hi) = int_range(self.out_bits, true);
+        let mut cond = Conditions::default();
+        let out: Vec<i64> = x
+            .data()
+            .iter()
+            .enumerate()
+            .map(|(i, &z)| {
+                let ch = i % c;
+                let mut v = match mode {
+                    Mode::Integer => {
+                        p.see(i128::from(z) * i128::from(dy[ch].m));
+                        let mut v = dy[ch].apply(z);
+                        if let Some((idq, idd)) = &id {
+                            p.see(i128::from(idq[i]) * i128::from(idd[ch].m));
+                            v += idd[ch].apply(idq[i]);
+                        }
+                        v
+                    }
+                    Mode::Reference => {
+                        if (i128::from(z) * i128::from(dy[ch].m)).unsigned_abs() >= 1u128 << 53 {
+                            cond.add(Condition::InexactFloat);
+                        }
+                        let mut f = dy[ch].apply_f64(z as f64);
+                        if let Some((idq, idd)) = &id {
+                            f += idd[ch].apply_f64(idq[i] as f64);
+                        }
+                        f64::from(f as f32) as i128
+                    }
+                };
+                p.see(v);
+                if clamp {
+                    v = v.clamp(i128::from(lo), i128::from(hi));
+                }
+                v as i64
+            })
+            .collect();
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerTensor(fl32(s_out)), encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+}
+
+impl Unit for Requant {
+    fn name(&self) -> &'static str {
+        self.name_of()
+    }
+    fn op(&self) -> Op {
+        Op::Requant
+    }
+    fn method(&self) -> Method {
+        self.family
+    }
+    fn input_bits(&self) -> (u32, u32, Option<bool>) {
+        (2, 48, Some(true))
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "output bits" },
+            ParamInfo {
+                name: "clamp",
+                value: format!("{:?}", self.clamp).to_lowercase(),
+                doc: "which widths are clamped: ivit = {4,8,16,32}, ibert = {4,8,16} (reference), always (adapted: 6-bit outputs stay in range)",
+            },
+        ]
+    }
+    fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
+        let u = self.name_of();
+        match name {
+            "out_bits" => self.out_bits = parse_param(u, "out_bits", value)?,
+            "clamp" => {
+                self.clamp = match value {
+                    "ivit" => ClampList::IVit,
+                    "ibert" => ClampList::IBert,
+                    "always" => ClampList::Always,
+                    _ => return Err(UnitError::Param { unit: u, param: "clamp", value: value.into(), why: "one of ivit, ibert, always".into() }),
+                }
+            }
+            _ => return Err(unknown_param(u, name, &self.params())),
+        }
+        Ok(())
+    }
+    fn declared_width(&self, x: &QTensor, aux: &Aux) -> Result<u32, UnitError> {
+        let zmax = 1i128 << (x.bits - 1);
+        let mmax = 1i128 << 31;
+        let idw = aux.identity.as_ref().map_or(0, |t| signed_width(-(1i128 << (t.bits - 1)) * mmax));
+        Ok(signed_width(-zmax * mmax).max(idw) + 1)
+    }
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, mode, &mut NoProbe)
+    }
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, Mode::Integer, probe)
+    }
+}
