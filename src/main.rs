@@ -1,11 +1,32 @@
-use std::path::PathBuf;
+//! The `mnq` command: parses arguments and calls the library; exit 2 on bad input.
+
+mod cli;
+
+use clap::Parser;
+
+/// Restore the default SIGPIPE action so `mnq units | head` ends quietly instead of panicking.
+#[cfg(unix)]
+fn reset_sigpipe() {
+    extern "C" {
+        fn signal(sig: i32, handler: usize) -> usize;
+    }
+    // SAFETY: SIGPIPE (13) back to SIG_DFL (0) before any thread starts; no handler runs Rust code.
+    unsafe {
+        signal(13, 0);
+    }
+}
+
+#[cfg(not(unix))]
+fn reset_sigpipe() {}
+
 fn main() {
-    let mut bad = 0;
-    for a in std::env::args().skip(1) {
-        match mnq::golden::run_file(&PathBuf::from(&a)) {
-            Ok(r) => { println!("{}", r.line()); if !r.exact() { bad += 1; } }
-            Err(e) => { println!("error: {e}"); bad += 1; }
+    reset_sigpipe();
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
         }
     }
-    std::process::exit(if bad > 0 { 1 } else { 0 });
 }

@@ -56,9 +56,9 @@ impl ExpConsts {
         (0..24).find(|&p| ExpConsts::new(s, 30, p).c >= 1024).unwrap_or(24)
     }
 
-    /// `E = max(0, z·2^(n−qq))` for `x = q − max ≤ 0` (before the upshift).
+    /// `E = max(0, z·2^(n−qq))` for `x = q − max ≤ 0` (before the upshift), as `(z, n − qq)`.
     #[inline(always)]
-    pub fn exp<P: Probe>(&self, x: i64, p: &mut P) -> i64 {
+    pub fn exp_parts<P: Probe>(&self, x: i64, p: &mut P) -> (i64, u32) {
         let x = x << self.upshift;
         p.see(x as i128);
         let lim = i64::from(self.n) * self.x0;
@@ -70,9 +70,16 @@ impl ExpConsts {
         p.see(t as i128);
         let rt = r as i128 * t as i128;
         p.see(rt);
-        let z = rt + self.c as i128;
+        let z = (rt + self.c as i128).max(0);
         p.see(z);
-        let e = (z << (self.n as i64 - qq)).max(0);
+        (z as i64, (self.n as i64 - qq) as u32)
+    }
+
+    /// `E = max(0, z·2^(n−qq))`.
+    #[inline(always)]
+    pub fn exp<P: Probe>(&self, x: i64, p: &mut P) -> i64 {
+        let (z, sh) = self.exp_parts(x, p);
+        let e = (z as i128) << sh;
         p.see(e);
         e as i64
     }
@@ -168,17 +175,20 @@ impl Softmax {
             Mode::Integer => {
                 // Hardware: E16 = RNE(E · m / 2^e) with the dyadic form of 32767 / E_max.
                 let d = Dyadic::from_ratio(32767.0 / e_max as f64);
-                fn req<Q: Probe>(e: i64, d: Dyadic, p: &mut Q) -> i64 {
-                    let prod = e as i128 * d.m as i128;
+                // RNE(E·m / 2^e) with E = z·2^sh, computed as RNE(z·m / 2^(e−sh)): a narrow multiplier.
+                fn req<Q: Probe>((z, sh): (i64, u32), d: Dyadic, p: &mut Q) -> i64 {
+                    let prod = z as i128 * d.m as i128;
                     p.see(prod);
-                    let v = crate::fixed::shift_round(prod, d.e as u32, Rounding::HalfEven).clamp(-32768, 32767) as i64;
+                    let net = d.e - sh as i32;
+                    let v = if net >= 0 { crate::fixed::shift_round(prod, net as u32, Rounding::HalfEven) } else { prod << (-net) as u32 };
+                    let v = v.clamp(-32768, 32767) as i64;
                     p.see(v as i128);
                     v
                 }
                 let (lo, hi) = int_range(x.bits, x.signed);
                 let span = (hi - lo) as usize;
                 let table: Vec<i64> = if lut && data.len() > span {
-                    (0..=span as i64).map(|dd| req(k.exp(-dd, &mut NoProbe), d, &mut NoProbe)).collect()
+                    (0..=span as i64).map(|dd| req(k.exp_parts(-dd, &mut NoProbe), d, &mut NoProbe)).collect()
                 } else {
                     Vec::new()
                 };
@@ -187,7 +197,7 @@ impl Softmax {
                     let m = *row.iter().max().unwrap();
                     let mut sum = 0i64;
                     for (ei, &q) in e16.iter_mut().zip(row) {
-                        *ei = if table.is_empty() { req(k.exp(q - m, p), d, p) } else { table[(m - q) as usize] };
+                        *ei = if table.is_empty() { req(k.exp_parts(q - m, p), d, p) } else { table[(m - q) as usize] };
                         sum += *ei;
                     }
                     p.see(sum as i128);
@@ -270,7 +280,7 @@ impl Unit for Softmax {
         let c = x.row_len() as i128;
         Ok([
             k.widths(hi - lo),
-            signed_width(k.e_max() * i128::from(d.m)),
+            signed_width(i128::from(k.c) * i128::from(d.m)),
             signed_width(32767 * c),
             signed_width(1i128 << 32),
         ]

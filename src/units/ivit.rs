@@ -257,6 +257,9 @@ pub struct Gelu {
     /// `n` of int_exp_shift; 23 in the reference.
     pub n: u32,
     /// Subtract the row maximum (reference) or `max(x, 0)` per element (adapted: element-wise, no saturation).
+    ///
+    /// The adapted preset also lowers `n` to 16: element-wise, one of e^(x−m) and e^(−m) is always
+    /// e^0 = |x0|·2^n, and with n = 23 the sum is ≈ 2^27, leaving `⌊(2^31−1)/S⌋` only 4–5 bits.
     pub row_max: bool,
     /// Left shift of the input before the exponent; 0 in the reference; `None` = auto.
     pub upshift: Option<u32>,
@@ -267,7 +270,7 @@ impl Gelu {
     pub fn preset(p: Preset) -> Gelu {
         match p {
             Preset::Reference => Gelu { out_bits: 8, n: 23, row_max: true, upshift: Some(0) },
-            Preset::Adapted => Gelu { out_bits: 8, n: 23, row_max: false, upshift: None },
+            Preset::Adapted => Gelu { out_bits: 8, n: 16, row_max: false, upshift: None },
         }
     }
 

@@ -1,0 +1,381 @@
+//! The `mnq` command line: argument parsing and calls into the library, nothing more.
+
+use mnq::fixed::{QTensor, Scale};
+use mnq::golden;
+use mnq::io::{read_input, write_atomic, Values};
+use mnq::report;
+use mnq::sensitivity::{self, Dist};
+use mnq::units::{self, Aux, Mode, Preset, Unit};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// mnq: hardware co-design simulator for integer Softmax, GELU and LayerNorm units of vision transformers.
+#[derive(Debug, Parser)]
+#[command(name = "mnq", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check golden cases (reference-code vectors) bit for bit; exits 1 on any mismatch.
+    Golden {
+        /// Case files, or folders of them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List every unit with its parameters, presets, supported widths and internal widths.
+    Units {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a unit on your integers (or floats, quantised first) and write the output integers and scale.
+    Eval(EvalArgs),
+    /// Error of a unit against the float reference on a realistic input distribution (JSON + plots).
+    Error(ErrorArgs),
+}
+
+/// Options shared by commands that build a unit.
+#[derive(Debug, clap::Args)]
+pub struct UnitArgs {
+    /// Unit name, `<op>_<method>` (see `mnq units`).
+    #[arg(long)]
+    pub unit: String,
+    /// Reference (bit-exact with the published code) or integer (the hardware datapath).
+    #[arg(long, value_enum, default_value = "integer")]
+    pub mode: Mode,
+    /// Parameter preset.
+    #[arg(long, value_enum, default_value = "reference")]
+    pub preset: Preset,
+    /// Override a parameter: `--param name=value` (repeatable; see `mnq units`).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+}
+
+/// Options of `mnq eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    unit: UnitArgs,
+    /// Input bit width.
+    #[arg(long)]
+    bits: u32,
+    /// Input scale (real = q · scale); a scale inside a JSON input takes precedence.
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Input is unsigned (FQ-ViT uint activations); default signed.
+    #[arg(long)]
+    unsigned: bool,
+    /// Zero point of an unsigned input.
+    #[arg(long)]
+    zero_point: Option<i64>,
+    /// Output scale of the next quantiser (PTF LayerNorm, requantiser).
+    #[arg(long)]
+    out_scale: Option<f64>,
+    /// Input file: .json ({"q": [...]} or {"x": [...]}, "shape", optional "scale", "gamma", "beta") or .npy.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output file (.json): integers, shape, scale, encoding and conditions.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+/// Options of `mnq error`.
+#[derive(Debug, clap::Args)]
+pub struct ErrorArgs {
+    /// Unit name; omit with --all.
+    #[arg(long, required_unless_present = "all")]
+    unit: Option<String>,
+    /// Every Softmax, GELU and LayerNorm unit.
+    #[arg(long, conflicts_with = "unit")]
+    all: bool,
+    /// Input bit widths (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    bits: Vec<u32>,
+    /// Reference or integer datapath.
+    #[arg(long, value_enum, default_value = "integer")]
+    mode: Mode,
+    /// Parameter presets (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "reference")]
+    preset: Vec<Preset>,
+    /// Input distribution (default: the operation's own).
+    #[arg(long, value_enum)]
+    dist: Option<Dist>,
+    /// Override a parameter: `--param name=value` (repeatable; with --all, applied where the unit has it).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// Rows to draw.
+    #[arg(long, default_value_t = 64)]
+    rows: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long, default_value = "reports/units")]
+    out: PathBuf,
+    /// Skip the plots (JSON and Markdown only).
+    #[arg(long)]
+    no_plots: bool,
+}
+
+/// Run the parsed command; returns the process exit code for non-error outcomes.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Golden { files } => cmd_golden(&files),
+        Command::Units { json } => cmd_units(json).map(|_| 0),
+        Command::Eval(a) => cmd_eval(&a).map(|_| 0),
+        Command::Error(a) => cmd_error(&a).map(|_| 0),
+    }
+}
+
+fn build_unit(a: &UnitArgs) -> Result<Box<dyn Unit>> {
+    let mut u = units::build(&a.unit, a.preset)?;
+    for p in &a.params {
+        let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("--param '{p}' must be NAME=VALUE"))?;
+        u.set_param(k, v)?;
+    }
+    Ok(u)
+}
+
+fn cmd_golden(files: &[PathBuf]) -> Result<i32> {
+    let mut list = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            list.extend(golden::case_files(f).with_context(|| format!("{}: cannot list folder", f.display()))?);
+        } else {
+            list.push(f.clone());
+        }
+    }
+    if list.is_empty() {
+        bail!("no golden case files found in {files:?}");
+    }
+    let mut bad = 0;
+    for f in &list {
+        let r = golden::run_file(f)?;
+        println!("{}", r.line());
+        bad += usize::from(!r.exact());
+    }
+    println!("{} cases: {} exact, {} mismatching", list.len(), list.len() - bad, bad);
+    Ok(if bad > 0 { 1 } else { 0 })
+}
+
+fn cmd_units(as_json: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for name in units::unit_names() {
+        let mut presets = serde_json::Map::new();
+        let mut widths = serde_json::Map::new();
+        for p in [Preset::Reference, Preset::Adapted] {
+            let u = units::build(name, p)?;
+            presets.insert(p.to_string(), serde_json::to_value(u.params())?);
+            if let Some(dist) = sensitivity::Dist::for_op(u.op()) {
+                for bits in [6u32, 8, 16] {
+                    if let Ok(s) = sensitivity::sample(u.as_ref(), bits, dist, 2, 1) {
+                        if let Ok(w) = u.declared_width(&s.q, &s.aux) {
+                            widths.insert(format!("{p}/{bits}b"), json!(w));
+                        }
+                    }
+                }
+            }
+        }
+        let u = units::build(name, Preset::Reference)?;
+        let (lo, hi, signed) = u.input_bits();
+        rows.push(json!({
+            "name": name,
+            "op": u.op().name(),
+            "method": u.method().name(),
+            "input_bits": format!("{lo}..={hi}"),
+            "input_sign": match signed { Some(true) => "signed", Some(false) => "unsigned", None => "signed or unsigned" },
+            "presets": presets,
+            "internal_width_bits": widths,
+        }));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for r in &rows {
+        println!("{}  ({} / {}; input {} bits, {})", r["name"].as_str().unwrap(), r["op"].as_str().unwrap(), r["method"].as_str().unwrap(), r["input_bits"].as_str().unwrap(), r["input_sign"].as_str().unwrap());
+        for (preset, params) in r["presets"].as_object().unwrap() {
+            let ps: Vec<String> = params.as_array().unwrap().iter().map(|p| format!("{}={}", p["name"].as_str().unwrap(), p["value"].as_str().unwrap())).collect();
+            println!("    preset {preset:<9}: {}", ps.join(" "));
+        }
+        if let Some(doc) = r["presets"]["reference"].as_array() {
+            for p in doc {
+                println!("        {}: {}", p["name"].as_str().unwrap(), p["doc"].as_str().unwrap());
+            }
+        }
+        let w = r["internal_width_bits"].as_object().unwrap();
+        if !w.is_empty() {
+            let ws: Vec<String> = w.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("    widest intermediate (standard input distribution): {}", ws.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: &EvalArgs) -> Result<()> {
+    let unit = build_unit(&a.unit)?;
+    if a.output.extension().and_then(|e| e.to_str()) != Some("json") {
+        bail!("--output {}: the output is written as JSON; give a .json path", a.output.display());
+    }
+    let f = read_input(&a.input)?;
+    let scale = match (&f.scale, a.scale) {
+        (Some(v), _) if v.len() == 1 => Scale::PerTensor(v[0]),
+        (Some(v), _) => Scale::PerChannel(v.clone()),
+        (None, Some(s)) => Scale::PerTensor(s),
+        (None, None) => bail!("no input scale: pass --scale S (or put \"scale\" in the JSON input)"),
+    };
+    for v in scale.values() {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("input scale {v} is not a positive finite number");
+        }
+    }
+    let signed = !a.unsigned;
+    let x = match f.values {
+        Values::Int(q) => QTensor::new(q, &f.shape, scale, a.bits, signed),
+        Values::Float(x) => match scale {
+            Scale::PerTensor(s) => QTensor::quantize(&x, &f.shape, s, a.bits, signed),
+            Scale::PerChannel(_) => bail!("float input needs a per-tensor --scale to be quantised"),
+        },
+    }
+    .map_err(|e| anyhow!("{}: {e}", a.input.display()))?;
+    let aux = Aux {
+        gamma: f.gamma,
+        beta: f.beta,
+        zero_point: a.zero_point.or(f.zero_point).unwrap_or(0),
+        out_scale: a.out_scale.or(f.out_scale).map(Scale::PerTensor),
+        identity: None,
+    };
+    let out = unit.run(&x, &aux, a.unit.mode)?;
+    let doc = json!({
+        "unit": unit.name(),
+        "mode": a.unit.mode,
+        "preset": a.unit.preset,
+        "params": unit.params(),
+        "shape": out.shape,
+        "values": out.values,
+        "scale": out.scale,
+        "encoding": out.encoding,
+        "conditions": out.conditions,
+    });
+    write_atomic(&a.output, serde_json::to_string(&doc)?.as_bytes())?;
+    for (c, n) in &out.conditions {
+        eprintln!("note: {c:?} in {n} rows/elements (see the unit's documentation for the defined output)");
+    }
+    println!("wrote {} ({} values)", a.output.display(), out.values.len());
+    Ok(())
+}
+
+fn cmd_error(a: &ErrorArgs) -> Result<()> {
+    let names: Vec<String> = if a.all {
+        units::unit_names()
+            .into_iter()
+            .filter(|n| units::build(n, Preset::Reference).is_ok_and(|u| Dist::for_op(u.op()).is_some()))
+            .map(String::from)
+            .collect()
+    } else {
+        vec![a.unit.clone().unwrap()]
+    };
+    if a.rows == 0 {
+        bail!("--rows must be at least 1");
+    }
+    let mut table = Vec::new();
+    for name in &names {
+        for &preset in &a.preset {
+            for &bits in &a.bits {
+                let mut unit = units::build(name, preset)?;
+                for p in &a.params {
+                    let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("--param '{p}' must be NAME=VALUE"))?;
+                    if !a.all || unit.params().iter().any(|q| q.name == k) {
+                        unit.set_param(k, v)?;
+                    }
+                }
+                let (lo, hi, _) = unit.input_bits();
+                if bits < lo.max(2) || bits > hi.min(16) {
+                    bail!("{name}: --bits {bits} is not supported here (2..=16 within the unit's {lo}..={hi})");
+                }
+                let dist = match a.dist.or(Dist::for_op(unit.op())) {
+                    Some(d) => d,
+                    None => bail!("{name} has no float counterpart; `mnq error` measures softmax_*, gelu_* and layernorm_* units"),
+                };
+                let row = error_one(unit.as_ref(), preset, bits, dist, a)?;
+                println!(
+                    "{name:<16} {preset:<9} {bits:>2}b  SQNR {:>8} dB  (unit alone {:>8} dB)  max|err| {:.4}  mean|err| {:.5}",
+                    fmt_db(row["vs_float"]["sqnr_db"].as_f64()),
+                    fmt_db(row["vs_float_on_quantised_input"]["sqnr_db"].as_f64()),
+                    row["vs_float"]["max_abs"].as_f64().unwrap_or(0.0),
+                    row["vs_float"]["mean_abs"].as_f64().unwrap_or(0.0)
+                );
+                table.push(row);
+            }
+        }
+    }
+    if names.len() > 1 || a.bits.len() > 1 || a.preset.len() > 1 {
+        let mut md = String::from("| unit | preset | bits | SQNR (dB) | SQNR unit alone (dB) | SQNR Eq. 10 ratio | max abs err | mean abs err |\n|---|---|---|---|---|---|---|---|\n");
+        for r in &table {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {:.4} | {:.5} |\n",
+                r["unit"].as_str().unwrap(),
+                r["preset"].as_str().unwrap(),
+                r["bits"],
+                fmt_db(r["vs_float"]["sqnr_db"].as_f64()),
+                fmt_db(r["vs_float_on_quantised_input"]["sqnr_db"].as_f64()),
+                r["vs_float"]["sqnr"].as_f64().map_or("exact".into(), |v| format!("{v:.1}")),
+                r["vs_float"]["max_abs"].as_f64().unwrap_or(0.0),
+                r["vs_float"]["mean_abs"].as_f64().unwrap_or(0.0)
+            ));
+        }
+        write_atomic(&a.out.join("summary.md"), md.as_bytes())?;
+        write_atomic(&a.out.join("summary.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
+        println!("wrote {}", a.out.join("summary.{md,json}").display());
+    }
+    Ok(())
+}
+
+fn fmt_db(v: Option<f64>) -> String {
+    v.map_or("exact".into(), |v| format!("{v:.2}"))
+}
+
+fn error_one(unit: &dyn Unit, preset: Preset, bits: u32, dist: Dist, a: &ErrorArgs) -> Result<serde_json::Value> {
+    let s = sensitivity::sample(unit, bits, dist, a.rows, a.seed)?;
+    let out = unit.run(&s.q, &s.aux, a.mode)?;
+    let y = out.dequantize();
+    let vs_float = sensitivity::error_stats(&s.reference, &y);
+    let vs_deq = sensitivity::error_stats(&s.reference_deq, &y);
+    let deq_in: Vec<f64> = s.q.data().iter().enumerate().map(|(i, &v)| (v - s.aux.zero_point) as f64 * s.q.scale.at(i % s.q.row_len())).collect();
+    let input = sensitivity::error_stats(&s.x, &deq_in);
+    let stem = format!("{}_{}b_{}", unit.name(), bits, preset);
+    let mut files = vec![a.out.join(format!("{stem}.json"))];
+    if !a.no_plots {
+        let title = format!("{} ({preset}, {bits}-bit input, {:?} mode)", unit.name(), a.mode);
+        files.extend(report::transfer_plot(&a.out.join(format!("{stem}_transfer")), &title, &s.reference, &y)?);
+        let errs: Vec<f64> = y.iter().zip(&s.reference).map(|(o, r)| o - r).collect();
+        files.extend(report::error_histogram(&a.out.join(format!("{stem}_error_hist")), &title, &errs)?);
+    }
+    let row = json!({
+        "unit": unit.name(),
+        "preset": preset,
+        "mode": a.mode,
+        "bits": bits,
+        "dist": dist,
+        "rows": a.rows,
+        "row_len": dist.row_len(),
+        "seed": a.seed,
+        "params": unit.params(),
+        "declared_width_bits": unit.declared_width(&s.q, &s.aux)?,
+        "input_quantisation": input,
+        "vs_float": vs_float,
+        "vs_float_on_quantised_input": vs_deq,
+        "conditions": out.conditions,
+        "files": files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "command": format!("mnq error --unit {} --bits {bits} --preset {preset} --mode {} --rows {} --seed {}", unit.name(), match a.mode { Mode::Reference => "reference", Mode::Integer => "integer" }, a.rows, a.seed),
+    });
+    write_atomic(&files[0], serde_json::to_string_pretty(&row)?.as_bytes())?;
+    Ok(row)
+}
