@@ -67,16 +67,16 @@ pub struct EvalArgs {
     #[arg(long)]
     bits: u32,
     /// Input scale (real = q · scale); a scale inside a JSON input takes precedence.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     scale: Option<f64>,
     /// Input is unsigned (FQ-ViT uint activations); default signed.
     #[arg(long)]
     unsigned: bool,
     /// Zero point of an unsigned input.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     zero_point: Option<i64>,
     /// Output scale of the next quantiser (PTF LayerNorm, requantiser).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     out_scale: Option<f64>,
     /// Input file: .json ({"q": [...]} or {"x": [...]}, "shape", optional "scale", "gamma", "beta") or .npy.
     #[arg(long)]

@@ -463,7 +463,7 @@ mod tests {
         assert!(QTensor::new(vec![1], &[1], Scale::PerTensor(-1.0), 8, true).is_err());
         assert!(QTensor::new(vec![1, 2], &[1, 2], Scale::PerChannel(vec![1.0]), 8, true).is_err());
         assert!(QTensor::quantize(&[f64::NAN], &[1], 0.1, 8, true).is_err());
-        let t = QTensor::quantize(&[0.25, -0.35, 100.0], &[3], 0.1, 8, true).unwrap();
+        let t = QTensor::quantize(&[0.25, -0.36, 100.0], &[3], 0.1, 8, true).unwrap();
         assert_eq!(t.data(), &[2, -4, 127]);
     }
 }

@@ -3,7 +3,7 @@
 //! reference preset, and compares every output integer and the output scale with `runs.f64`.
 
 use crate::fixed::{QTensor, Scale};
-use crate::units::{self, fqvit, ibert, ivit, Aux, Method, Mode, Preset, Unit, UnitError};
+use crate::units::{fqvit, ibert, ivit, Aux, Method, Mode, Preset, Unit, UnitError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -166,11 +166,16 @@ impl<'a> Case<'a> {
     }
 }
 
-/// Load and run one golden case file.
+/// Load and run one golden case file in Reference mode (the bit-exact target).
 pub fn run_file(path: &Path) -> Result<CaseResult, GoldenError> {
+    run_file_mode(path, Mode::Reference)
+}
+
+/// Load and run one golden case file in the given mode (Integer mode measures the hardware datapath).
+pub fn run_file_mode(path: &Path, mode: Mode) -> Result<CaseResult, GoldenError> {
     let text = std::fs::read_to_string(path).map_err(|source| GoldenError::Io { path: path.to_path_buf(), source })?;
     let v: Value = serde_json::from_str(&text).map_err(|source| GoldenError::Json { path: path.to_path_buf(), source })?;
-    run_case(path, v)
+    run_case(path, v, mode)
 }
 
 fn compare(expected: &[i64], got: &[i64]) -> (usize, Option<(usize, i64, i64)>) {
@@ -198,7 +203,7 @@ fn compare_scale(expected: &Scale, got: &Scale, channels: usize) -> Option<(usiz
 }
 
 /// Run one parsed golden case.
-pub fn run_case(path: &Path, v: Value) -> Result<CaseResult, GoldenError> {
+pub fn run_case(path: &Path, v: Value, mode: Mode) -> Result<CaseResult, GoldenError> {
     let case = Case { path, v };
     let id = case.str("/id")?.to_string();
     let family = case.str("/family")?.to_string();
@@ -211,7 +216,10 @@ pub fn run_case(path: &Path, v: Value) -> Result<CaseResult, GoldenError> {
         let p: Vec<f32> = case.ints("/input/p_f32_bits")?.into_iter().map(|b| f32::from_bits(b as u32)).collect();
         let want_code = case.ints("/runs/f32/code")?;
         let want_zero = case.ints("/runs/f32/zero_mask")?;
-        let got = fqvit::log2_quant_f32(&p, bits);
+        let got = match mode {
+            Mode::Reference => fqvit::log2_quant_f32(&p, bits),
+            Mode::Integer => p.iter().map(|&v| fqvit::log2_quant_exact(v, bits)).collect(),
+        };
         let got_code: Vec<i64> = got.iter().map(|g| g.0).collect();
         let got_zero: Vec<i64> = got.iter().map(|g| i64::from(g.1)).collect();
         let (n1, f1) = compare(&want_code, &got_code);
@@ -275,11 +283,21 @@ pub fn run_case(path: &Path, v: Value) -> Result<CaseResult, GoldenError> {
                 let t = QTensor::new(idq, x.shape(), ids, 32, true).map_err(|source| unit_err(UnitError::Input { unit: "requant", source }))?;
                 aux.identity = Some(t);
             }
+            if case.get("/dyadic/m").is_some() {
+                // The dyadic multipliers themselves are checked too: they are the hardware's constants.
+                let (m, e) = (case.ints("/dyadic/m")?, case.ints("/dyadic/e")?);
+                for (c, (mm, ee)) in m.iter().zip(&e).enumerate() {
+                    let d = ivit::Requant::dyadic(x.scale.at(c), aux.out_scale.as_ref().unwrap().at(0));
+                    if d.m != *mm || i64::from(d.e) != *ee {
+                        return Ok(CaseResult { id, unit: u.name().into(), outputs: m.len(), mismatches: 1, first: Some((c, *mm, d.m)), scale_mismatch: None });
+                    }
+                }
+            }
             (Box::new(u), x, "/runs/f64/out_int")
         }
         _ => return Err(unknown()),
     };
-    let out = unit.run(&x, &aux, Mode::Reference).map_err(unit_err)?;
+    let out = unit.run(&x, &aux, mode).map_err(unit_err)?;
     let want = case.ints(out_ptr)?;
     let (mismatches, first) = compare(&want, &out.values);
     let scale_mismatch = match case.get("/runs/f64/out_scale") {
@@ -298,6 +316,3 @@ pub fn case_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     v.sort();
     Ok(v)
 }
-
-#[allow(unused_imports)]
-use units::Op as _Op;

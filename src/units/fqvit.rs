@@ -75,6 +75,7 @@ impl Softmax {
             cond.add_n(Condition::ExpUnderflow, data.len() / c.max(1));
         } else {
             let mut e = vec![0i64; c];
+            let mut thr = vec![0u128; levels as usize];
             for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
                 let m = *row.iter().max().unwrap();
                 let mut sum: i128 = 0;
@@ -86,26 +87,34 @@ impl Softmax {
                 if sum >= 1i128 << 53 {
                     cond.add(Condition::InexactFloat);
                 }
-                for (o, &ei) in orow.iter_mut().zip(&e) {
-                    if ei == 0 {
-                        continue; // S / 0 = inf: the zero flag
+                match mode {
+                    Mode::Integer => {
+                        // Compare-only datapath: code k ⇔ RNE(S/E) ∈ [t_k, t_(k+1)) with t_0 = 1, t_1 = 2,
+                        // t_j = 3·2^(j−2); per row, one divider gives the largest E meeting each t_j,
+                        // then every element needs only comparisons (a comparator tree in hardware).
+                        let two_s = 2 * sum as u128;
+                        p.see(two_s as i128);
+                        for (j, th) in thr.iter_mut().enumerate() {
+                            let t: u128 = if j == 0 { 2 } else { 3u128 << (j - 1) };
+                            let d = 2 * t - 1;
+                            // v ≥ t ⇔ 2S > (2t−1)·E, or equality with t even (RNE's tie goes to even t).
+                            *th = if t % 2 == 0 && two_s % d == 0 { two_s / d } else { (two_s - 1) / d };
+                        }
+                        for (o, &ei) in orow.iter_mut().zip(&e) {
+                            if ei == 0 {
+                                continue; // S / 0 = inf: the zero flag
+                            }
+                            let k = thr.partition_point(|&th| ei as u128 <= th) as u32;
+                            *o = if k >= levels { -1 } else { i64::from(k) };
+                        }
                     }
-                    let v = match mode {
-                        Mode::Integer => {
-                            if sum < 1i128 << 63 {
-                                // 64-bit fast path: RNE(S/E) with an integer divider.
-                                let (s64, e64) = (sum as u64, ei as u64);
-                                let (q, r) = (s64 / e64, s64 % e64);
-                                let twice = 2 * r as u128;
-                                (q as u128) + u128::from(twice > e64 as u128 || (twice == e64 as u128 && q & 1 == 1))
-                            } else {
-                                div_round(sum, ei as i128, Rounding::HalfEven) as u128
+                    Mode::Reference => {
+                        for (o, &ei) in orow.iter_mut().zip(&e) {
+                            if ei != 0 {
+                                *o = code(round_half_even_f64(sum as f64 / ei as f64) as u128);
                             }
                         }
-                        Mode::Reference => round_half_even_f64(sum as f64 / ei as f64) as u128,
-                    };
-                    p.see(v as i128);
-                    *o = code(v);
+                    }
                 }
             }
         }
@@ -146,7 +155,7 @@ impl Unit for Softmax {
     fn declared_width(&self, x: &QTensor, _aux: &Aux) -> Result<u32, UnitError> {
         let k = self.consts(x)?;
         let (lo, hi) = int_range(x.bits, x.signed);
-        Ok(k.widths(hi - lo).max(signed_width(k.e_max() * x.row_len() as i128)))
+        Ok(k.widths(hi - lo).max(signed_width(2 * k.e_max() * x.row_len() as i128)))
     }
     fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         self.run_with(x, mode, &mut NoProbe)
@@ -368,6 +377,21 @@ pub fn log2_round_exact(q: u64, frac: i32) -> i64 {
     let l = i64::from(bit_length(u128::from(q))) - 1; // ⌊log2 q⌋
     let up = u128::from(q) * u128::from(q) >= 1u128 << (2 * l + 1); // log2 q ≥ l + 1/2
     i64::from(frac) - l - i64::from(up)
+}
+
+/// Exact `(code, zero)` of the log2 quantiser for a float32 probability: `RNE(−log2 p)` decided
+/// by comparing `p²` with powers of two (ties cannot occur), no `log2f`. Differs from
+/// [`log2_quant_f32`] only where binary32 `log2f` rounds across a `2^−(k+½)` boundary.
+pub fn log2_quant_exact(p: f32, bits: u32) -> (i64, bool) {
+    let top = (1i64 << bits) - 1;
+    if p <= 0.0 || p.is_nan() {
+        return (top, true);
+    }
+    // p = mant · 2^exp exactly, mant a 24-bit integer.
+    let (m, e) = crate::fixed::frexp(f64::from(p));
+    let mant = (m * 2f64.powi(24)) as u64;
+    let r = log2_round_exact(mant, 24 - e);
+    (r.clamp(0, top), r >= 1i64 << bits)
 }
 
 /// FQ-ViT Log2Quantizer of probabilities (`kernels.md` §3.2).

@@ -113,9 +113,11 @@ impl Softmax {
     fn constants(&self, s: f64, row: usize) -> (i64, u32, u32) {
         let p = self.upshift.unwrap_or_else(|| auto_upshift(s));
         let x0 = shift_x0(s / 2f64.powi(p as i32));
+        // Auto: the sum never saturates and ⌊(2^K−1)/S⌋ keeps at least out_bits bits even for a
+        // uniform row (the reference's K = 31 leaves 5 bits for 197 tokens at 8-bit scales).
         let k = self.sum_bits.unwrap_or_else(|| {
             let max_sum = (row.max(1) as u128) * (x0.unsigned_abs() as u128) << (self.n + 1);
-            bit_length(max_sum).max(31)
+            (bit_length(max_sum) + self.out_bits).max(31)
         });
         (x0, p, k)
     }
@@ -210,7 +212,7 @@ impl Unit for Softmax {
         vec![
             ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "output bits ob: range [0, 2^(ob-1)-1], scale 2^-(ob-1)" },
             ParamInfo { name: "n", value: self.n.to_string(), doc: "exp clamp: e^x floored at 2^-n (reference 15)" },
-            ParamInfo { name: "sum_bits", value: opt_param(self.sum_bits), doc: "K: row sum clamped at 2^K-1 (reference 31; auto = wide enough, fixes the saturation bug)" },
+            ParamInfo { name: "sum_bits", value: opt_param(self.sum_bits), doc: "K: row sum clamped at 2^K-1, numerator 2^K-1 (reference 31; auto = no saturation and an out_bits-bit factor)" },
             ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before exp so x0=floor(-1/s) is accurate (reference 0; auto = |x0| >= 16)" },
         ]
     }
@@ -254,12 +256,13 @@ impl Unit for Softmax {
 pub struct Gelu {
     /// Output bits `ob` of the sigmoid: σ in `[0, 2^(ob−1)−1]`.
     pub out_bits: u32,
-    /// `n` of int_exp_shift; 23 in the reference.
-    pub n: u32,
+    /// `n` of int_exp_shift; 23 in the reference; `None` = auto (adapted).
+    pub n: Option<u32>,
     /// Subtract the row maximum (reference) or `max(x, 0)` per element (adapted: element-wise, no saturation).
     ///
-    /// The adapted preset also lowers `n` to 16: element-wise, one of e^(x−m) and e^(−m) is always
-    /// e^0 = |x0|·2^n, and with n = 23 the sum is ≈ 2^27, leaving `⌊(2^31−1)/S⌋` only 4–5 bits.
+    /// The adapted preset also picks `n` so that `⌊(2^31−1)/S⌋` keeps `out_bits` bits: element-wise,
+    /// one of e^(x−m) and e^(−m) is always e^0 = |x0|·2^n, and with n = 23 the sum is ≈ 2^27 at
+    /// 8 bits, leaving the factor 4 bits (σ steps of up to 8 %, more at finer scales).
     pub row_max: bool,
     /// Left shift of the input before the exponent; 0 in the reference; `None` = auto.
     pub upshift: Option<u32>,
@@ -269,58 +272,109 @@ impl Gelu {
     /// Build from a preset.
     pub fn preset(p: Preset) -> Gelu {
         match p {
-            Preset::Reference => Gelu { out_bits: 8, n: 23, row_max: true, upshift: Some(0) },
-            Preset::Adapted => Gelu { out_bits: 8, n: 16, row_max: false, upshift: None },
+            Preset::Reference => Gelu { out_bits: 8, n: Some(23), row_max: true, upshift: Some(0) },
+            Preset::Adapted => Gelu { out_bits: 8, n: None, row_max: false, upshift: None },
         }
     }
 
     fn check(&self, x: &QTensor) -> Result<f64, UnitError> {
         check_bits("gelu_ivit", x, 2, 16, Some(true))?;
-        if !(2..=24).contains(&self.out_bits) || self.n > 40 {
+        if !(2..=24).contains(&self.out_bits) || self.n.is_some_and(|n| n > 40) {
             return Err(UnitError::Param {
                 unit: "gelu_ivit",
                 param: "out_bits/n",
-                value: format!("{}/{}", self.out_bits, self.n),
+                value: format!("{}/{:?}", self.out_bits, self.n),
                 why: "out_bits must be 2..=24 and n at most 40".into(),
             });
         }
         x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "gelu_ivit", what: "ShiftGELU needs a per-tensor input scale".into() })
     }
 
-    fn constants(&self, s: f64) -> (i64, u32) {
+    /// (x0, upshift, n) for input scale `s`.
+    fn constants(&self, s: f64) -> (i64, u32, u32) {
         let s_sig = s * 1.702;
         let up = self.upshift.unwrap_or_else(|| auto_upshift(s_sig));
-        (shift_x0(s_sig / 2f64.powi(up as i32)), up)
+        let x0 = shift_x0(s_sig / 2f64.powi(up as i32));
+        // S ≤ 2·|x0|·2^n must stay below 2^(31−out_bits) for an out_bits-bit factor.
+        let n = self.n.unwrap_or_else(|| (29i64 - i64::from(self.out_bits) - i64::from(bit_length(x0.unsigned_abs() as u128))).clamp(8, 23) as u32);
+        (x0, up, n)
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
-        let s = self.check(x)?;
-        let (x0, up) = self.constants(s);
-        let (c, _) = rows(x);
-        let n = i64::from(self.n);
+    /// σ of one element given the exponent of its max: `(σ_int, saturated)`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn sigma<P: Probe>(&self, q: i64, m: i64, em: i64, x0: i64, n: i64, up: u32, mode: Mode, p: &mut P) -> (i64, bool) {
         let k = 31u32;
         let limit = (1i64 << k) - 1;
-        let cap = 1i64 << k;
-        let shift = k + 1 - self.out_bits;
+        let e = exp_shift((q - m) << up, x0, n, 1i64 << k, p);
+        let sum = e + em;
+        p.see(sum as i128);
+        let factor = recip_factor(k, sum.min(limit), mode);
+        p.see(factor as i128);
+        let prod = e as i128 * factor as i128;
+        p.see(prod);
+        ((prod >> (k + 1 - self.out_bits)) as i64, sum > limit)
+    }
+
+    /// σ of element `q` in a row with maximum `rmax` (whose e^−max is `em_row`).
+    #[inline(always)]
+    fn element<P: Probe>(&self, q: i64, (rmax, em_row, x0, n, up, mode): (i64, i64, i64, i64, u32, Mode), p: &mut P) -> (i64, bool) {
+        let cap = 1i64 << 31;
+        let (m, em) = if self.row_max {
+            (rmax, em_row)
+        } else if q > 0 {
+            (q, exp_shift(-q << up, x0, n, cap, p))
+        } else {
+            (0, exp_shift(0, x0, n, cap, p))
+        };
+        self.sigma(q, m, em, x0, n, up, mode, p)
+    }
+
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, memo: bool) -> Result<UnitOutput, UnitError> {
+        let s = self.check(x)?;
+        let (x0, up, n) = self.constants(s);
+        let (c, _) = rows(x);
+        let n = i64::from(n);
+        let cap = 1i64 << 31;
         let data = x.data();
         let mut out = vec![0i64; data.len()];
         let mut cond = Conditions::default();
+        let (lo, hi) = int_range(x.bits, true);
+        let span = (hi - lo + 1) as usize;
+        // σ depends only on (row max, q) — or on q alone element-wise — so narrow inputs are
+        // memoised: each distinct pair costs one divider operation, as a lookup table would.
+        let memo = memo && x.bits <= 12 && data.len() > span;
+        let mut tables: Vec<Vec<i64>> = if memo { vec![Vec::new(); if self.row_max { span } else { 1 }] } else { Vec::new() };
+        const SAT: i64 = 1 << 40;
         for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
             let rmax = *row.iter().max().unwrap();
             let em_row = exp_shift(-rmax << up, x0, n, cap, p);
+            let table = if memo {
+                let t = &mut tables[if self.row_max { (rmax - lo) as usize } else { 0 }];
+                if t.is_empty() {
+                    t.resize(span, -1);
+                }
+                Some(t)
+            } else {
+                None
+            };
+            let mut table = table;
             for (o, &q) in orow.iter_mut().zip(row) {
-                let (m, em) = if self.row_max { (rmax, em_row) } else if q > 0 { (q, exp_shift(-q << up, x0, n, cap, p)) } else { (0, exp_shift(0, x0, n, cap, p)) };
-                let e = exp_shift((q - m) << up, x0, n, cap, p);
-                let sum = e + em;
-                p.see(sum as i128);
-                if sum > limit {
+                let consts = (rmax, em_row, x0, n, up, mode);
+                let (sig, sat) = match table.as_deref_mut() {
+                    Some(t) => {
+                        let slot = &mut t[(q - lo) as usize];
+                        if *slot < 0 {
+                            let (sig, sat) = self.element(q, consts, &mut NoProbe);
+                            *slot = sig | if sat { SAT } else { 0 };
+                        }
+                        (*slot & (SAT - 1), *slot & SAT != 0)
+                    }
+                    None => self.element(q, consts, p),
+                };
+                if sat {
                     cond.add(Condition::SumSaturated);
                 }
-                let factor = recip_factor(k, sum.min(limit), mode);
-                p.see(factor as i128);
-                let prod = e as i128 * factor as i128;
-                p.see(prod);
-                let sig = (prod >> shift) as i64;
                 let v = q * sig;
                 p.see(v as i128);
                 *o = v;
@@ -347,7 +401,7 @@ impl Unit for Gelu {
     fn params(&self) -> Vec<ParamInfo> {
         vec![
             ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "sigmoid bits ob: sigma in [0, 2^(ob-1)-1] (reference 8)" },
-            ParamInfo { name: "n", value: self.n.to_string(), doc: "exp clamp 2^-n (reference 23)" },
+            ParamInfo { name: "n", value: opt_param(self.n), doc: "exp clamp 2^-n (reference 23; auto keeps an out_bits-bit divider factor)" },
             ParamInfo { name: "row_max", value: self.row_max.to_string(), doc: "subtract the row max (reference, row-wise) or max(x,0) per element (adapted)" },
             ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before exp (reference 0; auto = |x0| >= 16)" },
         ]
@@ -356,7 +410,7 @@ impl Unit for Gelu {
         let u = "gelu_ivit";
         match name {
             "out_bits" => self.out_bits = parse_param(u, "out_bits", value)?,
-            "n" => self.n = parse_param(u, "n", value)?,
+            "n" => self.n = parse_opt(u, "n", value)?,
             "row_max" => self.row_max = parse_param(u, "row_max", value)?,
             "upshift" => self.upshift = parse_opt(u, "upshift", value)?,
             _ => return Err(unknown_param(u, name, &self.params())),
@@ -365,24 +419,24 @@ impl Unit for Gelu {
     }
     fn declared_width(&self, x: &QTensor, _aux: &Aux) -> Result<u32, UnitError> {
         let s = self.check(x)?;
-        let (x0, up) = self.constants(s);
+        let (x0, up, n) = self.constants(s);
         let span = i128::from(int_range(x.bits, true).1) * 2 + 1;
         let xmin = -(span << up);
         let widths = [
             signed_width(xmin * 3 / 2 - 2),
             signed_width(-(span << up) * 3 / 2 - 2),
-            signed_width(i128::from(self.n) * i128::from(x0) * 2),
+            signed_width(i128::from(n) * i128::from(x0) * 2),
             signed_width((1i128 << 31) * 2),
-            signed_width(i128::from(x0.unsigned_abs() as i64) << (self.n + 1)),
+            signed_width(i128::from(x0.unsigned_abs() as i64) << (n + 1)),
             signed_width(-(1i128 << (x.bits - 1)) << (self.out_bits - 1)),
         ];
         Ok(widths.into_iter().max().unwrap())
     }
     fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, mode, &mut NoProbe)
+        self.run_with(x, mode, &mut NoProbe, true)
     }
     fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, Mode::Integer, probe)
+        self.run_with(x, Mode::Integer, probe, false)
     }
 }
 
