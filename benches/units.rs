@@ -19,7 +19,9 @@ fn bench_units(c: &mut Criterion) {
         g.throughput(Throughput::Elements(s.q.data().len() as u64));
         for preset in [Preset::Reference, Preset::Adapted] {
             let unit = units::build(name, preset).unwrap();
-            g.bench_function(format!("{name}/{preset}/integer"), |b| b.iter(|| black_box(unit.run(black_box(&s.q), &s.aux, Mode::Integer).unwrap())));
+            g.bench_function(format!("{name}/{preset}/integer"), |b| {
+                b.iter(|| black_box(unit.run(black_box(&s.q), &s.aux, Mode::Integer).unwrap()))
+            });
         }
         if name == "softmax_ivit" {
             let x = s.x.clone();

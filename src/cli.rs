@@ -1,13 +1,13 @@
 //! The `mnq` command line: argument parsing and calls into the library, nothing more.
 
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
 use mnq::fixed::{QTensor, Scale};
 use mnq::golden;
 use mnq::io::{read_input, write_atomic, Values};
 use mnq::report;
 use mnq::sensitivity::{self, Dist};
 use mnq::units::{self, Aux, Mode, Preset, Unit};
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -200,9 +200,21 @@ fn cmd_units(as_json: bool) -> Result<()> {
         return Ok(());
     }
     for r in &rows {
-        println!("{}  ({} / {}; input {} bits, {})", r["name"].as_str().unwrap(), r["op"].as_str().unwrap(), r["method"].as_str().unwrap(), r["input_bits"].as_str().unwrap(), r["input_sign"].as_str().unwrap());
+        println!(
+            "{}  ({} / {}; input {} bits, {})",
+            r["name"].as_str().unwrap(),
+            r["op"].as_str().unwrap(),
+            r["method"].as_str().unwrap(),
+            r["input_bits"].as_str().unwrap(),
+            r["input_sign"].as_str().unwrap()
+        );
         for (preset, params) in r["presets"].as_object().unwrap() {
-            let ps: Vec<String> = params.as_array().unwrap().iter().map(|p| format!("{}={}", p["name"].as_str().unwrap(), p["value"].as_str().unwrap())).collect();
+            let ps: Vec<String> = params
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| format!("{}={}", p["name"].as_str().unwrap(), p["value"].as_str().unwrap()))
+                .collect();
             println!("    preset {preset:<9}: {}", ps.join(" "));
         }
         if let Some(doc) = r["presets"]["reference"].as_array() {
@@ -348,7 +360,8 @@ fn error_one(unit: &dyn Unit, preset: Preset, bits: u32, dist: Dist, a: &ErrorAr
     let y = out.dequantize();
     let vs_float = sensitivity::error_stats(&s.reference, &y);
     let vs_deq = sensitivity::error_stats(&s.reference_deq, &y);
-    let deq_in: Vec<f64> = s.q.data().iter().enumerate().map(|(i, &v)| (v - s.aux.zero_point) as f64 * s.q.scale.at(i % s.q.row_len())).collect();
+    let deq_in: Vec<f64> =
+        s.q.data().iter().enumerate().map(|(i, &v)| (v - s.aux.zero_point) as f64 * s.q.scale.at(i % s.q.row_len())).collect();
     let input = sensitivity::error_stats(&s.x, &deq_in);
     let stem = format!("{}_{}b_{}", unit.name(), bits, preset);
     let mut files = vec![a.out.join(format!("{stem}.json"))];

@@ -43,8 +43,11 @@ pub enum Rounding {
 #[inline]
 pub fn div_round(num: i128, den: i128, mode: Rounding) -> i128 {
     debug_assert!(den > 0);
-    let q = num.div_euclid(den);
-    let r = num.rem_euclid(den); // 0 <= r < den, num = q*den + r
+    // 128-bit division is a slow library call: take the 64-bit path when both operands fit.
+    let (q, r) = match (i64::try_from(num), i64::try_from(den)) {
+        (Ok(n), Ok(d)) => (i128::from(n.div_euclid(d)), i128::from(n.rem_euclid(d))),
+        _ => (num.div_euclid(den), num.rem_euclid(den)),
+    }; // 0 <= r < den, num = q*den + r
     match mode {
         Rounding::Floor => q,
         Rounding::HalfUp => q + i128::from(2 * r >= den),
@@ -90,13 +93,7 @@ pub fn shift_round(x: i128, sh: u32, mode: Rounding) -> i128 {
 fn div_round_big_shift(x: i128, mode: Rounding) -> i128 {
     // |x| < 2^127 <= 2^(sh-1): the quotient is in (-1/2, 1/2].
     match mode {
-        Rounding::Floor => {
-            if x < 0 {
-                -1
-            } else {
-                0
-            }
-        }
+        Rounding::Floor if x < 0 => -1,
         _ => 0,
     }
 }
@@ -329,19 +326,11 @@ impl QTensor {
         }
         let (lo, hi) = int_range(bits, signed);
         if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| **v < lo || **v > hi) {
-            return Err(FixedError::Range {
-                index,
-                value,
-                bits,
-                sign: if signed { "signed" } else { "unsigned" },
-                lo,
-                hi,
-            });
+            return Err(FixedError::Range { index, value, bits, sign: if signed { "signed" } else { "unsigned" }, lo, hi });
         }
         let channels = *shape.last().unwrap();
         scale.validate("input scale", channels)?;
-        let q = ArrayD::from_shape_vec(IxDyn(shape), values)
-            .map_err(|_| FixedError::Shape { shape: shape.to_vec(), expected, got: 0 })?;
+        let q = ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|_| FixedError::Shape { shape: shape.to_vec(), expected, got: 0 })?;
         Ok(QTensor { q, scale, bits, signed })
     }
 
@@ -352,10 +341,7 @@ impl QTensor {
             return Err(FixedError::Scale { what: "float input value".into(), value: *v });
         }
         let (lo, hi) = int_range(bits.clamp(1, 63), signed);
-        let q = x
-            .iter()
-            .map(|v| round_half_even_f64(v / scale).clamp(lo as f64, hi as f64) as i64)
-            .collect();
+        let q = x.iter().map(|v| round_half_even_f64(v / scale).clamp(lo as f64, hi as f64) as i64).collect();
         QTensor::new(q, shape, Scale::PerTensor(scale), bits, signed)
     }
 

@@ -86,7 +86,10 @@ impl CaseResult {
             format!("{} ({}): exact, {} outputs", self.id, self.unit, self.outputs)
         } else {
             let (i, e, g) = self.first.unwrap();
-            format!("{} ({}): {} of {} outputs mismatch; first at index {i}: expected {e}, got {g}", self.id, self.unit, self.mismatches, self.outputs)
+            format!(
+                "{} ({}): {} of {} outputs mismatch; first at index {i}: expected {e}, got {g}",
+                self.id, self.unit, self.mismatches, self.outputs
+            )
         };
         if let Some((c, e, g)) = self.scale_mismatch {
             s.push_str(&format!("; output scale mismatch at channel {c}: expected {e:e}, got {g:e}"));
@@ -162,7 +165,8 @@ impl<'a> Case<'a> {
         let bits = self.u64("/input/bits")? as u32;
         let signed = self.get("/input/signed").and_then(Value::as_bool).ok_or_else(|| self.field("/input/signed", "a boolean"))?;
         let scale = self.scale("/input/scale")?;
-        QTensor::new(q, &shape, scale, bits, signed).map_err(|source| GoldenError::Unit { path: self.path.to_path_buf(), source: UnitError::Input { unit, source } })
+        QTensor::new(q, &shape, scale, bits, signed)
+            .map_err(|source| GoldenError::Unit { path: self.path.to_path_buf(), source: UnitError::Input { unit, source } })
     }
 }
 
@@ -224,7 +228,14 @@ pub fn run_case(path: &Path, v: Value, mode: Mode) -> Result<CaseResult, GoldenE
         let got_zero: Vec<i64> = got.iter().map(|g| i64::from(g.1)).collect();
         let (n1, f1) = compare(&want_code, &got_code);
         let (n2, f2) = compare(&want_zero, &got_zero);
-        return Ok(CaseResult { id, unit: "log2quant_fqvit".into(), outputs: want_code.len() * 2, mismatches: n1 + n2, first: f1.or(f2), scale_mismatch: None });
+        return Ok(CaseResult {
+            id,
+            unit: "log2quant_fqvit".into(),
+            outputs: want_code.len() * 2,
+            mismatches: n1 + n2,
+            first: f1.or(f2),
+            scale_mismatch: None,
+        });
     }
 
     let mut aux = Aux::default();
@@ -245,7 +256,9 @@ pub fn run_case(path: &Path, v: Value, mode: Mode) -> Result<CaseResult, GoldenE
             aux.zero_point = case.get("/input/zero_point").and_then(Value::as_f64).unwrap_or(0.0) as i64;
             (Box::new(u), case.input("softmax_fqvit")?, "/runs/f64/out_code")
         }
-        ("ibert", k) if k.starts_with("IntGELU") => (Box::new(ibert::Gelu::preset(Preset::Reference)), case.input("gelu_ibert")?, "/runs/f64/out_int"),
+        ("ibert", k) if k.starts_with("IntGELU") => {
+            (Box::new(ibert::Gelu::preset(Preset::Reference)), case.input("gelu_ibert")?, "/runs/f64/out_int")
+        }
         ("ivit", k) if k.starts_with("IntGELU") => {
             let mut u = ivit::Gelu::preset(Preset::Reference);
             u.out_bits = case.get("/ctor/output_bit").and_then(Value::as_u64).unwrap_or(8) as u32;
@@ -267,7 +280,8 @@ pub fn run_case(path: &Path, v: Value, mode: Mode) -> Result<CaseResult, GoldenE
         ("fqvit", k) if k.starts_with("QIntLayerNorm") => {
             aux.gamma = Some(case.f32s("/params/weight")?);
             aux.beta = Some(case.f32s("/params/bias")?);
-            aux.zero_point = case.get("/input/zero_point").and_then(Value::as_f64).ok_or_else(|| case.field("/input/zero_point", "a number"))? as i64;
+            aux.zero_point =
+                case.get("/input/zero_point").and_then(Value::as_f64).ok_or_else(|| case.field("/input/zero_point", "a number"))? as i64;
             aux.out_scale = Some(case.scale("/params/out_scale")?);
             (Box::new(fqvit::LayerNorm::preset(Preset::Reference)), case.input("layernorm_fqvit")?, "/runs/f64/out_int")
         }
@@ -280,7 +294,8 @@ pub fn run_case(path: &Path, v: Value, mode: Mode) -> Result<CaseResult, GoldenE
             if case.get("/input/identity_q").is_some() {
                 let idq = case.ints("/input/identity_q")?;
                 let ids = case.scale("/input/identity_scale")?;
-                let t = QTensor::new(idq, x.shape(), ids, 32, true).map_err(|source| unit_err(UnitError::Input { unit: "requant", source }))?;
+                let t =
+                    QTensor::new(idq, x.shape(), ids, 32, true).map_err(|source| unit_err(UnitError::Input { unit: "requant", source }))?;
                 aux.identity = Some(t);
             }
             if case.get("/dyadic/m").is_some() {
@@ -289,7 +304,14 @@ pub fn run_case(path: &Path, v: Value, mode: Mode) -> Result<CaseResult, GoldenE
                 for (c, (mm, ee)) in m.iter().zip(&e).enumerate() {
                     let d = ivit::Requant::dyadic(x.scale.at(c), aux.out_scale.as_ref().unwrap().at(0));
                     if d.m != *mm || i64::from(d.e) != *ee {
-                        return Ok(CaseResult { id, unit: u.name().into(), outputs: m.len(), mismatches: 1, first: Some((c, *mm, d.m)), scale_mismatch: None });
+                        return Ok(CaseResult {
+                            id,
+                            unit: u.name().into(),
+                            outputs: m.len(),
+                            mismatches: 1,
+                            first: Some((c, *mm, d.m)),
+                            scale_mismatch: None,
+                        });
                     }
                 }
             }
@@ -309,10 +331,8 @@ pub fn run_case(path: &Path, v: Value, mode: Mode) -> Result<CaseResult, GoldenE
 
 /// Every `*.json` file of a directory, sorted.
 pub fn case_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
     v.sort();
     Ok(v)
 }

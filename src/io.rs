@@ -110,7 +110,10 @@ fn check_values(path: &Path, values: &Values, shape: &[usize]) -> Result<(), IoE
         Values::Int(v) => v.len(),
         Values::Float(v) => {
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(fmt_err(path, format!("value {} at index {i} is not finite; remove NaN and infinities before quantising", v[i])));
+                return Err(fmt_err(
+                    path,
+                    format!("value {} at index {i} is not finite; remove NaN and infinities before quantising", v[i]),
+                ));
             }
             v.len()
         }
@@ -152,10 +155,7 @@ fn read_json(path: &Path) -> Result<InputFile, IoError> {
     let values = match ints {
         Some(v) => Values::Int(v),
         None => Values::Float(
-            arr.iter()
-                .map(Value::as_f64)
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| fmt_err(path, "every value must be a number"))?,
+            arr.iter().map(Value::as_f64).collect::<Option<Vec<_>>>().ok_or_else(|| fmt_err(path, "every value must be a number"))?,
         ),
     };
     let n = match &values {

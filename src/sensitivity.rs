@@ -190,7 +190,9 @@ pub fn sample(unit: &dyn Unit, bits: u32, dist: Dist, rows: usize, seed: u64) ->
     let mut aux = Aux::default();
     let fqvit = unit.method() == Method::FqVit;
     let q = match (unit.op(), fqvit) {
-        (Op::Gelu, _) => QTensor::quantize(&x, &shape, f64::from((8.0 / ((1u64 << (bits - 1)) - 1) as f64) as f32), bits, true).map_err(err)?,
+        (Op::Gelu, _) => {
+            QTensor::quantize(&x, &shape, f64::from((8.0 / ((1u64 << (bits - 1)) - 1) as f64) as f32), bits, true).map_err(err)?
+        }
         (Op::LayerNorm, true) => {
             let (scales, zp) = ptf_calibrate(&x, c, bits);
             let top = (1i64 << bits) - 1;
@@ -225,7 +227,10 @@ pub fn sample(unit: &dyn Unit, bits: u32, dist: Dist, rows: usize, seed: u64) ->
             (r, float::layernorm(&deq, c, &gf, &bf, 1e-6))
         }
         Op::Requant | Op::Log2Quant => {
-            return Err(UnitError::Aux { unit: unit.name(), what: "has no float counterpart to measure against; use softmax_*, gelu_* or layernorm_*".into() })
+            return Err(UnitError::Aux {
+                unit: unit.name(),
+                what: "has no float counterpart to measure against; use softmax_*, gelu_* or layernorm_*".into(),
+            })
         }
     };
     Ok(Sample { x, q, aux, reference, reference_deq })

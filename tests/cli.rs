@@ -59,7 +59,18 @@ fn units_lists_every_unit() {
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let names: Vec<&str> = v.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
-    for n in ["softmax_ibert", "softmax_ivit", "softmax_fqvit", "gelu_ibert", "gelu_ivit", "layernorm_ibert", "layernorm_ivit", "layernorm_fqvit", "requant_ivit", "log2quant_fqvit"] {
+    for n in [
+        "softmax_ibert",
+        "softmax_ivit",
+        "softmax_fqvit",
+        "gelu_ibert",
+        "gelu_ivit",
+        "layernorm_ibert",
+        "layernorm_ivit",
+        "layernorm_fqvit",
+        "requant_ivit",
+        "log2quant_fqvit",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     assert!(v[0]["internal_width_bits"]["reference/8b"].as_u64().unwrap() > 8);
@@ -77,7 +88,18 @@ fn eval_json_ints_floats_and_npy() {
     let inp = d.path().join("in.json");
     let out = d.path().join("out.json");
     std::fs::write(&inp, r#"{"q": [0, -10, -40, 5], "shape": [1, 4]}"#).unwrap();
-    let o = eval(&["--unit", "softmax_ivit", "--bits", "8", "--scale", "0.1", "--input", inp.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o = eval(&[
+        "--unit",
+        "softmax_ivit",
+        "--bits",
+        "8",
+        "--scale",
+        "0.1",
+        "--input",
+        inp.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v["shape"], serde_json::json!([1, 4]));
@@ -87,7 +109,18 @@ fn eval_json_ints_floats_and_npy() {
     // Floats are quantised first: x / 0.1 gives the same codes.
     std::fs::write(&inp, r#"{"x": [0.0, -1.0, -4.0, 0.5], "shape": [1, 4]}"#).unwrap();
     let out2 = d.path().join("out2.json");
-    let o = eval(&["--unit", "softmax_ivit", "--bits", "8", "--scale", "0.1", "--input", inp.to_str().unwrap(), "--output", out2.to_str().unwrap()]);
+    let o = eval(&[
+        "--unit",
+        "softmax_ivit",
+        "--bits",
+        "8",
+        "--scale",
+        "0.1",
+        "--input",
+        inp.to_str().unwrap(),
+        "--output",
+        out2.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out2).unwrap()).unwrap();
     assert_eq!(v["values"], v2["values"]);
@@ -95,7 +128,20 @@ fn eval_json_ints_floats_and_npy() {
     let npy = d.path().join("in.npy");
     arr2(&[[1i8, 2, 3, 4], [4, 3, 2, 1]]).write_npy(std::fs::File::create(&npy).unwrap()).unwrap();
     let out3 = d.path().join("out3.json");
-    let o = eval(&["--unit", "gelu_ivit", "--preset", "adapted", "--bits", "8", "--scale", "0.05", "--input", npy.to_str().unwrap(), "--output", out3.to_str().unwrap()]);
+    let o = eval(&[
+        "--unit",
+        "gelu_ivit",
+        "--preset",
+        "adapted",
+        "--bits",
+        "8",
+        "--scale",
+        "0.05",
+        "--input",
+        npy.to_str().unwrap(),
+        "--output",
+        out3.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v3: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out3).unwrap()).unwrap();
     assert_eq!(v3["shape"], serde_json::json!([2, 4]));
@@ -108,7 +154,11 @@ fn refused(args: &[&str], out: &Path, needle: &str) {
     assert_eq!(o.status.code(), Some(2), "expected exit 2 for {args:?}: {}", text(&o));
     assert!(text(&o).contains(needle), "message for {args:?} should mention '{needle}': {}", text(&o));
     assert_eq!(std::fs::read(out).ok(), before, "output file changed on failure");
-    let stray: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    let stray: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
     assert!(stray.is_empty(), "temporary files left behind: {stray:?}");
 }
 
@@ -132,10 +182,18 @@ fn eval_refuses_bad_input() {
     std::fs::write(&out, "precious").unwrap();
     let shape = p("shape.json");
     std::fs::write(&shape, r#"{"q": [1, 2, 3], "shape": [2, 2]}"#).unwrap();
-    refused(&["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", shape.to_str().unwrap(), "--output", o], &out, "needs 4 values");
+    refused(
+        &["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", shape.to_str().unwrap(), "--output", o],
+        &out,
+        "needs 4 values",
+    );
     let trunc = p("trunc.json");
     std::fs::write(&trunc, r#"{"q": [1, 2, "#).unwrap();
-    refused(&["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", trunc.to_str().unwrap(), "--output", o], &out, "truncated");
+    refused(
+        &["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", trunc.to_str().unwrap(), "--output", o],
+        &out,
+        "truncated",
+    );
     let nan = p("nan.npy");
     arr1(&[0.5f32, f32::NAN]).write_npy(std::fs::File::create(&nan).unwrap()).unwrap();
     refused(&["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", nan.to_str().unwrap(), "--output", o], &out, "not finite");
@@ -145,25 +203,49 @@ fn eval_refuses_bad_input() {
     let bytes = std::fs::read(&full).unwrap();
     std::fs::write(&tnpy, &bytes[..bytes.len() - 5]).unwrap();
     refused(&["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", tnpy.to_str().unwrap(), "--output", o], &out, "truncated");
-    refused(&["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", p("missing.json").to_str().unwrap(), "--output", o], &out, "missing.json");
-    refused(&["--unit", "layernorm_fqvit", "--bits", "8", "--unsigned", "--scale", "0.1", "--input", g, "--output", o], &out, "LayerNorm weight (gamma) is missing");
+    refused(
+        &["--unit", "gelu_ivit", "--bits", "8", "--scale", "0.1", "--input", p("missing.json").to_str().unwrap(), "--output", o],
+        &out,
+        "missing.json",
+    );
+    refused(
+        &["--unit", "layernorm_fqvit", "--bits", "8", "--unsigned", "--scale", "0.1", "--input", g, "--output", o],
+        &out,
+        "LayerNorm weight (gamma) is missing",
+    );
     let ln = p("ln.json");
     std::fs::write(&ln, r#"{"q": [1, 2, 3, 4], "shape": [2, 2], "gamma": [1, 1], "beta": [0, 0]}"#).unwrap();
-    refused(&["--unit", "layernorm_fqvit", "--bits", "8", "--unsigned", "--scale", "0.1", "--input", ln.to_str().unwrap(), "--output", o], &out, "--out-scale");
-    refused(&["--unit", "gelu_ivit", "--param", "bogus=1", "--bits", "8", "--scale", "0.1", "--input", g, "--output", o], &out, "no such parameter");
+    refused(
+        &["--unit", "layernorm_fqvit", "--bits", "8", "--unsigned", "--scale", "0.1", "--input", ln.to_str().unwrap(), "--output", o],
+        &out,
+        "--out-scale",
+    );
+    refused(
+        &["--unit", "gelu_ivit", "--param", "bogus=1", "--bits", "8", "--scale", "0.1", "--input", g, "--output", o],
+        &out,
+        "no such parameter",
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "precious");
 }
 
 #[test]
 fn error_writes_json_and_plots() {
     let d = tempfile::tempdir().unwrap();
-    let o = mnq(&["error", "--unit", "gelu_ibert", "--preset", "adapted", "--bits", "8", "--rows", "4", "--out", d.path().to_str().unwrap()]);
+    let o =
+        mnq(&["error", "--unit", "gelu_ibert", "--preset", "adapted", "--bits", "8", "--rows", "4", "--out", d.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    for f in ["gelu_ibert_8b_adapted.json", "gelu_ibert_8b_adapted_transfer.svg", "gelu_ibert_8b_adapted_transfer.png", "gelu_ibert_8b_adapted_error_hist.svg", "gelu_ibert_8b_adapted_error_hist.png"] {
+    for f in [
+        "gelu_ibert_8b_adapted.json",
+        "gelu_ibert_8b_adapted_transfer.svg",
+        "gelu_ibert_8b_adapted_transfer.png",
+        "gelu_ibert_8b_adapted_error_hist.svg",
+        "gelu_ibert_8b_adapted_error_hist.png",
+    ] {
         let p = d.path().join(f);
         assert!(p.is_file() && std::fs::metadata(&p).unwrap().len() > 100, "{f} missing or empty");
     }
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("gelu_ibert_8b_adapted.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("gelu_ibert_8b_adapted.json")).unwrap()).unwrap();
     assert!(v["vs_float"]["sqnr_db"].as_f64().unwrap() > 30.0, "{v}");
     let o = mnq(&["error", "--unit", "requant_ivit", "--bits", "8", "--out", d.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));

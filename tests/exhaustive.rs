@@ -12,11 +12,9 @@ fn gelu_every_8bit_code() {
     let s = f64::from((8.0f64 / 127.0) as f32);
     let x = codes8(s);
     // (unit, preset, max |error| against exact-erf GELU over all 256 codes, measured)
-    for (name, preset, bound) in [
-        ("gelu_ibert", Preset::Adapted, 0.06),
-        ("gelu_ivit", Preset::Adapted, 0.16),
-        ("gelu_ivit", Preset::Reference, 0.35),
-    ] {
+    for (name, preset, bound) in
+        [("gelu_ibert", Preset::Adapted, 0.06), ("gelu_ivit", Preset::Adapted, 0.16), ("gelu_ivit", Preset::Reference, 0.35)]
+    {
         let unit = units::build(name, preset).unwrap();
         for mode in [Mode::Reference, Mode::Integer] {
             let out = unit.run(&x, &Aux::default(), mode).unwrap();

@@ -35,7 +35,8 @@ fn softmax_sum_ok(name: &str, preset: Preset, sum: f64, n: usize, ob: u32, s: f6
     match name {
         "softmax_ibert" => sum <= 1.0 + 1e-12 && sum >= 1.0 - nf * 2f64.powi(-(ob as i32)) - nf * 2f64.powi(-17),
         "softmax_ivit" => {
-            let up = if preset == Preset::Adapted { (0..16).find(|p| (1.0 / (s / 2f64.powi(*p))).floor() >= 16.0).unwrap_or(16) } else { 0 };
+            let up =
+                if preset == Preset::Adapted { (0..16).find(|p| (1.0 / (s / 2f64.powi(*p))).floor() >= 16.0).unwrap_or(16) } else { 0 };
             let smax = nf * (1.0 / (s / 2f64.powi(up))).ceil() * 2f64.powi(16);
             let k = if preset == Preset::Adapted { (smax.log2().floor() + 1.0 + f64::from(ob)).max(31.0) } else { 31.0 };
             if smax >= 2f64.powf(k) {

@@ -68,10 +68,10 @@ fn bounds(v: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// Unit output against the float reference, with the identity line.
 pub fn transfer_plot(stem: &Path, title: &str, reference: &[f64], output: &[f64]) -> Result<Vec<PathBuf>, IoError> {
-    let step = (reference.len() / 4000).max(1);
+    let step = (reference.len() / 1500).max(1);
     let pts: Vec<(f64, f64)> = reference.iter().zip(output).step_by(step).map(|(&r, &o)| (r, o)).collect();
     let (lo, hi) = bounds(pts.iter().flat_map(|p| [p.0, p.1]));
-    render(stem, (800, 600), &Transfer { title, pts, lo, hi })
+    render(stem, (640, 480), &Transfer { title, pts, lo, hi })
 }
 
 struct Transfer<'a> {
@@ -84,17 +84,17 @@ struct Transfer<'a> {
 impl Figure for Transfer<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let (title, pts, lo, hi) = (self.title, &self.pts, self.lo, self.hi);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(lo..hi, lo..hi)
-        .map_err(|e| e.to_string())?;
-    chart.configure_mesh().x_desc("float reference").y_desc("unit output (dequantised)").draw().map_err(|e| e.to_string())?;
-    chart.draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.4))).map_err(|e| e.to_string())?;
-    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 2, BLUE.mix(0.5).filled()))).map_err(|e| e.to_string())?;
-    Ok(())
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..hi, lo..hi)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("float reference").y_desc("unit output (dequantised)").draw().map_err(|e| e.to_string())?;
+        chart.draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.4))).map_err(|e| e.to_string())?;
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 2, BLUE.mix(0.5).filled()))).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
@@ -108,7 +108,7 @@ pub fn error_histogram(stem: &Path, title: &str, errors: &[f64]) -> Result<Vec<P
         counts[(((e - lo) / w) as usize).min(nb - 1)] += 1;
     }
     let top = counts.iter().cloned().max().unwrap_or(1).max(1) as f64 * 1.05;
-    render(stem, (800, 600), &Hist { title, counts, lo, w, top })
+    render(stem, (640, 480), &Hist { title, counts, lo, w, top })
 }
 
 struct Hist<'a> {
@@ -122,21 +122,21 @@ struct Hist<'a> {
 impl Figure for Hist<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let (title, counts, lo, w, top) = (self.title, &self.counts, self.lo, self.w, self.top);
-    let hi = lo + w * counts.len() as f64;
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(lo..hi, 0f64..top)
-        .map_err(|e| e.to_string())?;
-    chart.configure_mesh().x_desc("error (unit − float)").y_desc("elements").draw().map_err(|e| e.to_string())?;
-    chart
-        .draw_series(counts.iter().enumerate().map(|(i, &c)| {
-            let x0 = lo + w * i as f64;
-            Rectangle::new([(x0, 0.0), (x0 + w, c as f64)], RED.mix(0.6).filled())
-        }))
-        .map_err(|e| e.to_string())?;
-    Ok(())
-}
+        let hi = lo + w * counts.len() as f64;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..hi, 0f64..top)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("error (unit − float)").y_desc("elements").draw().map_err(|e| e.to_string())?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + w * i as f64;
+                Rectangle::new([(x0, 0.0), (x0 + w, c as f64)], RED.mix(0.6).filled())
+            }))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }

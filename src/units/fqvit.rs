@@ -9,8 +9,8 @@
 
 use super::ibert::ExpConsts;
 use super::{
-    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe,
-    Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
+    Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, round_half_even_f64, shift_round, signed_width, QTensor, Rounding, Scale};
 
@@ -48,14 +48,22 @@ impl Softmax {
     fn consts(&self, x: &QTensor) -> Result<ExpConsts, UnitError> {
         check_bits("softmax_fqvit", x, 2, 24, None)?;
         if !(1..=6).contains(&self.bits) || !(1..=40).contains(&self.n) {
-            return Err(UnitError::Param { unit: "softmax_fqvit", param: "bits/n", value: format!("{}/{}", self.bits, self.n), why: "bits must be 1..=6, n 1..=40".into() });
+            return Err(UnitError::Param {
+                unit: "softmax_fqvit",
+                param: "bits/n",
+                value: format!("{}/{}", self.bits, self.n),
+                why: "bits must be 1..=6, n 1..=40".into(),
+            });
         }
-        let s = x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "softmax_fqvit", what: "LIS needs a per-tensor input scale".into() })?;
+        let s = x
+            .scale
+            .per_tensor()
+            .ok_or_else(|| UnitError::Aux { unit: "softmax_fqvit", what: "LIS needs a per-tensor input scale".into() })?;
         let up = self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s));
         Ok(ExpConsts::new(s, self.n, up))
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
         let k = self.consts(x)?;
         let (c, _) = rows(x);
         let data = x.data();
@@ -76,11 +84,16 @@ impl Softmax {
         } else {
             let mut e = vec![0i64; c];
             let mut thr = vec![0u128; levels as usize];
+            // The exponent depends only on max − q: tabulate it when that is cheaper.
+            let (lo, hi) = int_range(x.bits, x.signed);
+            let span = (hi - lo) as usize;
+            let table: Vec<i64> =
+                if lut && data.len() > span { (0..=span as i64).map(|d| k.exp(-d, &mut NoProbe)).collect() } else { Vec::new() };
             for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
                 let m = *row.iter().max().unwrap();
                 let mut sum: i128 = 0;
                 for (ei, &q) in e.iter_mut().zip(row) {
-                    *ei = k.exp(q - m, p);
+                    *ei = if table.is_empty() { k.exp(q - m, p) } else { table[(m - q) as usize] };
                     sum += *ei as i128;
                 }
                 p.see(sum);
@@ -100,11 +113,13 @@ impl Softmax {
                             // v ≥ t ⇔ 2S > (2t−1)·E, or equality with t even (RNE's tie goes to even t).
                             *th = if t % 2 == 0 && two_s % d == 0 { two_s / d } else { (two_s - 1) / d };
                         }
+                        // Thresholds never exceed 2S/3 < 2^63 for realistic rows: compare in 64 bits.
+                        let narrow: Vec<u64> = thr.iter().map(|&t| t.min(u64::MAX as u128) as u64).collect();
                         for (o, &ei) in orow.iter_mut().zip(&e) {
                             if ei == 0 {
                                 continue; // S / 0 = inf: the zero flag
                             }
-                            let k = thr.partition_point(|&th| ei as u128 <= th) as u32;
+                            let k = narrow.partition_point(|&th| ei as u64 <= th) as u32;
                             *o = if k >= levels { -1 } else { i64::from(k) };
                         }
                     }
@@ -118,7 +133,13 @@ impl Softmax {
                 }
             }
         }
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerTensor(1.0), encoding: Encoding::Log2 { bits: self.bits }, conditions: cond.into_vec() })
+        Ok(UnitOutput {
+            values: out,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerTensor(1.0),
+            encoding: Encoding::Log2 { bits: self.bits },
+            conditions: cond.into_vec(),
+        })
     }
 }
 
@@ -137,9 +158,17 @@ impl Unit for Softmax {
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![
-            ParamInfo { name: "bits", value: self.bits.to_string(), doc: "log2 code bits (codes 0..2^bits-1 plus a zero flag; reference 4)" },
+            ParamInfo {
+                name: "bits",
+                value: self.bits.to_string(),
+                doc: "log2 code bits (codes 0..2^bits-1 plus a zero flag; reference 4)",
+            },
             ParamInfo { name: "n", value: self.n.to_string(), doc: "i-exp polynomial range (reference 30)" },
-            ParamInfo { name: "upshift", value: self.upshift.map_or("auto".into(), |v| v.to_string()), doc: "input left shift before i-exp (reference 0; auto keeps c_int >= 1024, fixes NaN at coarse scales)" },
+            ParamInfo {
+                name: "upshift",
+                value: self.upshift.map_or("auto".into(), |v| v.to_string()),
+                doc: "input left shift before i-exp (reference 0; auto keeps c_int >= 1024, fixes NaN at coarse scales)",
+            },
         ]
     }
     fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
@@ -158,10 +187,10 @@ impl Unit for Softmax {
         Ok(k.widths(hi - lo).max(signed_width(2 * k.e_max() * x.row_len() as i128)))
     }
     fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, mode, &mut NoProbe)
+        self.run_with(x, mode, &mut NoProbe, true)
     }
     fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, Mode::Integer, probe)
+        self.run_with(x, Mode::Integer, probe, false)
     }
 }
 
@@ -198,7 +227,12 @@ impl LayerNorm {
                 s.validate("PTF output scale", c).map_err(|e| UnitError::Aux { unit: u, what: e.to_string() })?;
                 (0..c).map(|i| s.at(i)).collect()
             }
-            None => return Err(UnitError::Aux { unit: u, what: "PTF LayerNorm needs the output scale of the next quantiser (--out-scale)".into() }),
+            None => {
+                return Err(UnitError::Aux {
+                    unit: u,
+                    what: "PTF LayerNorm needs the output scale of the next quantiser (--out-scale)".into(),
+                })
+            }
         };
         let sc: Vec<f64> = (0..c).map(|i| x.scale.at(i)).collect();
         let s1 = sc.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -231,7 +265,8 @@ impl LayerNorm {
                         let a = ((s1 / std) * g[i]) / so[i];
                         let (m, n) = get_mn(a.abs());
                         let bb = round_half_even_f64(((b[i] - (mean / std) * g[i]) / so[i]) * 2f64.powf(n));
-                        *o = round_half_even_f64(((a.signum() * if a == 0.0 { 0.0 } else { 1.0 } * m) * xq[i] as f64 + bb) / 2f64.powf(n)) as i64;
+                        *o = round_half_even_f64(((a.signum() * if a == 0.0 { 0.0 } else { 1.0 } * m) * xq[i] as f64 + bb) / 2f64.powf(n))
+                            as i64;
                     }
                 }
             }
@@ -272,7 +307,7 @@ impl LayerNorm {
                             let ge = if bg >= bd { g >= d << (bg - bd) } else { g << (bd - bg) >= d };
                             let l = bg - bd - f as i64 - i64::from(!ge);
                             let n = (7 - l).clamp(0, 31) as u32;
-                            let m = ((g << n) / (d << f)).clamp(0, 255);
+                            let m = div_round(g << n, d << f, Rounding::Floor).clamp(0, 255);
                             (n, m)
                         };
                         p.see(g << n);
@@ -287,7 +322,13 @@ impl LayerNorm {
                 }
             }
         }
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: out_scale_of(&aux.out_scale), encoding: Encoding::Linear, conditions: cond.into_vec() })
+        Ok(UnitOutput {
+            values: out,
+            shape: x.shape().to_vec(),
+            scale: out_scale_of(&aux.out_scale),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        })
     }
 }
 
@@ -309,7 +350,11 @@ impl Unit for LayerNorm {
         (2, 16, None)
     }
     fn params(&self) -> Vec<ParamInfo> {
-        vec![ParamInfo { name: "frac_bits", value: self.frac_bits.to_string(), doc: "fractional bits of the per-channel constants C*gamma/so, gamma/so, beta/so (Integer mode)" }]
+        vec![ParamInfo {
+            name: "frac_bits",
+            value: self.frac_bits.to_string(),
+            doc: "fractional bits of the per-channel constants C*gamma/so, gamma/so, beta/so (Integer mode)",
+        }]
     }
     fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
         match name {
@@ -459,7 +504,10 @@ impl Log2Quant {
             Mode::Integer => {
                 let (m, e) = crate::fixed::frexp(s);
                 if m != 0.5 {
-                    return Err(UnitError::Aux { unit: u, what: format!("the integer log2 quantiser needs a power-of-two input scale (got {s}); use --mode reference") });
+                    return Err(UnitError::Aux {
+                        unit: u,
+                        what: format!("the integer log2 quantiser needs a power-of-two input scale (got {s}); use --mode reference"),
+                    });
                 }
                 let frac = 1 - e; // s = 2^-frac
                 x.data()
@@ -479,7 +527,13 @@ impl Log2Quant {
                     .collect()
             }
         };
-        Ok(UnitOutput { values, shape: x.shape().to_vec(), scale: Scale::PerTensor(1.0), encoding: Encoding::Log2 { bits: self.bits }, conditions: vec![] })
+        Ok(UnitOutput {
+            values,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerTensor(1.0),
+            encoding: Encoding::Log2 { bits: self.bits },
+            conditions: vec![],
+        })
     }
 }
 

@@ -6,10 +6,13 @@
 //! `torch.sqrt` and dynamic-shift rule. Integer mode is what hardware builds: a dyadic 16-bit
 //! requantiser, integer dividers, an integer square root and the integer shift rule.
 
+// The reference's truncated constants (−0.6931 for −ln 2, 1.4142 for √2) are what bit-exactness needs.
+#![allow(clippy::approx_constant)]
+
 use super::ivit::{floor_div, ln_bias_and_scale};
 use super::{
-    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe,
-    Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
+    Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, rdiv, round_half_even_f64, signed_width, Dyadic, QTensor, Rounding, Scale};
 
@@ -151,7 +154,10 @@ impl Softmax {
                 why: "out_bits must be 2..=24 and n 1..=40".into(),
             });
         }
-        let s = x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "softmax_ibert", what: "softmax needs a per-tensor input scale".into() })?;
+        let s = x
+            .scale
+            .per_tensor()
+            .ok_or_else(|| UnitError::Aux { unit: "softmax_ibert", what: "softmax needs a per-tensor input scale".into() })?;
         let up = self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s));
         Ok(ExpConsts::new(s, self.n, up))
     }
@@ -167,7 +173,13 @@ impl Softmax {
         if k.c <= 0 {
             // Reference: every E is 0, the sum is 0 and 0·∞ = NaN. Defined here as all zeros.
             cond.add_n(Condition::ExpUnderflow, data.len() / c.max(1));
-            return Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() });
+            return Ok(UnitOutput {
+                values: out,
+                shape: x.shape().to_vec(),
+                scale,
+                encoding: Encoding::Linear,
+                conditions: cond.into_vec(),
+            });
         }
         let e_max = k.e_max();
         let osh = 32 - self.out_bits;
@@ -258,8 +270,16 @@ impl Unit for Softmax {
         vec![
             ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "output bits ob: scale 2^-ob" },
             ParamInfo { name: "n", value: self.n.to_string(), doc: "i-exp polynomial range: inputs clamped at n*x0 (reference 30)" },
-            ParamInfo { name: "clamp_out", value: self.clamp_out.to_string(), doc: "clamp output to 2^ob-1 (adapted) instead of reaching 2^ob (reference)" },
-            ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before i-exp (reference 0; auto keeps c_int >= 1024)" },
+            ParamInfo {
+                name: "clamp_out",
+                value: self.clamp_out.to_string(),
+                doc: "clamp output to 2^ob-1 (adapted) instead of reaching 2^ob (reference)",
+            },
+            ParamInfo {
+                name: "upshift",
+                value: opt_param(self.upshift),
+                doc: "input left shift before i-exp (reference 0; auto keeps c_int >= 1024)",
+            },
         ]
     }
     fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
@@ -278,15 +298,10 @@ impl Unit for Softmax {
         let (lo, hi) = int_range(x.bits, x.signed);
         let d = Dyadic::from_ratio(32767.0 / k.e_max().max(1) as f64);
         let c = x.row_len() as i128;
-        Ok([
-            k.widths(hi - lo),
-            signed_width(i128::from(k.c) * i128::from(d.m)),
-            signed_width(32767 * c),
-            signed_width(1i128 << 32),
-        ]
-        .into_iter()
-        .max()
-        .unwrap())
+        Ok([k.widths(hi - lo), signed_width(i128::from(k.c) * i128::from(d.m)), signed_width(32767 * c), signed_width(1i128 << 32)]
+            .into_iter()
+            .max()
+            .unwrap())
     }
     fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         self.run_with(x, mode, &mut NoProbe, true)
@@ -342,7 +357,12 @@ impl Gelu {
     fn check(&self, x: &QTensor) -> Result<(), UnitError> {
         check_bits("gelu_ibert", x, 2, 32, Some(true))?;
         if !(self.k.is_finite() && self.k > 0.0) || self.n.is_some_and(|n| n > 60) {
-            return Err(UnitError::Param { unit: "gelu_ibert", param: "k/n", value: format!("{}/{:?}", self.k, self.n), why: "k must be positive, n at most 60".into() });
+            return Err(UnitError::Param {
+                unit: "gelu_ibert",
+                param: "k/n",
+                value: format!("{}/{:?}", self.k, self.n),
+                why: "k must be positive, n at most 60".into(),
+            });
         }
         Ok(())
     }
@@ -367,7 +387,13 @@ impl Gelu {
                         let t = (a + k.b) as i128;
                         let y = t * t + k.c as i128;
                         p.see(y);
-                        let y = if q < 0 { -y } else if q == 0 { 0 } else { y };
+                        let y = if q < 0 {
+                            -y
+                        } else if q == 0 {
+                            0
+                        } else {
+                            y
+                        };
                         let erf = y >> k.n;
                         let sum = erf + k.shift as i128;
                         p.see(sum);
@@ -414,7 +440,11 @@ impl Unit for Gelu {
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![
-            ParamInfo { name: "n", value: opt_param(self.n), doc: "erf shift n (reference 14, breaks below 16-bit inputs; auto keeps ~2^11 erf levels)" },
+            ParamInfo {
+                name: "n",
+                value: opt_param(self.n),
+                doc: "erf shift n (reference 14, breaks below 16-bit inputs; auto keeps ~2^11 erf levels)",
+            },
             ParamInfo { name: "k", value: self.k.to_string(), doc: "sqrt(2) as written in the reference (1.4142)" },
         ]
     }
@@ -558,7 +588,13 @@ impl LayerNorm {
             }
         }
         let _ = nrows;
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerChannel(scale), encoding: Encoding::Linear, conditions: cond.into_vec() })
+        Ok(UnitOutput {
+            values: out,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerChannel(scale),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        })
     }
 }
 
@@ -595,7 +631,9 @@ impl Unit for LayerNorm {
             Some(("dynamic", s)) => ShiftRule::Dynamic(parse_param(u, "shift", s)?),
             Some(("frozen", s)) => ShiftRule::Frozen(parse_param(u, "shift", s)?),
             None if value == "static" => ShiftRule::Static,
-            _ => return Err(UnitError::Param { unit: u, param: "shift", value: value.into(), why: "dynamic:S, frozen:S or static".into() }),
+            _ => {
+                return Err(UnitError::Param { unit: u, param: "shift", value: value.into(), why: "dynamic:S, frozen:S or static".into() })
+            }
         };
         Ok(())
     }
@@ -607,15 +645,10 @@ impl Unit for LayerNorm {
         let span = 1i128 << x.bits;
         let bmax = bias.iter().map(|b| i128::from(*b).abs()).max().unwrap_or(0);
         let prod = span * (1i128 << 31);
-        Ok([
-            signed_width(span * c as i128),
-            signed_width(span * span * c as i128),
-            signed_width(prod),
-            signed_width((prod >> 1) + bmax),
-        ]
-        .into_iter()
-        .max()
-        .unwrap())
+        Ok([signed_width(span * c as i128), signed_width(span * span * c as i128), signed_width(prod), signed_width((prod >> 1) + bmax)]
+            .into_iter()
+            .max()
+            .unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         self.run_with(x, aux, mode, &mut NoProbe)

@@ -8,8 +8,8 @@
 //! (float64 product rounded) and where the reference casts its output to float32.
 
 use super::{
-    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode,
-    NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
+    Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, fl32, int_range, rdiv, signed_width, ClampList, Dyadic, QTensor, Scale};
 
@@ -116,7 +116,7 @@ impl Softmax {
         // Auto: the sum never saturates and ⌊(2^K−1)/S⌋ keeps at least out_bits bits even for a
         // uniform row (the reference's K = 31 leaves 5 bits for 197 tokens at 8-bit scales).
         let k = self.sum_bits.unwrap_or_else(|| {
-            let max_sum = (row.max(1) as u128) * (x0.unsigned_abs() as u128) << (self.n + 1);
+            let max_sum = ((row.max(1) as u128) * (x0.unsigned_abs() as u128)) << (self.n + 1);
             (bit_length(max_sum) + self.out_bits).max(31)
         });
         (x0, p, k)
@@ -141,7 +141,12 @@ impl Softmax {
         let (x0, up, k) = self.constants(s, c);
         let k = k.min(62);
         if k + 1 < self.out_bits {
-            return Err(UnitError::Param { unit: "softmax_ivit", param: "sum_bits", value: k.to_string(), why: "must be at least out_bits − 1".into() });
+            return Err(UnitError::Param {
+                unit: "softmax_ivit",
+                param: "sum_bits",
+                value: k.to_string(),
+                why: "must be at least out_bits − 1".into(),
+            });
         }
         let n = i64::from(self.n);
         let cap = i64::MAX >> 1;
@@ -212,8 +217,16 @@ impl Unit for Softmax {
         vec![
             ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "output bits ob: range [0, 2^(ob-1)-1], scale 2^-(ob-1)" },
             ParamInfo { name: "n", value: self.n.to_string(), doc: "exp clamp: e^x floored at 2^-n (reference 15)" },
-            ParamInfo { name: "sum_bits", value: opt_param(self.sum_bits), doc: "K: row sum clamped at 2^K-1, numerator 2^K-1 (reference 31; auto = no saturation and an out_bits-bit factor)" },
-            ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before exp so x0=floor(-1/s) is accurate (reference 0; auto = |x0| >= 16)" },
+            ParamInfo {
+                name: "sum_bits",
+                value: opt_param(self.sum_bits),
+                doc: "K: row sum clamped at 2^K-1, numerator 2^K-1 (reference 31; auto = no saturation and an out_bits-bit factor)",
+            },
+            ParamInfo {
+                name: "upshift",
+                value: opt_param(self.upshift),
+                doc: "input left shift before exp so x0=floor(-1/s) is accurate (reference 0; auto = |x0| >= 16)",
+            },
         ]
     }
     fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
@@ -296,7 +309,9 @@ impl Gelu {
         let up = self.upshift.unwrap_or_else(|| auto_upshift(s_sig));
         let x0 = shift_x0(s_sig / 2f64.powi(up as i32));
         // S ≤ 2·|x0|·2^n must stay below 2^(31−out_bits) for an out_bits-bit factor.
-        let n = self.n.unwrap_or_else(|| (29i64 - i64::from(self.out_bits) - i64::from(bit_length(x0.unsigned_abs() as u128))).clamp(8, 23) as u32);
+        let n = self
+            .n
+            .unwrap_or_else(|| (29i64 - i64::from(self.out_bits) - i64::from(bit_length(x0.unsigned_abs() as u128))).clamp(8, 23) as u32);
         (x0, up, n)
     }
 
@@ -381,7 +396,13 @@ impl Gelu {
             }
         }
         let s_out = fl32(f64::from(s as f32) * f64::from(2f32.powi(-(self.out_bits as i32 - 1))));
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerTensor(s_out), encoding: Encoding::Linear, conditions: cond.into_vec() })
+        Ok(UnitOutput {
+            values: out,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerTensor(s_out),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        })
     }
 }
 
@@ -400,10 +421,26 @@ impl Unit for Gelu {
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![
-            ParamInfo { name: "out_bits", value: self.out_bits.to_string(), doc: "sigmoid bits ob: sigma in [0, 2^(ob-1)-1] (reference 8)" },
-            ParamInfo { name: "n", value: opt_param(self.n), doc: "exp clamp 2^-n (reference 23; auto keeps an out_bits-bit divider factor)" },
-            ParamInfo { name: "row_max", value: self.row_max.to_string(), doc: "subtract the row max (reference, row-wise) or max(x,0) per element (adapted)" },
-            ParamInfo { name: "upshift", value: opt_param(self.upshift), doc: "input left shift before exp (reference 0; auto = |x0| >= 16)" },
+            ParamInfo {
+                name: "out_bits",
+                value: self.out_bits.to_string(),
+                doc: "sigmoid bits ob: sigma in [0, 2^(ob-1)-1] (reference 8)",
+            },
+            ParamInfo {
+                name: "n",
+                value: opt_param(self.n),
+                doc: "exp clamp 2^-n (reference 23; auto keeps an out_bits-bit divider factor)",
+            },
+            ParamInfo {
+                name: "row_max",
+                value: self.row_max.to_string(),
+                doc: "subtract the row max (reference, row-wise) or max(x,0) per element (adapted)",
+            },
+            ParamInfo {
+                name: "upshift",
+                value: opt_param(self.upshift),
+                doc: "input left shift before exp (reference 0; auto = |x0| >= 16)",
+            },
         ]
     }
     fn set_param(&mut self, name: &str, value: &str) -> Result<(), UnitError> {
@@ -540,7 +577,13 @@ impl LayerNorm {
                 *o = v;
             }
         }
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerChannel(scale), encoding: Encoding::Linear, conditions: cond.into_vec() })
+        Ok(UnitOutput {
+            values: out,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerChannel(scale),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        })
     }
 }
 
@@ -559,7 +602,11 @@ impl Unit for LayerNorm {
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![
-            ParamInfo { name: "newton_steps", value: self.newton_steps.to_string(), doc: "Newton iterations of the integer sqrt (reference 10)" },
+            ParamInfo {
+                name: "newton_steps",
+                value: self.newton_steps.to_string(),
+                doc: "Newton iterations of the integer sqrt (reference 10)",
+            },
             ParamInfo {
                 name: "start",
                 value: match self.start {
@@ -602,13 +649,8 @@ impl Unit for LayerNorm {
             NewtonStart::BitLength => 2 * var.max(1),
         };
         let prod = span * (1i128 << 31);
-        let widths = [
-            signed_width(span * c as i128),
-            signed_width(var),
-            signed_width(kmax),
-            signed_width(prod),
-            signed_width((prod >> 1) + bmax),
-        ];
+        let widths =
+            [signed_width(span * c as i128), signed_width(var), signed_width(kmax), signed_width(prod), signed_width((prod >> 1) + bmax)];
         Ok(widths.into_iter().max().unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
@@ -668,7 +710,10 @@ impl Requant {
         let id = match &aux.identity {
             Some(t) => {
                 if t.shape() != x.shape() {
-                    return Err(UnitError::Aux { unit: u, what: format!("identity branch shape {:?} differs from input shape {:?}", t.shape(), x.shape()) });
+                    return Err(UnitError::Aux {
+                        unit: u,
+                        what: format!("identity branch shape {:?} differs from input shape {:?}", t.shape(), x.shape()),
+                    });
                 }
                 let d: Vec<Dyadic> = (0..c).map(|i| Self::dyadic(t.scale.at(i), s_out)).collect();
                 Some((t.data(), d))
@@ -712,7 +757,13 @@ impl Requant {
                 v as i64
             })
             .collect();
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale: Scale::PerTensor(fl32(s_out)), encoding: Encoding::Linear, conditions: cond.into_vec() })
+        Ok(UnitOutput {
+            values: out,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerTensor(fl32(s_out)),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        })
     }
 }
 
@@ -748,7 +799,14 @@ impl Unit for Requant {
                     "ivit" => ClampList::IVit,
                     "ibert" => ClampList::IBert,
                     "always" => ClampList::Always,
-                    _ => return Err(UnitError::Param { unit: u, param: "clamp", value: value.into(), why: "one of ivit, ibert, always".into() }),
+                    _ => {
+                        return Err(UnitError::Param {
+                            unit: u,
+                            param: "clamp",
+                            value: value.into(),
+                            why: "one of ivit, ibert, always".into(),
+                        })
+                    }
                 }
             }
             _ => return Err(unknown_param(u, name, &self.params())),

@@ -341,11 +341,7 @@ const REGISTRY: &[(&str, Builder)] = &[
 
 /// Build a unit by name with a preset.
 pub fn build(name: &str, preset: Preset) -> Result<Box<dyn Unit>, UnitError> {
-    REGISTRY
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, b)| b(preset))
-        .ok_or_else(|| UnitError::Unknown(name.to_string()))
+    REGISTRY.iter().find(|(n, _)| *n == name).map(|(_, b)| b(preset)).ok_or_else(|| UnitError::Unknown(name.to_string()))
 }
 
 /// Check an input against a unit's supported widths and signedness.
@@ -369,12 +365,7 @@ pub(crate) fn check_bits(unit: &'static str, x: &QTensor, min: u32, max: u32, si
 
 /// Parse a parameter value, naming the parameter on failure.
 pub(crate) fn parse_param<T: std::str::FromStr>(unit: &'static str, param: &'static str, value: &str) -> Result<T, UnitError> {
-    value.parse().map_err(|_| UnitError::Param {
-        unit,
-        param,
-        value: value.to_string(),
-        why: "not a number of the right type".into(),
-    })
+    value.parse().map_err(|_| UnitError::Param { unit, param, value: value.to_string(), why: "not a number of the right type".into() })
 }
 
 /// Error for an unknown parameter name.
@@ -390,7 +381,7 @@ pub(crate) fn unknown_param(unit: &'static str, name: &str, params: &[ParamInfo]
 /// Rows of a tensor: (row length, number of rows).
 pub(crate) fn rows(x: &QTensor) -> (usize, usize) {
     let c = x.row_len();
-    (c, if c == 0 { 0 } else { x.data().len() / c })
+    (c, x.data().len().checked_div(c).unwrap_or(0))
 }
 
 /// Look up the LayerNorm affine parameters, checking their lengths.
