@@ -9,7 +9,7 @@
 // The reference's truncated constants (−0.6931 for −ln 2, 1.4142 for √2) are what bit-exactness needs.
 #![allow(clippy::approx_constant)]
 
-use super::ivit::{floor_div, ln_bias_and_scale};
+use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
 use super::{
     affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
     Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
@@ -518,7 +518,7 @@ impl LayerNorm {
         let u = "layernorm_ibert";
         check_bits(u, x, 2, 32, Some(true))?;
         x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: u, what: "IntLayerNorm needs a per-tensor input scale".into() })?;
-        let (c, nrows) = rows(x);
+        let (c, _) = rows(x);
         let (gamma, beta) = affine(u, aux, c)?;
         let mut cond = Conditions::default();
         let (bias, scale) = ln_bias_and_scale(gamma, beta, c, &mut cond);
@@ -579,15 +579,8 @@ impl LayerNorm {
                 Mode::Reference => rdiv(2f64.powi(31), std as f64).floor() as i64,
             };
             p.see(factor as i128);
-            for ((o, &yi), &b) in orow.iter_mut().zip(yrow).zip(&bias) {
-                let prod = yi as i128 * factor as i128;
-                p.see(prod);
-                let v = (prod >> 1) as i64 + b;
-                p.see(v as i128);
-                *o = v;
-            }
+            ln_scale_row(yrow, factor, &bias, orow, p);
         }
-        let _ = nrows;
         Ok(UnitOutput {
             values: out,
             shape: x.shape().to_vec(),

@@ -511,6 +511,18 @@ pub(crate) fn ln_bias_and_scale(gamma: &[f32], beta: &[f32], c: usize, cond: &mu
     (bias, scale)
 }
 
+/// `out = ((y · factor) >> 1) + bias_int[c]`: the normalising multiply shared by I-BERT and I-ViT.
+#[inline]
+pub(crate) fn ln_scale_row<P: Probe>(y: &[i64], factor: i64, bias: &[i64], out: &mut [i64], p: &mut P) {
+    for ((o, &yi), &b) in out.iter_mut().zip(y).zip(bias) {
+        let prod = yi as i128 * factor as i128;
+        p.see(prod);
+        let v = (prod >> 1) as i64 + b;
+        p.see(v as i128);
+        *o = v;
+    }
+}
+
 /// I-LayerNorm: I-ViT's integer LayerNorm with a fixed-step Newton square root (`kernels.md` §2.4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerNorm {
@@ -569,13 +581,7 @@ impl LayerNorm {
                 Mode::Reference => rdiv(((1i64 << 31) - 1) as f64, std as f64).floor() as i64,
             };
             p.see(factor as i128);
-            for ((o, &yi), &b) in orow.iter_mut().zip(&y).zip(&bias) {
-                let prod = yi as i128 * factor as i128;
-                p.see(prod);
-                let v = (prod >> 1) as i64 + b;
-                p.see(v as i128);
-                *o = v;
-            }
+            ln_scale_row(&y, factor, &bias, orow, p);
         }
         Ok(UnitOutput {
             values: out,
