@@ -39,6 +39,91 @@ pub enum Command {
     Eval(EvalArgs),
     /// Error of a unit against the float reference on a realistic input distribution (JSON + plots).
     Error(ErrorArgs),
+    /// Generate Verilog through rust_hdl: `<unit>_<bits>b_l<lanes>.v` and `manifest.json`.
+    Rtl(RtlArgs),
+    /// Co-simulate generated Verilog under Verilator against the cycle model, cycle by cycle.
+    Cosim(CosimArgs),
+}
+
+/// Selection of hardware configurations (default: the committed set).
+#[derive(Debug, clap::Args)]
+pub struct HwSelect {
+    /// Unit (default: every unit with hardware).
+    #[arg(long)]
+    unit: Option<String>,
+    /// Input widths (comma-separated; default 8,6).
+    #[arg(long, value_delimiter = ',')]
+    bits: Vec<u32>,
+    /// Lanes (comma-separated; default 1,4).
+    #[arg(long, value_delimiter = ',')]
+    lanes: Vec<usize>,
+}
+
+impl HwSelect {
+    fn configs(&self) -> Result<Vec<mnq::hdl::RtlConfig>> {
+        let units: Vec<String> = match &self.unit {
+            Some(u) => vec![u.clone()],
+            None => mnq::hdl::RTL_UNITS.iter().map(|s| s.to_string()).collect(),
+        };
+        let bits = if self.bits.is_empty() { vec![8, 6] } else { self.bits.clone() };
+        let lanes = if self.lanes.is_empty() { vec![1, 4] } else { self.lanes.clone() };
+        let mut v = Vec::new();
+        for u in &units {
+            for &b in &bits {
+                for &l in &lanes {
+                    v.push(mnq::hdl::RtlConfig::new(u, b, l)?);
+                }
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// Options of `mnq rtl`.
+#[derive(Debug, clap::Args)]
+pub struct RtlArgs {
+    #[command(flatten)]
+    select: HwSelect,
+    /// Output folder.
+    #[arg(long, default_value = "rtl")]
+    out: PathBuf,
+    /// Compare with the files in --out instead of writing; exit 1 on any difference.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Options of `mnq cosim`.
+#[derive(Debug, clap::Args)]
+pub struct CosimArgs {
+    #[command(flatten)]
+    select: HwSelect,
+    /// Elements to stream per configuration (at least).
+    #[arg(long, default_value_t = 100_000)]
+    elements: usize,
+    /// Seed of the stimulus and of the handshake patterns.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Probability that an input beat is offered on a cycle (random input gaps).
+    #[arg(long, default_value_t = 0.8)]
+    p_valid: f64,
+    /// Probability that the output is ready on a cycle (random back-pressure).
+    #[arg(long, default_value_t = 0.8)]
+    p_ready: f64,
+    /// Preset whose constants configure the hardware.
+    #[arg(long, value_enum, default_value = "adapted")]
+    preset: Preset,
+    /// Folder with the Verilog to simulate.
+    #[arg(long, default_value = "rtl")]
+    rtl: PathBuf,
+    /// Build folder (Verilator objects, stimulus, traces, logs).
+    #[arg(long, default_value = "target/cosim")]
+    work: PathBuf,
+    /// Dump a waveform (one configuration only).
+    #[arg(long)]
+    vcd: Option<PathBuf>,
+    /// Also write the reports as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Options shared by commands that build a unit.
@@ -131,7 +216,78 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Units { json } => cmd_units(json).map(|_| 0),
         Command::Eval(a) => cmd_eval(&a).map(|_| 0),
         Command::Error(a) => cmd_error(&a).map(|_| 0),
+        Command::Rtl(a) => cmd_rtl(&a),
+        Command::Cosim(a) => cmd_cosim(&a),
     }
+}
+
+fn cmd_rtl(a: &RtlArgs) -> Result<i32> {
+    let configs = a.select.configs()?;
+    let mut differ = 0;
+    let n = configs.len();
+    for (i, c) in configs.iter().enumerate() {
+        let v = mnq::hdl::verilog(c);
+        let path = a.out.join(format!("{}.v", c.name()));
+        if a.check {
+            let same = std::fs::read_to_string(&path).is_ok_and(|old| old == v);
+            println!("[{}/{n}] {}: {}", i + 1, path.display(), if same { "identical" } else { "DIFFERS from the generator" });
+            differ += usize::from(!same);
+        } else {
+            write_atomic(&path, v.as_bytes())?;
+            println!("[{}/{n}] wrote {}", i + 1, path.display());
+        }
+    }
+    let manifest: Vec<_> = configs.iter().map(|c| c.manifest()).collect();
+    let text = serde_json::to_string_pretty(&manifest)? + "\n";
+    let mpath = a.out.join("manifest.json");
+    if a.check {
+        let same = std::fs::read_to_string(&mpath).is_ok_and(|old| old == text);
+        println!("{}: {}", mpath.display(), if same { "identical" } else { "DIFFERS from the generator" });
+        differ += usize::from(!same);
+        if differ > 0 {
+            eprintln!("{differ} file(s) differ: regenerate with `mnq rtl --out {}` and commit", a.out.display());
+        }
+        return Ok(i32::from(differ > 0));
+    }
+    write_atomic(&mpath, text.as_bytes())?;
+    println!("wrote {}", mpath.display());
+    Ok(0)
+}
+
+fn cmd_cosim(a: &CosimArgs) -> Result<i32> {
+    let configs = a.select.configs()?;
+    if a.vcd.is_some() && configs.len() != 1 {
+        bail!("--vcd needs exactly one configuration: give --unit, --bits and --lanes");
+    }
+    if !(0.0 < a.p_valid && a.p_valid <= 1.0 && 0.0 < a.p_ready && a.p_ready <= 1.0) {
+        bail!("--p-valid and --p-ready must be in (0, 1]");
+    }
+    mnq::cosim::require("verilator", "verilator")?;
+    let opts = mnq::cosim::CosimOptions {
+        elements: a.elements,
+        seed: a.seed,
+        p_valid: a.p_valid,
+        p_ready: a.p_ready,
+        preset: a.preset,
+        rtl_dir: a.rtl.clone(),
+        work_dir: a.work.clone(),
+        vcd: a.vcd.clone(),
+    };
+    let mut bad = 0;
+    let mut reports = Vec::new();
+    let n = configs.len();
+    for (i, c) in configs.iter().enumerate() {
+        eprintln!("[{}/{n}] {}: building and simulating...", i + 1, c.name());
+        let r = mnq::cosim::cosim(c, &opts)?;
+        println!("{}", r.line());
+        bad += usize::from(r.mismatches > 0 || r.golden_mismatches > 0);
+        reports.push(r);
+    }
+    if let Some(j) = &a.json {
+        write_atomic(j, serde_json::to_string_pretty(&reports)?.as_bytes())?;
+    }
+    println!("{} configurations: {} cycle-exact and golden-exact, {} failing", n, n - bad, bad);
+    Ok(i32::from(bad > 0))
 }
 
 fn build_unit(a: &UnitArgs) -> Result<Box<dyn Unit>> {

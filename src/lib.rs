@@ -2,8 +2,11 @@
 //!
 //! See `README.md` for the commands and `../shared/design.md` for the module map.
 
+pub mod cosim;
+pub mod cycle;
 pub mod fixed;
 pub mod golden;
+pub mod hdl;
 pub mod io;
 pub mod report;
 pub mod sensitivity;

@@ -311,14 +311,19 @@ impl Unit for Softmax {
     }
 }
 
-/// i-GELU constants for one input scale (`kernels.md` §1.1).
+/// i-GELU constants for one input scale (`kernels.md` §1.1): the hardware's configuration registers.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct GeluConsts {
-    b: i64,
-    c: i64,
-    shift: i64,
-    n: u32,
-    s_out: f64,
+pub struct GeluConsts {
+    /// `b_int = ⌊−1.769/s_e⌋` (negative).
+    pub b: i64,
+    /// `c_int = ⌊(1/−0.2888)/s_e²⌋` (negative).
+    pub c: i64,
+    /// `shift_int = ⌊1/sig_sf⌋` (negative).
+    pub shift: i64,
+    /// erf right shift.
+    pub n: u32,
+    /// Output scale (negative).
+    pub s_out: f64,
 }
 
 /// I-BERT IntGELU (i-GELU): a second-order erf polynomial (`kernels.md` §1.1).
@@ -342,7 +347,8 @@ impl Gelu {
         }
     }
 
-    fn consts(&self, s: f64) -> GeluConsts {
+    /// The per-layer constants for input scale `s`.
+    pub fn consts(&self, s: f64) -> GeluConsts {
         let se = s / self.k;
         let ss = se * se;
         let b = rdiv(GELU_B, se).floor() as i64;

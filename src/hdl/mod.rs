@@ -1,0 +1,211 @@
+//! Verilog generation through rust_hdl: one block per unit, the registry of configurations
+//! that can be generated, and the emitter that names each configuration
+//! `<unit>_<bits>b_l<lanes>` and writes it with `rtl/manifest.json`.
+
+pub mod gelu_ibert;
+pub mod prims;
+
+use rust_hdl::prelude::*;
+use serde::Serialize;
+use thiserror::Error;
+
+/// Units that have hardware so far (the others are golden models only).
+pub const RTL_UNITS: &[&str] = &["gelu_ibert"];
+/// Supported lane counts.
+pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
+/// Supported input widths of the generated hardware.
+pub const BITS: [u32; 6] = [4, 6, 8, 10, 12, 16];
+
+/// Errors of RTL generation: an impossible configuration is refused before anything is written.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum HdlError {
+    /// A unit without hardware yet.
+    #[error("unit '{0}' has no hardware model yet (available: {list})", list = RTL_UNITS.join(", "))]
+    Unit(String),
+    /// LANES not in the supported set.
+    #[error("LANES = {0} is not supported: use a power of two in {LANES:?}")]
+    Lanes(usize),
+    /// Input width not in the supported set.
+    #[error("{bits}-bit inputs are not generated for {unit}: supported widths {BITS:?}")]
+    Bits {
+        /// Unit.
+        unit: String,
+        /// Requested width.
+        bits: u32,
+    },
+}
+
+/// One generated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RtlConfig {
+    /// Unit name.
+    pub unit: String,
+    /// Input bits.
+    pub bits: u32,
+    /// Lanes per beat.
+    pub lanes: usize,
+}
+
+impl RtlConfig {
+    /// Check the configuration can be generated.
+    pub fn new(unit: &str, bits: u32, lanes: usize) -> Result<RtlConfig, HdlError> {
+        if !RTL_UNITS.contains(&unit) {
+            return Err(HdlError::Unit(unit.to_string()));
+        }
+        if !LANES.contains(&lanes) {
+            return Err(HdlError::Lanes(lanes));
+        }
+        if !BITS.contains(&bits) {
+            return Err(HdlError::Bits { unit: unit.to_string(), bits });
+        }
+        Ok(RtlConfig { unit: unit.to_string(), bits, lanes })
+    }
+
+    /// Module and file name: `<unit>_<bits>b_l<lanes>`.
+    pub fn name(&self) -> String {
+        format!("{}_{}b_l{}", self.unit, self.bits, self.lanes)
+    }
+
+    /// Output bits per lane.
+    pub fn out_bits(&self) -> u32 {
+        self.manifest().out_bits_per_lane
+    }
+
+    /// What the manifest records about this configuration.
+    pub fn manifest(&self) -> ManifestEntry {
+        let (t, y, o) = crate::cycle::gelu_ibert::widths(self.bits);
+        ManifestEntry {
+            name: self.name(),
+            file: format!("{}.v", self.name()),
+            unit: self.unit.clone(),
+            bits: self.bits,
+            lanes: self.lanes,
+            in_bits_per_lane: self.bits,
+            out_bits_per_lane: o,
+            ports: vec![
+                "clock".into(),
+                "reset (synchronous)".into(),
+                "cfg_we, cfg_addr[3:0], cfg_data[31:0]".into(),
+                format!("in_valid, in_ready, in_data[{}:0], in_last", self.bits as usize * self.lanes - 1),
+                format!("out_valid, out_ready, out_data[{}:0], out_last", o as usize * self.lanes - 1),
+            ],
+            config_registers: vec![
+                format!("0: -b_int ({t} bits)"),
+                format!("1: b_int ({t} bits)"),
+                format!("2: c_int ({y} bits)"),
+                format!("3: shift_int ({y} bits)"),
+                "4: n (5 bits)".into(),
+            ],
+            latency_cycles: "3".into(),
+            row_period_cycles: "ceil(N / LANES)".into(),
+            initiation_interval: "1 beat per cycle".into(),
+        }
+    }
+}
+
+/// One configuration in `rtl/manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ManifestEntry {
+    /// Module name.
+    pub name: String,
+    /// File name.
+    pub file: String,
+    /// Unit.
+    pub unit: String,
+    /// Input bits.
+    pub bits: u32,
+    /// Lanes.
+    pub lanes: usize,
+    /// Input bits per lane.
+    pub in_bits_per_lane: u32,
+    /// Output bits per lane.
+    pub out_bits_per_lane: u32,
+    /// Ports.
+    pub ports: Vec<String>,
+    /// Configuration registers.
+    pub config_registers: Vec<String>,
+    /// Latency (first input beat to first output beat) as a formula.
+    pub latency_cycles: String,
+    /// Row period as a formula in N (row length) and LANES.
+    pub row_period_cycles: String,
+    /// Initiation interval.
+    pub initiation_interval: String,
+}
+
+/// The default set committed in `rtl/`: every unit with hardware at 8 and 6 bits, LANES 1 and 4.
+pub fn default_set() -> Vec<RtlConfig> {
+    let mut v = Vec::new();
+    for u in RTL_UNITS {
+        for bits in [8, 6] {
+            for lanes in [1, 4] {
+                v.push(RtlConfig::new(u, bits, lanes).expect("default configurations are supported"));
+            }
+        }
+    }
+    v
+}
+
+/// Generate Verilog for a block and rename rust_hdl's `top` to `name`.
+pub fn emit<U: Block>(uut: &mut U, name: &str, header: &str) -> String {
+    uut.connect_all();
+    let v = generate_verilog(uut);
+    let v = v
+        .replace("module top(", &format!("module {name}("))
+        .replace("top$", &format!("{name}$"))
+        .replace("endmodule // top\n", &format!("endmodule // {name}\n"));
+    format!("{header}{}\n", v.trim())
+}
+
+macro_rules! gelu_ibert {
+    ($b:literal, $l:literal, $name:expr, $h:expr) => {
+        emit(
+            &mut gelu_ibert::GeluIbert::<
+                $b,
+                $l,
+                { $b * $l },
+                { $b + 2 },
+                { 2 * ($b + 2) + 2 },
+                { $b + 2 * ($b + 2) + 2 },
+                { $l * ($b + 2 * ($b + 2) + 2) },
+            >::default(),
+            $name,
+            $h,
+        )
+    };
+}
+
+macro_rules! gelu_ibert_table {
+    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
+        match ($bits, $lanes) {
+            $(
+                ($b, 1) => gelu_ibert!($b, 1, $name, $h),
+                ($b, 2) => gelu_ibert!($b, 2, $name, $h),
+                ($b, 4) => gelu_ibert!($b, 4, $name, $h),
+                ($b, 8) => gelu_ibert!($b, 8, $name, $h),
+                ($b, 16) => gelu_ibert!($b, 16, $name, $h),
+            )*
+            _ => unreachable!("RtlConfig::new checked the configuration"),
+        }
+    };
+}
+
+/// The Verilog of one configuration (deterministic: regenerating gives the same bytes).
+pub fn verilog(cfg: &RtlConfig) -> String {
+    let m = cfg.manifest();
+    let header = format!(
+        "// {name}: generated by `mnq rtl` from src/hdl/{unit}.rs through rust_hdl; do not edit.\n// {bits}-bit inputs, {lanes} lane(s), {ob}-bit outputs per lane. Latency {lat} cycles, row period {rp} cycles.\n// Configuration registers: {regs}.\n",
+        name = m.name,
+        unit = cfg.unit,
+        bits = cfg.bits,
+        lanes = cfg.lanes,
+        ob = m.out_bits_per_lane,
+        lat = m.latency_cycles,
+        rp = m.row_period_cycles,
+        regs = m.config_registers.join("; "),
+    );
+    let name = cfg.name();
+    match cfg.unit.as_str() {
+        "gelu_ibert" => gelu_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
+        _ => unreachable!("RtlConfig::new checked the unit"),
+    }
+}

@@ -1,0 +1,113 @@
+//! The hand-written Verilog primitives, in one place: what rust_hdl 0.46 cannot express.
+//!
+//! rust_hdl multiplies only 16×16 → 32, has no arithmetic right shift for `Signed`, and its
+//! `signed_cast` emits a bare `$signed()` without resizing, so every signed operation of the
+//! datapaths goes through one of these parameterised wrappers; everything around them (registers,
+//! handshakes, muxes, unsigned two's-complement adds and compares) is rust_hdl. Each body is
+//! written with explicit sign extension so its meaning does not depend on Verilog's
+//! context-determined widths.
+
+use rust_hdl::prelude::*;
+
+/// Signed product `p = a · b` (A×B → P bits, sign-extended operands).
+#[derive(LogicBlock, Default)]
+pub struct SMul<const A: usize, const B: usize, const P: usize> {
+    /// Multiplicand (two's complement).
+    pub a: Signal<In, Bits<A>>,
+    /// Multiplier (two's complement).
+    pub b: Signal<In, Bits<B>>,
+    /// Product, sign-extended to P bits (P ≥ A + B).
+    pub p: Signal<Out, Bits<P>>,
+}
+
+impl<const A: usize, const B: usize, const P: usize> Logic for SMul<A, B, P> {
+    fn update(&mut self) {
+        assert!(P >= A + B, "SMul: product width {P} < {A} + {B}");
+    }
+    fn connect(&mut self) {
+        self.p.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        Verilog::Wrapper(Wrapper {
+            // The product is formed at its exact width A+B (both operands signed, so Verilog
+            // sign-extends them to the context width) and then sign-extended to P ≥ A+B.
+            code: if P == A + B {
+                format!("    wire signed [{w1}:0] full = $signed(a) * $signed(b);\n    assign p = full;\n", w1 = A + B - 1)
+            } else {
+                format!(
+                    "    wire signed [{w1}:0] full = $signed(a) * $signed(b);\n    assign p = {{{{{pad}{{full[{w1}]}}}}, full}};\n",
+                    w1 = A + B - 1,
+                    pad = P - A - B,
+                )
+            },
+            cores: String::new(),
+        })
+    }
+}
+
+/// Arithmetic shift right `y = a >>> s` (floor division by 2^s).
+#[derive(LogicBlock, Default)]
+pub struct Asr<const W: usize, const S: usize> {
+    /// Value (two's complement).
+    pub a: Signal<In, Bits<W>>,
+    /// Shift amount.
+    pub s: Signal<In, Bits<S>>,
+    /// Result.
+    pub y: Signal<Out, Bits<W>>,
+}
+
+impl<const W: usize, const S: usize> Logic for Asr<W, S> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        Verilog::Wrapper(Wrapper { code: "    assign y = $signed(a) >>> s;\n".into(), cores: String::new() })
+    }
+}
+
+/// Sign extension from I to O bits.
+#[derive(LogicBlock, Default)]
+pub struct SExt<const I: usize, const O: usize> {
+    /// Narrow value.
+    pub a: Signal<In, Bits<I>>,
+    /// Sign-extended value.
+    pub y: Signal<Out, Bits<O>>,
+}
+
+impl<const I: usize, const O: usize> Logic for SExt<I, O> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        Verilog::Wrapper(Wrapper { code: format!("    assign y = {{{{{}{{a[{}]}}}}, a}};\n", O - I, I - 1), cores: String::new() })
+    }
+}
+
+/// Concatenation of L lanes of W bits into one bus (lane 0 in the low bits).
+#[derive(LogicBlock)]
+pub struct Pack<const L: usize, const W: usize, const D: usize> {
+    /// Lanes.
+    pub lane: [Signal<In, Bits<W>>; L],
+    /// Packed bus, D = L·W.
+    pub data: Signal<Out, Bits<D>>,
+}
+
+impl<const L: usize, const W: usize, const D: usize> Default for Pack<L, W, D> {
+    fn default() -> Self {
+        assert_eq!(L * W, D, "Pack: D must be L·W");
+        Self { lane: array_init::array_init(|_| Default::default()), data: Default::default() }
+    }
+}
+
+impl<const L: usize, const W: usize, const D: usize> Logic for Pack<L, W, D> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.data.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        let lanes: Vec<String> = (0..L).rev().map(|i| format!("lane${i}")).collect();
+        Verilog::Wrapper(Wrapper { code: format!("    assign data = {{{}}};\n", lanes.join(", ")), cores: String::new() })
+    }
+}
