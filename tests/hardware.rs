@@ -1,0 +1,134 @@
+//! Hardware chain: the committed Verilog is what the generator writes, it lints clean under
+//! `verilator -Wall` (with the justified waivers of `testbenches/lint.vlt`), yosys synthesises
+//! it, and under Verilator it equals the cycle model on every beat and every cycle, which in
+//! turn equals the golden model. Needs verilator and yosys (installed by `.ci/run`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn mnq(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mnq")).args(args).current_dir(root()).output().expect("run mnq")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn rtl_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("rtl"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "v"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "rtl/ holds no Verilog");
+    v
+}
+
+#[test]
+fn committed_rtl_is_regenerated_byte_identically() {
+    let o = mnq(&["rtl", "--check"]);
+    assert!(o.status.success(), "rtl/ differs from the generator:\n{}", text(&o));
+}
+
+#[test]
+fn verilator_lint_wall_is_clean() {
+    for f in rtl_files() {
+        let o = Command::new("verilator")
+            .arg("--lint-only")
+            .arg("-Wall")
+            .arg(root().join("testbenches/lint.vlt"))
+            .arg(&f)
+            .output()
+            .expect("verilator is required: apt-get install -y verilator");
+        assert!(o.status.success(), "{}: {}", f.display(), text(&o));
+    }
+}
+
+#[test]
+fn yosys_synthesises_every_file() {
+    for f in rtl_files() {
+        let top = f.file_stem().unwrap().to_str().unwrap().to_string();
+        let o = Command::new("yosys")
+            .arg("-q")
+            .arg("-p")
+            .arg(format!("read_verilog {}; synth -top {top}; stat", f.display()))
+            .output()
+            .expect("yosys is required: apt-get install -y yosys");
+        assert!(o.status.success(), "{}: {}", f.display(), text(&o));
+    }
+}
+
+#[test]
+fn cosim_default_set_is_cycle_exact() {
+    let work = tempfile::tempdir().unwrap();
+    let o = mnq(&["cosim", "--elements", "100000", "--work", work.path().to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let lines: Vec<&str> = t.lines().filter(|l| l.contains("cycle-exact; golden exact")).collect();
+    assert_eq!(lines.len(), rtl_files().len(), "{t}");
+    for l in lines {
+        let beats: usize = l.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(beats >= 25_000, "{l}");
+    }
+}
+
+#[test]
+fn cosim_detects_a_wrong_rtl() {
+    // An unsigned instead of a signed multiplier must show up as mismatches.
+    let d = tempfile::tempdir().unwrap();
+    let src = root().join("rtl/gelu_ibert_8b_l1.v");
+    let v = std::fs::read_to_string(&src).unwrap();
+    assert!(v.contains("$signed(a) * $signed(b)"));
+    std::fs::write(d.path().join("gelu_ibert_8b_l1.v"), v.replace("$signed(a) * $signed(b)", "a * b")).unwrap();
+    let work = d.path().join("work");
+    let o = mnq(&[
+        "cosim",
+        "--unit",
+        "gelu_ibert",
+        "--bits",
+        "8",
+        "--lanes",
+        "1",
+        "--elements",
+        "5000",
+        "--rtl",
+        d.path().to_str().unwrap(),
+        "--work",
+        work.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("mismatches; first: beat"), "{}", text(&o));
+}
+
+#[test]
+fn impossible_configurations_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap();
+    for (args, needle) in [
+        (vec!["rtl", "--unit", "gelu_ibert", "--lanes", "3", "--out", out], "LANES = 3 is not supported"),
+        (vec!["rtl", "--unit", "gelu_ibert", "--bits", "7", "--out", out], "7-bit inputs are not generated"),
+        (vec!["rtl", "--unit", "softmax_tanh", "--out", out], "has no hardware model yet"),
+    ] {
+        let o = mnq(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(needle), "{}", text(&o));
+    }
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "nothing may be generated for a refused configuration");
+}
+
+#[test]
+fn missing_verilator_names_the_package() {
+    let o = Command::new(env!("CARGO_BIN_EXE_mnq"))
+        .args(["cosim", "--elements", "10"])
+        .current_dir(root())
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("apt-get install -y verilator"), "{}", text(&o));
+}
