@@ -2,7 +2,7 @@
 //! by `mnq cosim`. Run: `cargo bench --bench cycle`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use mnq::cosim::{stimulus, CosimOptions};
+use mnq::cosim::{sessions, CosimOptions};
 use mnq::cycle;
 use mnq::units::Preset;
 
@@ -19,7 +19,7 @@ fn bench_cycle(c: &mut Criterion) {
             work_dir: "target/cosim".into(),
             vcd: None,
         };
-        let (st, _, _) = stimulus(&cfg, &opts).unwrap();
+        let st = sessions(&cfg, &opts).unwrap().remove(0).stim;
         let cycles = cycle::run(cycle::model(&cfg).as_mut(), &st, st.beats.len(), u64::MAX).cycles;
         g.throughput(Throughput::Elements(cycles));
         g.bench_function(format!("{}/cycles", cfg.name()), |b| {

@@ -6,7 +6,7 @@ use crate::cycle::{self, OutBeat, Stimulus, Trace};
 use crate::fixed::{QTensor, Scale};
 use crate::hdl::RtlConfig;
 use crate::sensitivity::{draw, Dist};
-use crate::units::{self, ibert, Mode, Preset};
+use crate::units::{self, ibert, ivit, Mode, Preset};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -131,52 +131,95 @@ impl CosimReport {
     }
 }
 
-/// Rows of input codes for a configuration: realistic rows plus corner rows.
-fn rows(cfg: &RtlConfig, elements: usize, seed: u64) -> (Vec<Vec<i64>>, f64) {
-    let bits = cfg.bits;
-    let hi = (1i64 << (bits - 1)) - 1;
-    let lo = -hi - 1;
-    let s = f64::from((8.0 / hi as f64) as f32);
-    let mut rows: Vec<Vec<i64>> = vec![
-        vec![0; 7],
-        vec![hi; 13],
-        vec![lo; 5],
-        (0..64).map(|i| if i % 2 == 0 { lo } else { hi }).collect(),
-        (lo..=hi).collect(),
-        vec![1],
-    ];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    rows.push((0..1024).map(|_| rng.gen_range(lo..=hi)).collect()); // the longest row
-    let dist = Dist::Gelu;
-    let mut k = 0u64;
-    while rows.iter().map(Vec::len).sum::<usize>() < elements {
-        let len = rng.gen_range(1..=dist.row_len());
-        let x = draw(dist, 1, seed.wrapping_add(k));
-        rows.push(x.iter().take(len).map(|v| (v / s).round_ties_even().clamp(lo as f64, hi as f64) as i64).collect());
-        k += 1;
-    }
-    (rows, s)
+/// One configured stream: the stimulus, its rows, the input scale and the golden unit.
+pub struct Session {
+    /// Stimulus for both simulators.
+    pub stim: Stimulus,
+    /// Rows of input codes (unpadded).
+    pub rows: Vec<Vec<i64>>,
+    /// Input scale.
+    pub scale: f64,
 }
 
-/// Build the stimulus: beats of LANES elements (the last beat of a row zero-padded) and the patterns.
-pub fn stimulus(cfg: &RtlConfig, opts: &CosimOptions) -> Result<(Stimulus, Vec<Vec<i64>>, f64), CosimError> {
-    let (rows, s) = rows(cfg, opts.elements, opts.seed);
-    let unit = ibert::Gelu::preset(opts.preset);
-    let config = cycle::gelu_ibert::config(cfg.bits, &unit.consts(s)).map_err(CosimError::Config)?;
+fn quantise_rows(x: &[f64], row: usize, s: f64, bits: u32) -> Vec<Vec<i64>> {
+    let hi = (1i64 << (bits - 1)) - 1;
+    x.chunks(row).map(|r| r.iter().map(|v| (v / s).round_ties_even().clamp((-hi - 1) as f64, hi as f64) as i64).collect()).collect()
+}
+
+fn beats_of(rows: &[Vec<i64>], lanes: usize) -> Vec<(Vec<i64>, bool)> {
     let mut beats = Vec::new();
-    for r in &rows {
-        let n = r.len().div_ceil(cfg.lanes);
+    for r in rows {
+        let n = r.len().div_ceil(lanes);
         for b in 0..n {
-            let mut d: Vec<i64> = r[b * cfg.lanes..((b + 1) * cfg.lanes).min(r.len())].to_vec();
-            d.resize(cfg.lanes, 0);
+            let mut d: Vec<i64> = r[b * lanes..((b + 1) * lanes).min(r.len())].to_vec();
+            d.resize(lanes, 0);
             beats.push((d, b + 1 == n));
         }
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x5eed);
+    beats
+}
+
+/// The golden unit the hardware implements for a preset.
+pub fn golden_unit(cfg: &RtlConfig, preset: Preset) -> Result<Box<dyn units::Unit>, CosimError> {
+    let mut u = units::build(&cfg.unit, preset).map_err(|e| CosimError::Config(e.to_string()))?;
+    if cfg.unit == "softmax_ivit" {
+        // The hardware's divider is K = 31 bits and its outputs 16 bits (ViT/DeiT), whatever the preset says.
+        u.set_param("sum_bits", "31").and_then(|_| u.set_param("out_bits", "16")).map_err(|e| CosimError::Config(e.to_string()))?;
+    }
+    Ok(u)
+}
+
+/// The streams of a co-simulation: realistic rows plus corner rows, and for row-wise units
+/// further streams reconfigured for the longest and the shortest row.
+pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, CosimError> {
+    let bits = cfg.bits;
+    let hi = (1i64 << (bits - 1)) - 1;
+    let lo = -hi - 1;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut pattern = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x5eed);
     let p = 4093; // pattern period (prime, so it does not lock to row lengths)
-    let in_allow = (0..p).map(|_| rng.gen_bool(opts.p_valid)).collect();
-    let out_ready = (0..p).map(|_| rng.gen_bool(opts.p_ready)).collect();
-    Ok((Stimulus { lanes: cfg.lanes, config, beats, in_allow, out_ready }, rows, s))
+    let in_allow: Vec<bool> = (0..p).map(|_| pattern.gen_bool(opts.p_valid)).collect();
+    let out_ready: Vec<bool> = (0..p).map(|_| pattern.gen_bool(opts.p_ready)).collect();
+    let mut out = Vec::new();
+    let mut push = |rows: Vec<Vec<i64>>, config: Vec<(u32, u32)>, scale: f64| {
+        out.push(Session { stim: Stimulus { lanes: cfg.lanes, config, beats: beats_of(&rows, cfg.lanes), in_allow: in_allow.clone(), out_ready: out_ready.clone() }, rows, scale });
+    };
+    match cfg.unit.as_str() {
+        "gelu_ibert" => {
+            let s = f64::from((8.0 / hi as f64) as f32);
+            let mut rows: Vec<Vec<i64>> = vec![vec![0; 7], vec![hi; 13], vec![lo; 5], (0..64).map(|i| if i % 2 == 0 { lo } else { hi }).collect(), (lo..=hi).collect(), vec![1]];
+            rows.push((0..1024).map(|_| rng.gen_range(lo..=hi)).collect());
+            let mut k = 0u64;
+            while rows.iter().map(Vec::len).sum::<usize>() < opts.elements {
+                let len = rng.gen_range(1..=Dist::Gelu.row_len());
+                rows.extend(quantise_rows(&draw(Dist::Gelu, 1, opts.seed.wrapping_add(k))[..len], len, s, bits));
+                k += 1;
+            }
+            let unit = ibert::Gelu::preset(opts.preset);
+            push(rows, cycle::gelu_ibert::config(bits, &unit.consts(s)).map_err(CosimError::Config)?, s);
+        }
+        "softmax_ivit" => {
+            let golden = ivit::Softmax::preset(opts.preset);
+            let probe = draw(Dist::Attention, 64, opts.seed);
+            let s = crate::sensitivity::symmetric_scale(&probe, bits);
+            let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
+            let n = golden.n;
+            let cfgw = |row: usize| cycle::softmax_ivit::config(bits, cfg.lanes, s, up, n, row).map_err(CosimError::Config);
+            let row = Dist::Attention.row_len();
+            let mut rows: Vec<Vec<i64>> = vec![vec![0; row], vec![hi; row], vec![lo; row], (0..row).map(|i| if i == 7 { hi } else { lo }).collect(), (0..row as i64).map(|i| lo + i % (hi - lo + 1)).collect()];
+            let mut k = 0u64;
+            while rows.iter().map(Vec::len).sum::<usize>() < opts.elements {
+                rows.extend(quantise_rows(&draw(Dist::Attention, 8, opts.seed.wrapping_add(1000 + k)), row, s, bits));
+                k += 1;
+            }
+            push(rows, cfgw(row)?, s);
+            let long: Vec<i64> = (0..cycle::softmax_ivit::NMAX).map(|_| rng.gen_range(lo..=hi)).collect();
+            push(vec![long, vec![lo; cycle::softmax_ivit::NMAX]], cfgw(cycle::softmax_ivit::NMAX)?, s);
+            push(vec![vec![hi], vec![lo], vec![0]], cfgw(1)?, s);
+        }
+        other => return Err(CosimError::Config(format!("no stimulus for {other}"))),
+    }
+    Ok(out)
 }
 
 fn write_stimulus(path: &Path, cfg: &RtlConfig, st: &Stimulus, max_cycles: u64) -> Result<(), CosimError> {
@@ -288,6 +331,32 @@ pub fn build(cfg: &RtlConfig, rtl: &Path, work: &Path, trace: bool) -> Result<Pa
     Ok(exe)
 }
 
+/// Output elements where a cycle-model trace differs from the golden model on a session's rows
+/// (padding lanes ignored; missing outputs count as mismatches).
+pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dyn units::Unit) -> Result<usize, CosimError> {
+    let mut bad = 0;
+    let mut bi = 0;
+    // Element-wise units see each row alone; row-wise units see a layer's rows as one tensor.
+    for group in ses.rows.chunk_by(|a, b| a.len() == b.len() && cfg.unit != "gelu_ibert") {
+        let len = group[0].len();
+        let x = QTensor::new(group.concat(), &[group.len(), len], Scale::PerTensor(ses.scale), cfg.bits, true).map_err(|e| CosimError::Config(e.to_string()))?;
+        let want = golden.run(&x, &units::Aux::default(), Mode::Integer).map_err(|e| CosimError::Config(e.to_string()))?.values;
+        for (r, w) in group.iter().zip(want.chunks(len)) {
+            let mut got = Vec::with_capacity(r.len());
+            while got.len() < r.len() {
+                match mt.beats.get(bi) {
+                    Some(b) => got.extend_from_slice(&b.data),
+                    None => break,
+                }
+                bi += 1;
+            }
+            got.truncate(r.len());
+            bad += w.iter().zip(&got).filter(|(a, b)| a != b).count() + w.len().saturating_sub(got.len());
+        }
+    }
+    Ok(bad)
+}
+
 /// Co-simulate one configuration.
 pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimError> {
     let name = cfg.name();
@@ -295,79 +364,70 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
     if !rtl.is_file() {
         return Err(CosimError::MissingRtl(rtl, opts.rtl_dir.clone()));
     }
-    let (st, rows, s) = stimulus(cfg, opts)?;
-    let elements: usize = rows.iter().map(Vec::len).sum();
-    let max_cycles = 64 + st.config.len() as u64 + 40 * st.beats.len() as u64;
-
-    // Cycle model, timed.
-    let mut model = cycle::model(cfg);
-    let t0 = Instant::now();
-    let mt = cycle::run(model.as_mut(), &st, st.beats.len(), max_cycles);
-    let model_s = t0.elapsed().as_secs_f64();
-
-    // Golden model on the same rows.
-    let golden = units::build(&cfg.unit, opts.preset).map_err(|e| CosimError::Config(e.to_string()))?;
-    let mut golden_mismatches = 0;
-    let mut bi = 0;
-    for r in &rows {
-        let x =
-            QTensor::new(r.clone(), &[1, r.len()], Scale::PerTensor(s), cfg.bits, true).map_err(|e| CosimError::Config(e.to_string()))?;
-        let want = golden.run(&x, &units::Aux::default(), Mode::Integer).map_err(|e| CosimError::Config(e.to_string()))?.values;
-        let mut got = Vec::with_capacity(r.len());
-        while got.len() < r.len() {
-            match mt.beats.get(bi) {
-                Some(b) => got.extend_from_slice(&b.data),
-                None => break,
-            }
-            bi += 1;
-        }
-        got.truncate(r.len());
-        golden_mismatches += want.iter().zip(&got).filter(|(a, b)| a != b).count() + want.len().saturating_sub(got.len());
-    }
-
-    // Verilator.
     let exe = build(cfg, &rtl, &opts.work_dir, opts.vcd.is_some())?;
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let stim_path = dir.join("stimulus.txt");
-    let out_path = dir.join("rtl_trace.txt");
-    write_stimulus(&stim_path, cfg, &st, max_cycles)?;
-    let mut cmd = Command::new(&exe);
-    cmd.arg(&stim_path).arg(&out_path);
-    if let Some(v) = &opts.vcd {
-        cmd.arg(v);
-    }
-    let t1 = Instant::now();
-    let out = cmd.output().map_err(|e| CosimError::Run { name: name.clone(), why: e.to_string() })?;
-    let rtl_s = t1.elapsed().as_secs_f64();
-    if !out.status.success() {
-        return Err(CosimError::Run { name, why: String::from_utf8_lossy(&out.stderr).into_owned() });
-    }
-    let rt = parse_trace(&out_path, &name)?;
+    let golden = golden_unit(cfg, opts.preset)?;
+    let mut report = CosimReport {
+        name: name.clone(),
+        beats: 0,
+        elements: 0,
+        mismatches: 0,
+        first_mismatch: None,
+        golden_mismatches: 0,
+        timing: None,
+        cycles: 0,
+        model_cycles_per_s: 0.0,
+        verilator_cycles_per_s: 0.0,
+    };
+    let (mut model_s, mut rtl_s, mut rtl_cycles) = (0.0, 0.0, 0u64);
+    for (si, ses) in sessions(cfg, opts)?.iter().enumerate() {
+        let st = &ses.stim;
+        let max_cycles = 64 + st.config.len() as u64 + 80 * st.beats.len() as u64;
+        let t0 = Instant::now();
+        let mt = cycle::run(cycle::model(cfg).as_mut(), st, st.beats.len(), max_cycles);
+        model_s += t0.elapsed().as_secs_f64();
 
-    let mut mismatches = 0;
-    let mut first = None;
-    for i in 0..mt.beats.len().max(rt.beats.len()) {
-        match (mt.beats.get(i), rt.beats.get(i)) {
-            (Some(a), Some(b)) if a == b => {}
-            (a, b) => {
-                mismatches += 1;
-                first.get_or_insert_with(|| format!("beat {i}: cycle model {a:?}, RTL {b:?}"));
+        report.golden_mismatches += golden_mismatches(cfg, ses, &mt, golden.as_ref())?;
+
+        // Verilator.
+        let stim_path = dir.join(format!("stimulus{si}.txt"));
+        let out_path = dir.join(format!("rtl_trace{si}.txt"));
+        write_stimulus(&stim_path, cfg, st, max_cycles)?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg(&stim_path).arg(&out_path);
+        if let (Some(v), 0) = (&opts.vcd, si) {
+            cmd.arg(v);
+        }
+        let t1 = Instant::now();
+        let out = cmd.output().map_err(|e| CosimError::Run { name: name.clone(), why: e.to_string() })?;
+        rtl_s += t1.elapsed().as_secs_f64();
+        if !out.status.success() {
+            return Err(CosimError::Run { name, why: String::from_utf8_lossy(&out.stderr).into_owned() });
+        }
+        let rt = parse_trace(&out_path, &name)?;
+        rtl_cycles += rt.cycles;
+        for i in 0..mt.beats.len().max(rt.beats.len()) {
+            match (mt.beats.get(i), rt.beats.get(i)) {
+                (Some(a), Some(b)) if a == b => {}
+                (a, b) => {
+                    report.mismatches += 1;
+                    report.first_mismatch.get_or_insert_with(|| format!("stream {si}, beat {i}: cycle model {a:?}, RTL {b:?}"));
+                }
             }
         }
-    }
-    Ok(CosimReport {
-        name,
-        beats: mt.beats.len(),
-        elements,
-        mismatches,
-        first_mismatch: first,
-        golden_mismatches,
-        timing: {
+        if mt.beats.len() < st.beats.len() {
+            report.mismatches += 1;
+            report.first_mismatch.get_or_insert_with(|| format!("stream {si}: the cycle model produced {} of {} beats in {max_cycles} cycles", mt.beats.len(), st.beats.len()));
+        }
+        if si == 0 {
             let full = Stimulus { in_allow: vec![true], out_ready: vec![true], ..st.clone() };
-            cycle::timing(&cycle::run(cycle::model(cfg).as_mut(), &full, full.beats.len(), max_cycles))
-        },
-        cycles: mt.cycles,
-        model_cycles_per_s: mt.cycles as f64 / model_s.max(1e-9),
-        verilator_cycles_per_s: rt.cycles as f64 / rtl_s.max(1e-9),
-    })
+            report.timing = cycle::timing(&cycle::run(cycle::model(cfg).as_mut(), &full, full.beats.len(), max_cycles));
+        }
+        report.beats += mt.beats.len();
+        report.elements += ses.rows.iter().map(Vec::len).sum::<usize>();
+        report.cycles += mt.cycles;
+    }
+    report.model_cycles_per_s = report.cycles as f64 / model_s.max(1e-9);
+    report.verilator_cycles_per_s = rtl_cycles as f64 / rtl_s.max(1e-9);
+    Ok(report)
 }

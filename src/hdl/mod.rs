@@ -10,7 +10,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Units that have hardware so far (the others are golden models only).
-pub const RTL_UNITS: &[&str] = &["gelu_ibert"];
+pub const RTL_UNITS: &[&str] = &["gelu_ibert", "softmax_ivit"];
 /// Supported lane counts.
 pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// Supported input widths of the generated hardware.

@@ -52,12 +52,12 @@ pub(crate) fn exp_shift<P: Probe>(x: i64, x0: i64, n: i64, cap: i64, p: &mut P) 
 }
 
 /// `x0_int = ⌊−fl(1/s)⌋` of int_exp_shift.
-pub(crate) fn shift_x0(s: f64) -> i64 {
+pub fn shift_x0(s: f64) -> i64 {
     rdiv(-1.0, s).floor() as i64
 }
 
 /// Upshift `p` so that `|x0|` of `s/2^p` is at least 16: fixes the coarse-scale slope error (§2.2).
-fn auto_upshift(s: f64) -> u32 {
+pub fn auto_upshift(s: f64) -> u32 {
     let mut p = 0;
     while shift_x0(s / 2f64.powi(p as i32)).abs() < 16 && p < 16 {
         p += 1;
