@@ -13,19 +13,41 @@ fn cycle_models_equal_golden_models() {
             for lanes in LANES {
                 for preset in [Preset::Reference, Preset::Adapted] {
                     let cfg = RtlConfig::new(unit, bits, lanes).unwrap();
-                    let opts = CosimOptions { elements: 4000, seed: lanes as u64, p_valid: 0.7, p_ready: 0.6, preset, rtl_dir: "rtl".into(), work_dir: "target/cosim".into(), vcd: None };
+                    let opts = CosimOptions {
+                        elements: 4000,
+                        seed: lanes as u64,
+                        p_valid: 0.7,
+                        p_ready: 0.6,
+                        preset,
+                        rtl_dir: "rtl".into(),
+                        work_dir: "target/cosim".into(),
+                        vcd: None,
+                    };
                     let golden = golden_unit(&cfg, preset).unwrap();
                     let ss = match sessions(&cfg, &opts) {
                         Ok(s) => s,
                         Err(e) => panic!("{} {preset}: {e}", cfg.name()),
                     };
                     for ses in ss {
-                        let t = cycle::run(cycle::model(&cfg).as_mut(), &ses.stim, ses.stim.beats.len(), 100 * ses.stim.beats.len() as u64 + 1000);
+                        let t = cycle::run(
+                            cycle::model(&cfg).as_mut(),
+                            &ses.stim,
+                            ses.stim.beats.len(),
+                            100 * ses.stim.beats.len() as u64 + 1000,
+                        );
                         assert_eq!(t.beats.len(), ses.stim.beats.len(), "{} {preset}: stalled", cfg.name());
                         let bad = golden_mismatches(&cfg, &ses, &t, golden.as_ref()).unwrap();
                         assert_eq!(bad, 0, "{} {preset}: {bad} outputs differ from the golden model", cfg.name());
                         let rows_ended = t.beats.iter().filter(|b| b.last).count();
-                        if lanes == 4 && bits == 8 { println!("{} {preset}: {} rows, {} beats, {} cycles, golden-exact", cfg.name(), ses.rows.len(), t.beats.len(), t.cycles); }
+                        if lanes == 4 && bits == 8 {
+                            println!(
+                                "{} {preset}: {} rows, {} beats, {} cycles, golden-exact",
+                                cfg.name(),
+                                ses.rows.len(),
+                                t.beats.len(),
+                                t.cycles
+                            );
+                        }
                         assert_eq!(rows_ended, ses.rows.len(), "{}: one last flag per row", cfg.name());
                     }
                 }

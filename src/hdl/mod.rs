@@ -4,6 +4,7 @@
 
 pub mod gelu_ibert;
 pub mod prims;
+pub mod softmax_ivit;
 
 use rust_hdl::prelude::*;
 use serde::Serialize;
@@ -55,7 +56,8 @@ impl RtlConfig {
         if !LANES.contains(&lanes) {
             return Err(HdlError::Lanes(lanes));
         }
-        if !BITS.contains(&bits) {
+        // softmax_ivit's exponent datapath is bits + 20 wide and must stay within 32.
+        if !BITS.contains(&bits) || (unit == "softmax_ivit" && bits > 12) {
             return Err(HdlError::Bits { unit: unit.to_string(), bits });
         }
         Ok(RtlConfig { unit: unit.to_string(), bits, lanes })
@@ -73,7 +75,42 @@ impl RtlConfig {
 
     /// What the manifest records about this configuration.
     pub fn manifest(&self) -> ManifestEntry {
-        let (t, y, o) = crate::cycle::gelu_ibert::widths(self.bits);
+        let (out_bits, regs, latency, period, ii) = match self.unit.as_str() {
+            "softmax_ivit" => {
+                let x = crate::cycle::softmax_ivit::xw(self.bits);
+                (
+                    16,
+                    vec![
+                        "0: upshift p (5 bits)".to_string(),
+                        format!("1: x0 = floor(-1/(s/2^p)) ({x} bits)"),
+                        format!("2: n*x0 ({x} bits)"),
+                        "3: n (5 bits, <= 15)".into(),
+                        "5: beats per row ceil(N/LANES) (11 bits)".into(),
+                        "6: valid lanes of the last beat (5 bits)".into(),
+                        format!("17..31: k*x0 for k = 1..15 ({x} bits)"),
+                    ],
+                    "2*ceil(N/LANES) + 34".to_string(),
+                    "3*ceil(N/LANES) + 34".to_string(),
+                    "one row at a time: LOAD ceil(N/LANES), SUM ceil(N/LANES)+1, DIV 31, OUT ceil(N/LANES)+1 cycles".to_string(),
+                )
+            }
+            _ => {
+                let (t, y, o) = crate::cycle::gelu_ibert::widths(self.bits);
+                (
+                    o,
+                    vec![
+                        format!("0: -b_int ({t} bits)"),
+                        format!("1: b_int ({t} bits)"),
+                        format!("2: c_int ({y} bits)"),
+                        format!("3: shift_int ({y} bits)"),
+                        "4: n (5 bits)".into(),
+                    ],
+                    "3".to_string(),
+                    "ceil(N/LANES)".to_string(),
+                    "1 beat per cycle".to_string(),
+                )
+            }
+        };
         ManifestEntry {
             name: self.name(),
             file: format!("{}.v", self.name()),
@@ -81,24 +118,18 @@ impl RtlConfig {
             bits: self.bits,
             lanes: self.lanes,
             in_bits_per_lane: self.bits,
-            out_bits_per_lane: o,
+            out_bits_per_lane: out_bits,
             ports: vec![
                 "clock".into(),
                 "reset (synchronous)".into(),
-                "cfg_we, cfg_addr[3:0], cfg_data[31:0]".into(),
+                "cfg_we, cfg_addr[4:0], cfg_data[31:0]".into(),
                 format!("in_valid, in_ready, in_data[{}:0], in_last", self.bits as usize * self.lanes - 1),
-                format!("out_valid, out_ready, out_data[{}:0], out_last", o as usize * self.lanes - 1),
+                format!("out_valid, out_ready, out_data[{}:0], out_last", out_bits as usize * self.lanes - 1),
             ],
-            config_registers: vec![
-                format!("0: -b_int ({t} bits)"),
-                format!("1: b_int ({t} bits)"),
-                format!("2: c_int ({y} bits)"),
-                format!("3: shift_int ({y} bits)"),
-                "4: n (5 bits)".into(),
-            ],
-            latency_cycles: "3".into(),
-            row_period_cycles: "ceil(N / LANES)".into(),
-            initiation_interval: "1 beat per cycle".into(),
+            config_registers: regs,
+            latency_cycles: latency,
+            row_period_cycles: period,
+            initiation_interval: ii,
         }
     }
 }
@@ -174,6 +205,27 @@ macro_rules! gelu_ibert {
     };
 }
 
+macro_rules! softmax_ivit {
+    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(&mut softmax_ivit::SoftmaxIvit::<$b, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * 15 }, $aw, { 16 * $l }>::default(), $name, $h)
+    };
+}
+
+macro_rules! softmax_ivit_table {
+    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
+        match ($bits, $lanes) {
+            $(
+                ($b, 1) => softmax_ivit!($b, 1, 10, $name, $h),
+                ($b, 2) => softmax_ivit!($b, 2, 9, $name, $h),
+                ($b, 4) => softmax_ivit!($b, 4, 8, $name, $h),
+                ($b, 8) => softmax_ivit!($b, 8, 7, $name, $h),
+                ($b, 16) => softmax_ivit!($b, 16, 6, $name, $h),
+            )*
+            _ => unreachable!("RtlConfig::new checked the configuration"),
+        }
+    };
+}
+
 macro_rules! gelu_ibert_table {
     ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
         match ($bits, $lanes) {
@@ -206,6 +258,7 @@ pub fn verilog(cfg: &RtlConfig) -> String {
     let name = cfg.name();
     match cfg.unit.as_str() {
         "gelu_ibert" => gelu_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
+        "softmax_ivit" => softmax_ivit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         _ => unreachable!("RtlConfig::new checked the unit"),
     }
 }

@@ -111,3 +111,57 @@ impl<const L: usize, const W: usize, const D: usize> Logic for Pack<L, W, D> {
         Verilog::Wrapper(Wrapper { code: format!("    assign data = {{{}}};\n", lanes.join(", ")), cores: String::new() })
     }
 }
+
+/// Signed comparison `y = a ≤ b`.
+#[derive(LogicBlock, Default)]
+pub struct SLe<const W: usize> {
+    /// Left operand (two's complement).
+    pub a: Signal<In, Bits<W>>,
+    /// Right operand (two's complement).
+    pub b: Signal<In, Bits<W>>,
+    /// a ≤ b.
+    pub y: Signal<Out, Bit>,
+}
+
+impl<const W: usize> Logic for SLe<W> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        Verilog::Wrapper(Wrapper { code: "    assign y = $signed(a) <= $signed(b);\n".into(), cores: String::new() })
+    }
+}
+
+/// Bits `[S+O−1 : S]` of the signed product `a · b`: a multiply followed by a fixed right shift.
+#[derive(LogicBlock, Default)]
+pub struct MulSlice<const A: usize, const B: usize, const O: usize, const S: usize> {
+    /// Multiplicand (two's complement).
+    pub a: Signal<In, Bits<A>>,
+    /// Multiplier (two's complement).
+    pub b: Signal<In, Bits<B>>,
+    /// The selected product bits.
+    pub y: Signal<Out, Bits<O>>,
+}
+
+impl<const A: usize, const B: usize, const O: usize, const S: usize> Logic for MulSlice<A, B, O, S> {
+    fn update(&mut self) {
+        assert!(S + O <= A + B, "MulSlice: slice beyond the product");
+    }
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        // The bits outside the slice are dropped by design: the caller's widths guarantee the
+        // high bits are zero (checked by the configuration) and the low bits are the shifted-out part.
+        Verilog::Wrapper(Wrapper {
+            code: format!(
+                "    /* verilator lint_off UNUSEDSIGNAL */\n    wire signed [{w1}:0] full = $signed(a) * $signed(b);\n    /* verilator lint_on UNUSEDSIGNAL */\n    assign y = full[{hi}:{lo}];\n",
+                w1 = A + B - 1,
+                hi = S + O - 1,
+                lo = S
+            ),
+            cores: String::new(),
+        })
+    }
+}
