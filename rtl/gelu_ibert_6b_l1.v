@@ -7,7 +7,7 @@ module gelu_ibert_6b_l1(clock,reset,cfg_we,cfg_addr,cfg_data,in_valid,in_ready,i
     input wire  clock;
     input wire  reset;
     input wire  cfg_we;
-    input wire  [4:0] cfg_addr;
+    input wire  [5:0] cfg_addr;
     input wire  [31:0] cfg_data;
     input wire  in_valid;
     output reg  in_ready;

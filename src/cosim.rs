@@ -221,7 +221,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             let s = crate::sensitivity::symmetric_scale(&probe, bits);
             let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
             let n = golden.n;
-            let cfgw = |row: usize| cycle::softmax_ivit::config(bits, cfg.lanes, s, up, n, row).map_err(CosimError::Config);
+            let cfgw = |row: usize| cycle::softmax::shift_config(bits, cfg.lanes, s, up, n, row).map_err(CosimError::Config);
             let row = Dist::Attention.row_len();
             let mut rows: Vec<Vec<i64>> = vec![
                 vec![0; row],
@@ -236,8 +236,8 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                 k += 1;
             }
             push(rows, cfgw(row)?, s);
-            let long: Vec<i64> = (0..cycle::softmax_ivit::NMAX).map(|_| rng.gen_range(lo..=hi)).collect();
-            push(vec![long, vec![lo; cycle::softmax_ivit::NMAX]], cfgw(cycle::softmax_ivit::NMAX)?, s);
+            let long: Vec<i64> = (0..cycle::softmax::NMAX).map(|_| rng.gen_range(lo..=hi)).collect();
+            push(vec![long, vec![lo; cycle::softmax::NMAX]], cfgw(cycle::softmax::NMAX)?, s);
             push(vec![vec![hi], vec![lo], vec![0]], cfgw(1)?, s);
         }
         other => return Err(CosimError::Config(format!("no stimulus for {other}"))),

@@ -8,7 +8,7 @@
 //! moves when valid and ready are both high at the rising edge ending that cycle.
 
 pub mod gelu_ibert;
-pub mod softmax_ivit;
+pub mod softmax;
 
 /// Most lanes a unit may have.
 pub const MAX_LANES: usize = 16;
@@ -168,7 +168,7 @@ pub fn timing(t: &Trace) -> Option<Timing> {
 pub fn model(cfg: &crate::hdl::RtlConfig) -> Box<dyn Clocked> {
     match cfg.unit.as_str() {
         "gelu_ibert" => Box::new(gelu_ibert::GeluIbert::new(cfg.bits, cfg.lanes)),
-        "softmax_ivit" => Box::new(softmax_ivit::SoftmaxIvit::new(cfg.bits, cfg.lanes, 16)),
+        "softmax_ivit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Shift { ob: 16 })),
         other => unreachable!("RtlConfig::new admits only units with hardware, not {other}"),
     }
 }

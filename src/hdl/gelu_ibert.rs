@@ -140,7 +140,7 @@ pub struct GeluIbert<const B: usize, const L: usize, const DW: usize, const T: u
     /// Configuration write enable.
     pub cfg_we: Signal<In, Bit>,
     /// Configuration register address.
-    pub cfg_addr: Signal<In, Bits<5>>,
+    pub cfg_addr: Signal<In, Bits<6>>,
     /// Configuration value (two's complement, truncated to the register width).
     pub cfg_data: Signal<In, Bits<32>>,
     /// Input beat valid.

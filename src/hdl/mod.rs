@@ -77,7 +77,7 @@ impl RtlConfig {
     pub fn manifest(&self) -> ManifestEntry {
         let (out_bits, regs, latency, period, ii) = match self.unit.as_str() {
             "softmax_ivit" => {
-                let x = crate::cycle::softmax_ivit::xw(self.bits);
+                let x = crate::cycle::softmax::xw(self.bits);
                 (
                     16,
                     vec![
@@ -87,7 +87,7 @@ impl RtlConfig {
                         "3: n (5 bits, <= 15)".into(),
                         "5: beats per row ceil(N/LANES) (11 bits)".into(),
                         "6: valid lanes of the last beat (5 bits)".into(),
-                        format!("17..31: k*x0 for k = 1..15 ({x} bits)"),
+                        format!("32..46: k*x0 for k = 1..15 ({x} bits)"),
                     ],
                     "2*ceil(N/LANES) + 34".to_string(),
                     "3*ceil(N/LANES) + 34".to_string(),
@@ -122,7 +122,7 @@ impl RtlConfig {
             ports: vec![
                 "clock".into(),
                 "reset (synchronous)".into(),
-                "cfg_we, cfg_addr[4:0], cfg_data[31:0]".into(),
+                "cfg_we, cfg_addr[5:0], cfg_data[31:0]".into(),
                 format!("in_valid, in_ready, in_data[{}:0], in_last", self.bits as usize * self.lanes - 1),
                 format!("out_valid, out_ready, out_data[{}:0], out_last", out_bits as usize * self.lanes - 1),
             ],

@@ -149,7 +149,7 @@ pub struct SoftmaxIvit<const B: usize, const L: usize, const DW: usize, const X:
     /// Configuration write enable.
     pub cfg_we: Signal<In, Bit>,
     /// Configuration register address.
-    pub cfg_addr: Signal<In, Bits<5>>,
+    pub cfg_addr: Signal<In, Bits<6>>,
     /// Configuration value.
     pub cfg_data: Signal<In, Bits<32>>,
     /// Input beat valid.
@@ -175,7 +175,7 @@ pub struct SoftmaxIvit<const B: usize, const L: usize, const DW: usize, const X:
     prod: [MulSlice<32, 32, 16, 16>; L],
     pack: Pack<L, 16, ODW>,
     lane_no: [Constant<Bits<5>>; L],
-    thr_addr: [Constant<Bits<5>>; NQ],
+    thr_addr: [Constant<Bits<6>>; NQ],
     width: Constant<Bits<8>>,
     ph_load: Constant<Bits<2>>,
     ph_sum: Constant<Bits<2>>,
@@ -253,7 +253,7 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
             prod: array_init::array_init(|_| Default::default()),
             pack: Default::default(),
             lane_no: array_init::array_init(|i| Constant::new((i as u64).to_bits())),
-            thr_addr: array_init::array_init(|k| Constant::new((17 + k as u64).to_bits())),
+            thr_addr: array_init::array_init(|k| Constant::new((32 + k as u64).to_bits())),
             width: Constant::new((B as u64).to_bits()),
             ph_load: Constant::new(0u64.to_bits()),
             ph_sum: Constant::new(1u64.to_bits()),

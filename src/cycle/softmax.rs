@@ -1,33 +1,115 @@
-//! Cycle model of `hdl::softmax_ivit`: Shiftmax with one row buffer and four phases.
+//! The row-buffer softmax microarchitecture shared by `softmax_ivit` (Shiftmax) and
+//! `softmax_ibert` (i-exp): one row buffer and four phases; only the exponent, the divider's
+//! numerator and the output stage differ (a [`Kernel`]).
 //!
 //! ```text
 //!  LOAD  in_ready = 1: each beat is written to the row RAM (nb = ⌈N/LANES⌉ words) and the
 //!        running maximum m is updated over the valid lanes.                      nb cycles
 //!  SUM   the RAM is read word by word (registered read, one cycle late); for every valid
 //!        lane E = exp_shift(m − q) by comparators against k·x0 (k = 1..15), S += ΣE.  nb + 1 cycles
-//!  DIV   factor = ⌊(2^K−1)/min(S, 2^K−1)⌋ by a restoring divider, one quotient bit a cycle.  K cycles
-//!  OUT   the RAM is read again, E recomputed, out = (E·factor) >> (K+1−OB) into the output
+//!  DIV   factor = ⌊numerator / S⌋ by a restoring divider, one quotient bit a cycle.  D cycles
+//!  OUT   the RAM is read again, E recomputed, out = kernel(E, factor) into the output
 //!        register; a read is issued whenever the register is free or being emptied.  nb + 1 cycles
 //! ```
 //! With no gaps and no back-pressure, and nb = ⌈N/LANES⌉: latency (first input beat to first
-//! output beat) 2·nb + K + 3 = 2·nb + 34 cycles, row period 3·nb + K + 3 = 3·nb + 34 cycles
-//! (measured by `mnq cosim`: 428 and 625 for N = 197, LANES = 1). One row at a time.
+//! output beat) 2·nb + D + 3 cycles, row period 3·nb + D + 3 cycles (Shiftmax, D = 31: 428 and
+//! 625 for N = 197, LANES = 1, measured by `mnq cosim`). One row at a time.
 //!
-//! Configuration registers: 0 upshift p, 1 x0, 2 n·x0, 3 n, 5 ⌈N/LANES⌉ (the row length N is a
-//! per-layer constant), 6 valid lanes of the last beat, 16 + k: k·x0 for k = 1..15.
+//! Configuration registers common to both kernels: 0 upshift p, 1 x0, 2 lim = n·x0, 3 n,
+//! 5 ⌈N/LANES⌉ (the row length N is a per-layer constant), 6 valid lanes of the last beat,
+//! 32 + k − 1: k·x0 for k = 1..NQ; the kernels add their own (see each).
 
 use super::{sext, Clocked, Outs, Pins, MAX_LANES};
 
-/// Sum width K (the reference's 2^31 − 1).
-pub const K: u32 = 31;
 /// Largest row the buffer holds.
 pub const NMAX: usize = 1024;
-/// Thresholds k·x0 for k = 1..=NQ.
-pub const NQ: usize = 15;
+/// Most exponent comparators (k·x0 for k = 1..=NQ_MAX).
+pub const NQ_MAX: usize = 30;
+/// First configuration address of the thresholds k·x0.
+pub const THR_ADDR: u32 = 32;
 
 /// Width of the exponent's input datapath for B-bit inputs.
 pub fn xw(bits: u32) -> u32 {
     bits + 20
+}
+
+/// What distinguishes one softmax from another on the shared microarchitecture.
+pub trait Kernel: Clone + std::fmt::Debug {
+    /// Exponent comparators used (k·x0 for k = 1..=NQ).
+    const NQ: usize;
+    /// Divider width D: the numerator has D bits, one quotient bit per cycle.
+    const DIV_BITS: u32;
+    /// Numerator bit `i` (i = D−1 first).
+    fn numerator_bit(i: u32) -> bool;
+    /// A kernel-specific configuration write.
+    fn configure(&mut self, addr: u32, data: u64);
+    /// The exponent of `q` in a row with maximum `m` (common registers in `c`).
+    fn exp(&self, c: &Common, m: i64, q: i64) -> i64;
+    /// The divisor from the row sum.
+    fn divisor(&self, sum: i64) -> i64;
+    /// The output of one lane.
+    fn out(&self, e: i64, factor: i64) -> i64;
+}
+
+/// The shared configuration registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Common {
+    /// Upshift p.
+    pub up: u32,
+    /// x0.
+    pub x0: i64,
+    /// n·x0.
+    pub lim: i64,
+    /// n.
+    pub n: i64,
+    /// Beats per row.
+    pub nbeats: usize,
+    /// Valid lanes of the last beat.
+    pub lastn: usize,
+    /// k·x0 (index k; entry 0 is 0).
+    pub thr: [i64; NQ_MAX + 1],
+}
+
+impl Common {
+    /// ⌊xc/x0⌋ by comparators and the remainder xc − qq·x0, for `nq` comparators.
+    pub fn divide(&self, xc: i64, nq: usize) -> (i64, i64) {
+        let qq = (1..=nq).filter(|&k| xc <= self.thr[k]).count();
+        (qq as i64, xc - self.thr[qq])
+    }
+}
+
+/// Shiftmax (I-ViT): exp_shift, numerator 2^31 − 1, out = (E·factor) >> (32 − OB).
+#[derive(Debug, Clone)]
+pub struct Shift {
+    /// Output bits OB.
+    pub ob: u32,
+}
+
+impl Kernel for Shift {
+    const NQ: usize = 15;
+    const DIV_BITS: u32 = 31;
+    fn numerator_bit(_i: u32) -> bool {
+        true
+    }
+    fn configure(&mut self, _addr: u32, _data: u64) {}
+    fn exp(&self, c: &Common, m: i64, q: i64) -> i64 {
+        let x = -((m - q) << c.up);
+        let xe = x + (x >> 1) - (x >> 4);
+        let (qq, r) = c.divide(xe.max(c.lim), Self::NQ);
+        let base = r - 2 * c.x0;
+        let sh = c.n - qq - 1;
+        if sh < 0 {
+            base >> 1
+        } else {
+            base << sh
+        }
+    }
+    fn divisor(&self, sum: i64) -> i64 {
+        sum.min((1 << 31) - 1)
+    }
+    fn out(&self, e: i64, factor: i64) -> i64 {
+        (e * factor) >> (32 - self.ob)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,18 +118,6 @@ enum Phase {
     Sum,
     Div,
     Out,
-}
-
-/// Configuration registers.
-#[derive(Debug, Clone, Copy)]
-struct Cfg {
-    up: u32,
-    x0: i64,
-    lim: i64,
-    n: i64,
-    nbeats: usize,
-    lastn: usize,
-    thr: [i64; NQ + 1],
 }
 
 /// Every register but the row RAM (copied whole each cycle: the next state is computed from it).
@@ -72,25 +142,25 @@ struct Regs {
     odata: [i64; MAX_LANES],
 }
 
-/// The cycle model.
+/// The cycle model of a row-buffer softmax with kernel `K`.
 #[derive(Debug, Clone)]
-pub struct SoftmaxIvit {
+pub struct RowSoftmax<K: Kernel> {
     bits: u32,
     lanes: usize,
-    ob: u32,
-    cfg: Cfg,
+    kernel: K,
+    cfg: Common,
     r: Regs,
     ram: Vec<[i64; MAX_LANES]>,
 }
 
-impl SoftmaxIvit {
-    /// A unit for `bits`-bit inputs, `lanes` lanes and `ob` output bits, registers cleared.
-    pub fn new(bits: u32, lanes: usize, ob: u32) -> SoftmaxIvit {
-        SoftmaxIvit {
+impl<K: Kernel> RowSoftmax<K> {
+    /// A unit for `bits`-bit inputs and `lanes` lanes, registers cleared.
+    pub fn new(bits: u32, lanes: usize, kernel: K) -> RowSoftmax<K> {
+        RowSoftmax {
             bits,
             lanes,
-            ob,
-            cfg: Cfg { up: 0, x0: 0, lim: 0, n: 0, nbeats: 0, lastn: 0, thr: [0; NQ + 1] },
+            kernel,
+            cfg: Common { up: 0, x0: 0, lim: 0, n: 0, nbeats: 0, lastn: 0, thr: [0; NQ_MAX + 1] },
             r: Regs {
                 phase: Phase::Load,
                 wptr: 0,
@@ -123,23 +193,6 @@ impl SoftmaxIvit {
         }
     }
 
-    /// exp_shift(m − q) as the comparator datapath computes it.
-    fn exp(&self, m: i64, q: i64) -> i64 {
-        let c = &self.cfg;
-        let x = -((m - q) << c.up);
-        let xe = x + (x >> 1) - (x >> 4);
-        let xc = xe.max(c.lim);
-        let qq = (1..=NQ).filter(|&k| xc <= c.thr[k]).count();
-        let r = xc - c.thr[qq];
-        let base = r - 2 * c.x0;
-        let sh = c.n - qq as i64 - 1;
-        if sh < 0 {
-            base >> 1
-        } else {
-            base << sh
-        }
-    }
-
     /// Whether a RAM read is issued this cycle (SUM and OUT).
     fn issue(&self, pins: &Pins) -> bool {
         let r = &self.r;
@@ -151,7 +204,7 @@ impl SoftmaxIvit {
     }
 }
 
-impl Clocked for SoftmaxIvit {
+impl<K: Kernel> Clocked for RowSoftmax<K> {
     fn eval(&self, _pins: &Pins) -> Outs {
         let r = &self.r;
         let mut o = Outs { in_ready: r.phase == Phase::Load, out_valid: r.ov, out_last: r.olast, ..Outs::default() };
@@ -202,11 +255,11 @@ impl Clocked for SoftmaxIvit {
                     }
                     nx.rvalid = issue;
                     if cur.rvalid {
-                        let e: i64 = (0..self.valid_lanes(cur.rdi)).map(|i| self.exp(cur.m, cur.rdata[i])).sum();
+                        let e: i64 = (0..self.valid_lanes(cur.rdi)).map(|i| self.kernel.exp(&self.cfg, cur.m, cur.rdata[i])).sum();
                         nx.sum = cur.sum + e;
                         if cur.rdi + 1 == self.cfg.nbeats {
                             nx.phase = Phase::Div;
-                            nx.div = nx.sum.min((1 << K) - 1);
+                            nx.div = self.kernel.divisor(nx.sum);
                             nx.rem = 0;
                             nx.quo = 0;
                             nx.cnt = 0;
@@ -214,13 +267,13 @@ impl Clocked for SoftmaxIvit {
                     }
                 }
                 Phase::Div => {
-                    // Restoring division of 2^K − 1 (all ones): one quotient bit per cycle.
-                    let rr = (cur.rem << 1) | 1;
+                    // Restoring division: one quotient bit per cycle, numerator MSB first.
+                    let rr = (cur.rem << 1) | i64::from(K::numerator_bit(K::DIV_BITS - 1 - cur.cnt));
                     let (rr, bit) = if rr >= cur.div { (rr - cur.div, 1) } else { (rr, 0) };
                     nx.rem = rr;
                     nx.quo = (cur.quo << 1) | bit;
                     nx.cnt = cur.cnt + 1;
-                    if cur.cnt + 1 == K {
+                    if cur.cnt + 1 == K::DIV_BITS {
                         nx.factor = nx.quo;
                         nx.phase = Phase::Out;
                         nx.rptr = 0;
@@ -236,10 +289,9 @@ impl Clocked for SoftmaxIvit {
                     }
                     nx.rvalid = issue || (cur.rvalid && !free);
                     if cur.rvalid && free {
-                        let sh = K + 1 - self.ob;
                         let mut o = [0i64; MAX_LANES];
                         for (i, oi) in o.iter_mut().enumerate().take(self.valid_lanes(cur.rdi)) {
-                            *oi = (self.exp(cur.m, cur.rdata[i]) * cur.factor) >> sh;
+                            *oi = self.kernel.out(self.kernel.exp(&self.cfg, cur.m, cur.rdata[i]), cur.factor);
                         }
                         nx.odata = o;
                         nx.ov = true;
@@ -265,8 +317,8 @@ impl Clocked for SoftmaxIvit {
                 3 => c.n = (d & 31) as i64,
                 5 => c.nbeats = (d & 0x7ff) as usize,
                 6 => c.lastn = (d & 0x1f) as usize,
-                a if (17..=16 + NQ as u32).contains(&a) => c.thr[(a - 16) as usize] = sext(d, w),
-                _ => {}
+                a if (THR_ADDR..THR_ADDR + K::NQ as u32).contains(&a) => c.thr[(a - THR_ADDR + 1) as usize] = sext(d, w),
+                a => self.kernel.configure(a, d),
             }
         }
         if let Some((a, w)) = write {
@@ -276,27 +328,32 @@ impl Clocked for SoftmaxIvit {
     }
 }
 
-/// Configuration writes for input scale `s` and rows of `row` elements, or why the
-/// generated hardware cannot take them.
-pub fn config(bits: u32, lanes: usize, s: f64, up: u32, n: u32, row: usize) -> Result<Vec<(u32, u32)>, String> {
+/// Writes of the common registers for a row of `row` elements.
+pub fn common_config(bits: u32, lanes: usize, up: u32, x0: i64, n: u32, nq: usize, row: usize) -> Result<Vec<(u32, u32)>, String> {
     if row == 0 || row > NMAX {
         return Err(format!("row length {row} is outside 1..={NMAX} (the row buffer)"));
     }
-    if n as usize > NQ {
-        return Err(format!("n = {n} exceeds the {NQ} exponent comparators"));
-    }
-    let x0 = crate::units::ivit::shift_x0(s / 2f64.powi(up as i32));
     let w = xw(bits).min(32);
-    let emax = (x0.unsigned_abs() as u128) << (n + 1);
     let xmin = ((1u128 << bits) << up) * 2;
-    if (NQ as u128) * (x0.unsigned_abs() as u128) >= 1 << (w - 1) || xmin >= 1 << (w - 1) || emax * (row as u128) >= 1 << K {
-        return Err(format!(
-            "scale {s} with upshift {up} needs x0 = {x0}: the exponent or the row sum would overflow the {w}-bit datapath or reach the 2^{K} sum clamp"
-        ));
+    if (nq as u128) * (x0.unsigned_abs() as u128) >= 1 << (w - 1) || xmin >= 1 << (w - 1) {
+        return Err(format!("upshift {up} and x0 = {x0} overflow the {w}-bit exponent datapath"));
     }
     let nbeats = row.div_ceil(lanes);
     let lastn = row - (nbeats - 1) * lanes;
     let mut v = vec![(0, up), (1, x0 as u32), (2, (i64::from(n) * x0) as u32), (3, n), (5, nbeats as u32), (6, lastn as u32)];
-    v.extend((1..=NQ).map(|k| (16 + k as u32, (k as i64 * x0) as u32)));
+    v.extend((1..=nq).map(|k| (THR_ADDR + k as u32 - 1, (k as i64 * x0) as u32)));
     Ok(v)
+}
+
+/// Shiftmax configuration for input scale `s`, or why the generated hardware cannot take it.
+pub fn shift_config(bits: u32, lanes: usize, s: f64, up: u32, n: u32, row: usize) -> Result<Vec<(u32, u32)>, String> {
+    if n as usize > Shift::NQ {
+        return Err(format!("n = {n} exceeds the {} exponent comparators", Shift::NQ));
+    }
+    let x0 = crate::units::ivit::shift_x0(s / 2f64.powi(up as i32));
+    let emax = (x0.unsigned_abs() as u128) << (n + 1);
+    if emax * (row as u128) >= 1 << 31 {
+        return Err(format!("scale {s} with upshift {up}: the row sum could reach the 2^31 clamp (the reference's saturation), which the hardware does not reproduce"));
+    }
+    common_config(bits, lanes, up, x0, n, Shift::NQ, row)
 }
