@@ -215,13 +215,19 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             let unit = ibert::Gelu::preset(opts.preset);
             push(rows, cycle::gelu_ibert::config(bits, &unit.consts(s)).map_err(CosimError::Config)?, s);
         }
-        "softmax_ivit" => {
-            let golden = ivit::Softmax::preset(opts.preset);
+        "softmax_ivit" | "softmax_ibert" => {
             let probe = draw(Dist::Attention, 64, opts.seed);
             let s = crate::sensitivity::symmetric_scale(&probe, bits);
-            let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
-            let n = golden.n;
-            let cfgw = |row: usize| cycle::softmax::shift_config(bits, cfg.lanes, s, up, n, row).map_err(CosimError::Config);
+            let cfgw = |row: usize| -> Result<Vec<(u32, u32)>, CosimError> {
+                if cfg.unit == "softmax_ivit" {
+                    let golden = ivit::Softmax::preset(opts.preset);
+                    let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
+                    cycle::softmax::shift_config(bits, cfg.lanes, s, up, golden.n, row)
+                } else {
+                    cycle::softmax::poly_config(bits, cfg.lanes, &ibert::Softmax::preset(opts.preset), s, row)
+                }
+                .map_err(CosimError::Config)
+            };
             let row = Dist::Attention.row_len();
             let mut rows: Vec<Vec<i64>> = vec![
                 vec![0; row],

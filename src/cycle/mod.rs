@@ -169,6 +169,7 @@ pub fn model(cfg: &crate::hdl::RtlConfig) -> Box<dyn Clocked> {
     match cfg.unit.as_str() {
         "gelu_ibert" => Box::new(gelu_ibert::GeluIbert::new(cfg.bits, cfg.lanes)),
         "softmax_ivit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Shift { ob: 16 })),
+        "softmax_ibert" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Poly { ob: 8, ..Default::default() })),
         other => unreachable!("RtlConfig::new admits only units with hardware, not {other}"),
     }
 }

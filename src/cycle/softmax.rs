@@ -357,3 +357,77 @@ pub fn shift_config(bits: u32, lanes: usize, s: f64, up: u32, n: u32, row: usize
     }
     common_config(bits, lanes, up, x0, n, Shift::NQ, row)
 }
+
+/// I-BERT's i-exp softmax: polynomial exponent, dyadic 16-bit requantiser, numerator 2^32,
+/// out = min((E16·factor) >> (32 − OB), top). Registers: 7 b_int, 8 c_int, 9 m16, 10 e16, 11 top.
+#[derive(Debug, Clone, Default)]
+pub struct Poly {
+    /// Output bits OB.
+    pub ob: u32,
+    /// b_int.
+    pub b: i64,
+    /// c_int.
+    pub c: i64,
+    /// Mantissa of the 16-bit requantiser.
+    pub m16: i64,
+    /// Shift of the 16-bit requantiser.
+    pub e16: i64,
+    /// Largest output (2^OB in the reference, 2^OB − 1 adapted).
+    pub top: i64,
+}
+
+impl Kernel for Poly {
+    const NQ: usize = 30;
+    const DIV_BITS: u32 = 33;
+    fn numerator_bit(i: u32) -> bool {
+        i == 32
+    }
+    fn configure(&mut self, addr: u32, data: u64) {
+        match addr {
+            7 => self.b = sext(data, 32),
+            8 => self.c = sext(data, 32),
+            9 => self.m16 = data as i64,
+            10 => self.e16 = (data & 63) as i64,
+            11 => self.top = (data & 0x3ff) as i64,
+            _ => {}
+        }
+    }
+    fn exp(&self, c: &Common, m: i64, q: i64) -> i64 {
+        let x = -((m - q) << c.up);
+        let (qq, r) = c.divide(x.max(c.lim), Self::NQ);
+        let z = (r * (r + self.b) + self.c).max(0);
+        let net = (self.e16 - (c.n - qq)) as u32;
+        let p = i128::from(z) * i128::from(self.m16);
+        (crate::fixed::shift_round(p, net, crate::fixed::Rounding::HalfEven) as i64).min(32767)
+    }
+    fn divisor(&self, sum: i64) -> i64 {
+        sum
+    }
+    fn out(&self, e: i64, factor: i64) -> i64 {
+        ((e * factor) >> (32 - self.ob)).min(self.top)
+    }
+}
+
+/// I-BERT softmax configuration for input scale `s`, or why the generated hardware cannot take it.
+pub fn poly_config(bits: u32, lanes: usize, unit: &crate::units::ibert::Softmax, s: f64, row: usize) -> Result<Vec<(u32, u32)>, String> {
+    let up = unit.upshift.unwrap_or_else(|| crate::units::ibert::ExpConsts::auto_upshift(s));
+    let k = crate::units::ibert::ExpConsts::new(s, unit.n, up);
+    if unit.n as usize != Poly::NQ {
+        return Err(format!("the hardware has {} exponent comparators; n = {} is not supported", Poly::NQ, unit.n));
+    }
+    // r·(r + b) is formed in 34 bits: |x0| < 2^14 and |b| < 2^16 keep it exact.
+    if k.c <= 0 || k.c >= 1 << 30 || k.b.unsigned_abs() >= 1 << 16 || k.x0.unsigned_abs() >= 1 << 14 {
+        return Err(format!(
+            "scale {s} gives c_int = {}, b_int = {}, x0 = {}: outside the hardware's ranges (c in 1..2^30, |b| < 2^16, |x0| < 2^14)",
+            k.c, k.b, k.x0
+        ));
+    }
+    let d = crate::fixed::Dyadic::from_ratio(32767.0 / k.e_max() as f64);
+    if d.e < 31 || d.e > 63 {
+        return Err(format!("the 16-bit requantiser shift {} is outside 31..=63", d.e));
+    }
+    let top = if unit.clamp_out { (1i64 << unit.out_bits) - 1 } else { 1i64 << unit.out_bits };
+    let mut v = common_config(bits, lanes, up, k.x0, unit.n, Poly::NQ, row)?;
+    v.extend([(7, k.b as u32), (8, k.c as u32), (9, d.m as u32), (10, d.e as u32), (11, top as u32)]);
+    Ok(v)
+}

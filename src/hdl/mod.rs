@@ -4,6 +4,7 @@
 
 pub mod gelu_ibert;
 pub mod prims;
+pub mod softmax_ibert;
 pub mod softmax_ivit;
 
 use rust_hdl::prelude::*;
@@ -11,7 +12,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Units that have hardware so far (the others are golden models only).
-pub const RTL_UNITS: &[&str] = &["gelu_ibert", "softmax_ivit"];
+pub const RTL_UNITS: &[&str] = &["gelu_ibert", "softmax_ivit", "softmax_ibert"];
 /// Supported lane counts.
 pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// Supported input widths of the generated hardware.
@@ -56,8 +57,8 @@ impl RtlConfig {
         if !LANES.contains(&lanes) {
             return Err(HdlError::Lanes(lanes));
         }
-        // softmax_ivit's exponent datapath is bits + 20 wide and must stay within 32.
-        if !BITS.contains(&bits) || (unit == "softmax_ivit" && bits > 12) {
+        // The softmax exponent datapath is bits + 20 wide and must stay within 32.
+        if !BITS.contains(&bits) || (unit.starts_with("softmax") && bits > 12) {
             return Err(HdlError::Bits { unit: unit.to_string(), bits });
         }
         Ok(RtlConfig { unit: unit.to_string(), bits, lanes })
@@ -92,6 +93,28 @@ impl RtlConfig {
                     "2*ceil(N/LANES) + 34".to_string(),
                     "3*ceil(N/LANES) + 34".to_string(),
                     "one row at a time: LOAD ceil(N/LANES), SUM ceil(N/LANES)+1, DIV 31, OUT ceil(N/LANES)+1 cycles".to_string(),
+                )
+            }
+            "softmax_ibert" => {
+                let x = crate::cycle::softmax::xw(self.bits);
+                (
+                    9,
+                    vec![
+                        "0: upshift p (5 bits)".to_string(),
+                        format!("2: n*x0 ({x} bits)"),
+                        "3: n (6 bits, 30)".into(),
+                        "5: beats per row ceil(N/LANES) (11 bits)".into(),
+                        "6: valid lanes of the last beat (5 bits)".into(),
+                        "7: b_int (32 bits)".into(),
+                        "8: c_int (32 bits)".into(),
+                        "9: m16, requantiser mantissa (32 bits unsigned)".into(),
+                        "10: e16, requantiser shift (6 bits)".into(),
+                        "11: largest output, 2^8 (reference) or 2^8-1 (adapted) (10 bits)".into(),
+                        format!("32..61: k*x0 for k = 1..30 ({x} bits)"),
+                    ],
+                    "2*ceil(N/LANES) + 36".to_string(),
+                    "3*ceil(N/LANES) + 36".to_string(),
+                    "one row at a time: LOAD ceil(N/LANES), SUM ceil(N/LANES)+1, DIV 33, OUT ceil(N/LANES)+1 cycles".to_string(),
                 )
             }
             _ => {
@@ -226,6 +249,31 @@ macro_rules! softmax_ivit_table {
     };
 }
 
+macro_rules! softmax_ibert {
+    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(
+            &mut softmax_ibert::SoftmaxIbert::<$b, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * 30 }, $aw, { 9 * $l }>::default(),
+            $name,
+            $h,
+        )
+    };
+}
+
+macro_rules! softmax_ibert_table {
+    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
+        match ($bits, $lanes) {
+            $(
+                ($b, 1) => softmax_ibert!($b, 1, 10, $name, $h),
+                ($b, 2) => softmax_ibert!($b, 2, 9, $name, $h),
+                ($b, 4) => softmax_ibert!($b, 4, 8, $name, $h),
+                ($b, 8) => softmax_ibert!($b, 8, 7, $name, $h),
+                ($b, 16) => softmax_ibert!($b, 16, 6, $name, $h),
+            )*
+            _ => unreachable!("RtlConfig::new checked the configuration"),
+        }
+    };
+}
+
 macro_rules! gelu_ibert_table {
     ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
         match ($bits, $lanes) {
@@ -259,6 +307,7 @@ pub fn verilog(cfg: &RtlConfig) -> String {
     match cfg.unit.as_str() {
         "gelu_ibert" => gelu_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
         "softmax_ivit" => softmax_ivit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
+        "softmax_ibert" => softmax_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         _ => unreachable!("RtlConfig::new checked the unit"),
     }
 }

@@ -165,3 +165,50 @@ impl<const A: usize, const B: usize, const O: usize, const S: usize> Logic for M
         })
     }
 }
+
+/// Round-half-to-even right shift `y = RNE(a / 2^s)` of a non-negative value.
+#[derive(LogicBlock, Default)]
+pub struct RneShr<const W: usize, const S: usize> {
+    /// Value (non-negative).
+    pub a: Signal<In, Bits<W>>,
+    /// Shift amount (at least 1).
+    pub s: Signal<In, Bits<S>>,
+    /// Rounded quotient.
+    pub y: Signal<Out, Bits<W>>,
+}
+
+impl<const W: usize, const S: usize> Logic for RneShr<W, S> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        // q = a >> s; the remainder against half = 2^(s−1) decides: above rounds up, equal rounds to even.
+        Verilog::Wrapper(Wrapper {
+            code: format!(
+                "    wire [{w1}:0] q = a >> s;\n    wire [{w1}:0] half = {{{{{w1}{{1'b0}}}}, 1'b1}} << (s - 1'b1);\n    wire [{w1}:0] rem = a - (q << s);\n    assign y = q + {{{{{w1}{{1'b0}}}}, (rem > half) | ((rem == half) & q[0])}};\n",
+                w1 = W - 1
+            ),
+            cores: String::new(),
+        })
+    }
+}
+
+/// Zero extension from I to O bits.
+#[derive(LogicBlock, Default)]
+pub struct ZExt<const I: usize, const O: usize> {
+    /// Narrow value.
+    pub a: Signal<In, Bits<I>>,
+    /// Zero-extended value.
+    pub y: Signal<Out, Bits<O>>,
+}
+
+impl<const I: usize, const O: usize> Logic for ZExt<I, O> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        Verilog::Wrapper(Wrapper { code: format!("    assign y = {{{{{}{{1'b0}}}}, a}};\n", O - I), cores: String::new() })
+    }
+}

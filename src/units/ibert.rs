@@ -29,11 +29,16 @@ pub(crate) fn exp_c() -> f64 {
 
 /// Constants of i-exp for one input scale (`kernels.md` §1.2).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct ExpConsts {
+pub struct ExpConsts {
+    /// `x0_int = ⌊−0.6931/s⌋`.
     pub x0: i64,
+    /// `b_int`.
     pub b: i64,
+    /// `c_int`.
     pub c: i64,
+    /// Polynomial range n.
     pub n: u32,
+    /// Input upshift.
     pub upshift: u32,
     /// Scale of the polynomial output `fl(a·fl(s·s))` (before `/2^n`).
     pub poly_sf: f64,

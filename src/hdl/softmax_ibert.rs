@@ -1,0 +1,529 @@
+//! `softmax_ibert` (I-BERT i-exp softmax) as a rust_hdl block: the row-buffer microarchitecture
+//! of `softmax_ivit` (same phases and handshakes, register for register the cycle model
+//! `cycle::softmax::RowSoftmax<Poly>`) with I-BERT's exponent, a 33-bit divider of 2^32 and
+//! 9-bit outputs (up to 2^8 in the reference).
+//!
+//! Per lane, `PolyExp` computes E16 combinationally from the RAM's registered read data:
+//! upshift, the clamp at 30·x0, thirty signed comparators against k·x0 giving ⌊x/x0⌋ and the
+//! remainder r, z = max(r·(r + b) + c, 0), and the 16-bit requantiser RNE(z·m16 / 2^(e16 − n + ⌊x/x0⌋)).
+//!
+//! The top level repeats `softmax_ivit`'s phase logic with other widths: rust_hdl cannot make a
+//! block generic over its sub-block's ports, so the two tops are written out separately.
+
+use super::prims::{MulSlice, Pack, RneShr, SExt, SLe, ZExt};
+use rust_hdl::prelude::*;
+use rust_hdl::widgets::prelude::RAM;
+
+/// Exponent comparators (k·x0 for k = 1..=NQ).
+pub const NQ: usize = 30;
+
+/// I-BERT's exponent and 16-bit requantiser for one lane (combinational).
+#[derive(LogicBlock)]
+pub struct PolyExp<const B: usize, const X: usize, const TB: usize> {
+    /// Row maximum.
+    pub m: Signal<In, Bits<B>>,
+    /// Input code.
+    pub q: Signal<In, Bits<B>>,
+    /// Upshift p.
+    pub up: Signal<In, Bits<5>>,
+    /// n·x0.
+    pub lim: Signal<In, Bits<X>>,
+    /// n (30).
+    pub n: Signal<In, Bits<6>>,
+    /// k·x0 for k = 1..=NQ, packed.
+    pub thr: Signal<In, Bits<TB>>,
+    /// b_int.
+    pub b: Signal<In, Bits<32>>,
+    /// c_int.
+    pub c: Signal<In, Bits<32>>,
+    /// Requantiser mantissa (≤ 2^31, unsigned).
+    pub m16: Signal<In, Bits<32>>,
+    /// Requantiser shift.
+    pub e16: Signal<In, Bits<6>>,
+    /// E16 ∈ [0, 32767], zero-extended for the row-sum adder.
+    pub e42: Signal<Out, Bits<42>>,
+    mx: SExt<B, X>,
+    qx: SExt<B, X>,
+    r32: SExt<X, 32>,
+    rt: MulSlice<32, 32, 34, 0>,
+    cx: SExt<32, 34>,
+    mz: ZExt<32, 33>,
+    zm: MulSlice<33, 33, 66, 0>,
+    rne: RneShr<66, 6>,
+    e42x: ZExt<16, 42>,
+    clamp: SLe<X>,
+    cmp: [SLe<X>; NQ],
+    kval: [Constant<Bits<6>>; NQ],
+    xw: Constant<Bits<8>>,
+    zero: Constant<Bits<X>>,
+    zero6: Constant<Bits<6>>,
+    zero33: Constant<Bits<33>>,
+    e16max: Constant<Bits<66>>,
+    x: Signal<Local, Bits<X>>,
+    xc: Signal<Local, Bits<X>>,
+    r: Signal<Local, Bits<X>>,
+    qq: Signal<Local, Bits<6>>,
+    z: Signal<Local, Bits<34>>,
+    e: Signal<Local, Bits<16>>,
+}
+
+impl<const B: usize, const X: usize, const TB: usize> Default for PolyExp<B, X, TB> {
+    fn default() -> Self {
+        assert_eq!(X * NQ, TB);
+        Self {
+            m: Default::default(),
+            q: Default::default(),
+            up: Default::default(),
+            lim: Default::default(),
+            n: Default::default(),
+            thr: Default::default(),
+            b: Default::default(),
+            c: Default::default(),
+            m16: Default::default(),
+            e16: Default::default(),
+            e42: Default::default(),
+            mx: Default::default(),
+            qx: Default::default(),
+            r32: Default::default(),
+            rt: Default::default(),
+            cx: Default::default(),
+            mz: Default::default(),
+            zm: Default::default(),
+            rne: Default::default(),
+            e42x: Default::default(),
+            clamp: Default::default(),
+            cmp: array_init::array_init(|_| Default::default()),
+            kval: array_init::array_init(|k| Constant::new(((k + 1) as u64).to_bits())),
+            xw: Constant::new((X as u64).to_bits()),
+            zero: Constant::new(0u64.to_bits()),
+            zero6: Constant::new(0u64.to_bits()),
+            zero33: Constant::new(0u64.to_bits()),
+            e16max: Constant::new(32767u64.to_bits()),
+            x: Default::default(),
+            xc: Default::default(),
+            r: Default::default(),
+            qq: Default::default(),
+            z: Default::default(),
+            e: Default::default(),
+        }
+    }
+}
+
+impl<const B: usize, const X: usize, const TB: usize> Logic for PolyExp<B, X, TB> {
+    #[hdl_gen]
+    fn update(&mut self) {
+        self.mx.a.next = self.m.val();
+        self.qx.a.next = self.q.val();
+        // x = −((m − q) << p) ≤ 0, clamped at 30·x0.
+        self.x.next = self.zero.val() - ((self.mx.y.val() - self.qx.y.val()) << self.up.val());
+        self.clamp.a.next = self.x.val();
+        self.clamp.b.next = self.lim.val();
+        if self.clamp.y.val() {
+            self.xc.next = self.lim.val();
+        } else {
+            self.xc.next = self.x.val();
+        }
+        // qq = ⌊xc/x0⌋: the largest k with xc ≤ k·x0; r = xc − qq·x0.
+        self.qq.next = self.zero6.val();
+        self.r.next = self.xc.val();
+        for k in 0..NQ {
+            self.cmp[k].a.next = self.xc.val();
+            self.cmp[k].b.next = self.thr.val().get_bits::<X>(k * self.xw.val().index());
+            if self.cmp[k].y.val() {
+                self.qq.next = self.kval[k].val();
+                self.r.next = self.xc.val() - self.thr.val().get_bits::<X>(k * self.xw.val().index());
+            }
+        }
+        // z = max(r·(r + b) + c, 0)
+        self.r32.a.next = self.r.val();
+        self.rt.a.next = self.r32.y.val();
+        self.rt.b.next = self.r32.y.val() + self.b.val();
+        self.cx.a.next = self.c.val();
+        self.z.next = self.rt.y.val() + self.cx.y.val();
+        // E16 = min(RNE(z·m16 / 2^(e16 − (n − qq))), 32767); z < 2^32 fits 33 signed bits.
+        if self.z.val().get_bit(33) {
+            self.zm.a.next = self.zero33.val();
+        } else {
+            self.zm.a.next = self.z.val().get_bits::<33>(0);
+        }
+        self.mz.a.next = self.m16.val();
+        self.zm.b.next = self.mz.y.val();
+        self.rne.a.next = self.zm.y.val();
+        self.rne.s.next = self.e16.val() - (self.n.val() - self.qq.val());
+        if self.rne.y.val() > self.e16max.val() {
+            self.e.next = self.e16max.val().get_bits::<16>(0);
+        } else {
+            self.e.next = self.rne.y.val().get_bits::<16>(0);
+        }
+        self.e42x.a.next = self.e.val();
+        self.e42.next = self.e42x.y.val();
+    }
+}
+
+/// The streaming unit.
+#[derive(LogicBlock)]
+pub struct SoftmaxIbert<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: usize, const AW: usize, const ODW: usize>
+{
+    /// Clock.
+    pub clock: Signal<In, Clock>,
+    /// Synchronous reset (back to LOAD, output emptied).
+    pub reset: Signal<In, Bit>,
+    /// Configuration write enable.
+    pub cfg_we: Signal<In, Bit>,
+    /// Configuration register address.
+    pub cfg_addr: Signal<In, Bits<6>>,
+    /// Configuration value.
+    pub cfg_data: Signal<In, Bits<32>>,
+    /// Input beat valid.
+    pub in_valid: Signal<In, Bit>,
+    /// High in LOAD.
+    pub in_ready: Signal<Out, Bit>,
+    /// LANES input codes.
+    pub in_data: Signal<In, Bits<DW>>,
+    /// Last beat of a row (the row length is configured; `last` must agree with it).
+    pub in_last: Signal<In, Bit>,
+    /// Output beat valid.
+    pub out_valid: Signal<Out, Bit>,
+    /// Downstream ready.
+    pub out_ready: Signal<In, Bit>,
+    /// LANES probabilities, 9 bits each (scale 2^−8, up to 2^8 in the reference).
+    pub out_data: Signal<Out, Bits<ODW>>,
+    /// Last beat of a row.
+    pub out_last: Signal<Out, Bit>,
+    ram: RAM<Bits<DW>, AW>,
+    exps: [PolyExp<B, X, TB>; L],
+    tpack: Pack<NQ, X, TB>,
+    mcmp: [SLe<B>; L],
+    prod: [MulSlice<17, 34, 10, 24>; L],
+    pack: Pack<L, 9, ODW>,
+    lane_no: [Constant<Bits<5>>; L],
+    thr_addr: [Constant<Bits<6>>; NQ],
+    width: Constant<Bits<8>>,
+    ph_load: Constant<Bits<2>>,
+    ph_sum: Constant<Bits<2>>,
+    ph_div: Constant<Bits<2>>,
+    ph_out: Constant<Bits<2>>,
+    one11: Constant<Bits<11>>,
+    zero11: Constant<Bits<11>>,
+    zero42: Constant<Bits<42>>,
+    last_cnt: Constant<Bits<6>>,
+    zero6: Constant<Bits<6>>,
+    one6: Constant<Bits<6>>,
+    one5: Constant<Bits<5>>,
+    zero9: Constant<Bits<9>>,
+    zero34: Constant<Bits<34>>,
+    one34: Constant<Bits<34>>,
+    up: DFF<Bits<5>>,
+    lim: DFF<Bits<X>>,
+    n: DFF<Bits<6>>,
+    b: DFF<Bits<32>>,
+    c: DFF<Bits<32>>,
+    m16: DFF<Bits<32>>,
+    e16: DFF<Bits<6>>,
+    top: DFF<Bits<10>>,
+    nbeats: DFF<Bits<11>>,
+    lastn: DFF<Bits<5>>,
+    thr: [DFF<Bits<X>>; NQ],
+    phase: DFF<Bits<2>>,
+    wptr: DFF<Bits<11>>,
+    m: DFF<Bits<B>>,
+    rptr: DFF<Bits<11>>,
+    raddr: DFF<Bits<AW>>,
+    rvalid: DFF<Bit>,
+    rdi: DFF<Bits<11>>,
+    sum: DFF<Bits<42>>,
+    rem: DFF<Bits<34>>,
+    quo: DFF<Bits<34>>,
+    div: DFF<Bits<34>>,
+    cnt: DFF<Bits<6>>,
+    factor: DFF<Bits<34>>,
+    ov: DFF<Bit>,
+    olast: DFF<Bit>,
+    odata: [DFF<Bits<9>>; L],
+    issue: Signal<Local, Bit>,
+    free: Signal<Local, Bit>,
+    consume: Signal<Local, Bit>,
+    wlast: Signal<Local, Bit>,
+    rlast: Signal<Local, Bit>,
+    mrun: Signal<Local, Bits<B>>,
+    esum: Signal<Local, Bits<42>>,
+    nsum: Signal<Local, Bits<42>>,
+    r2: Signal<Local, Bits<34>>,
+}
+
+impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: usize, const AW: usize, const ODW: usize> Default
+    for SoftmaxIbert<B, L, DW, X, TB, AW, ODW>
+{
+    fn default() -> Self {
+        assert_eq!(B * L, DW);
+        assert_eq!(9 * L, ODW);
+        assert_eq!(1usize << AW, 1024 / L);
+        Self {
+            clock: Default::default(),
+            reset: Default::default(),
+            cfg_we: Default::default(),
+            cfg_addr: Default::default(),
+            cfg_data: Default::default(),
+            in_valid: Default::default(),
+            in_ready: Default::default(),
+            in_data: Default::default(),
+            in_last: Default::default(),
+            out_valid: Default::default(),
+            out_ready: Default::default(),
+            out_data: Default::default(),
+            out_last: Default::default(),
+            ram: Default::default(),
+            exps: array_init::array_init(|_| Default::default()),
+            tpack: Default::default(),
+            mcmp: array_init::array_init(|_| Default::default()),
+            prod: array_init::array_init(|_| Default::default()),
+            pack: Default::default(),
+            lane_no: array_init::array_init(|i| Constant::new((i as u64).to_bits())),
+            thr_addr: array_init::array_init(|k| Constant::new((32 + k as u64).to_bits())),
+            width: Constant::new((B as u64).to_bits()),
+            ph_load: Constant::new(0u64.to_bits()),
+            ph_sum: Constant::new(1u64.to_bits()),
+            ph_div: Constant::new(2u64.to_bits()),
+            ph_out: Constant::new(3u64.to_bits()),
+            one11: Constant::new(1u64.to_bits()),
+            zero11: Constant::new(0u64.to_bits()),
+            zero42: Constant::new(0u64.to_bits()),
+            last_cnt: Constant::new(32u64.to_bits()),
+            zero6: Constant::new(0u64.to_bits()),
+            one6: Constant::new(1u64.to_bits()),
+            one5: Constant::new(1u64.to_bits()),
+            zero9: Constant::new(0u64.to_bits()),
+            zero34: Constant::new(0u64.to_bits()),
+            one34: Constant::new(1u64.to_bits()),
+            up: Default::default(),
+            lim: Default::default(),
+            n: Default::default(),
+            b: Default::default(),
+            c: Default::default(),
+            m16: Default::default(),
+            e16: Default::default(),
+            top: Default::default(),
+            nbeats: Default::default(),
+            lastn: Default::default(),
+            thr: array_init::array_init(|_| Default::default()),
+            phase: Default::default(),
+            wptr: Default::default(),
+            m: Default::default(),
+            rptr: Default::default(),
+            raddr: Default::default(),
+            rvalid: Default::default(),
+            rdi: Default::default(),
+            sum: Default::default(),
+            rem: Default::default(),
+            quo: Default::default(),
+            div: Default::default(),
+            cnt: Default::default(),
+            factor: Default::default(),
+            ov: Default::default(),
+            olast: Default::default(),
+            odata: array_init::array_init(|_| Default::default()),
+            issue: Default::default(),
+            free: Default::default(),
+            consume: Default::default(),
+            wlast: Default::default(),
+            rlast: Default::default(),
+            mrun: Default::default(),
+            esum: Default::default(),
+            nsum: Default::default(),
+            r2: Default::default(),
+        }
+    }
+}
+
+impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: usize, const AW: usize, const ODW: usize> Logic
+    for SoftmaxIbert<B, L, DW, X, TB, AW, ODW>
+{
+    #[hdl_gen]
+    fn update(&mut self) {
+        dff_setup!(
+            self, clock, up, lim, n, b, c, m16, e16, top, nbeats, lastn, phase, wptr, m, rptr, raddr, rvalid, rdi, sum, rem, quo, div, cnt,
+            factor, ov, olast
+        );
+        for k in 0..NQ {
+            self.thr[k].clock.next = self.clock.val();
+            self.thr[k].d.next = self.thr[k].q.val();
+            if self.cfg_we.val() & (self.cfg_addr.val() == self.thr_addr[k].val()) {
+                self.thr[k].d.next = self.cfg_data.val().get_bits::<X>(0);
+            }
+            self.tpack.lane[k].next = self.thr[k].q.val();
+        }
+        for i in 0..L {
+            self.odata[i].clock.next = self.clock.val();
+            self.odata[i].d.next = self.odata[i].q.val();
+        }
+        if self.cfg_we.val() {
+            match self.cfg_addr.val().index() {
+                0 => self.up.d.next = self.cfg_data.val().get_bits::<5>(0),
+                2 => self.lim.d.next = self.cfg_data.val().get_bits::<X>(0),
+                3 => self.n.d.next = self.cfg_data.val().get_bits::<6>(0),
+                5 => self.nbeats.d.next = self.cfg_data.val().get_bits::<11>(0),
+                6 => self.lastn.d.next = self.cfg_data.val().get_bits::<5>(0),
+                7 => self.b.d.next = self.cfg_data.val(),
+                8 => self.c.d.next = self.cfg_data.val(),
+                9 => self.m16.d.next = self.cfg_data.val(),
+                10 => self.e16.d.next = self.cfg_data.val().get_bits::<6>(0),
+                11 => self.top.d.next = self.cfg_data.val().get_bits::<10>(0),
+                _ => {}
+            }
+        }
+        self.in_ready.next = self.phase.q.val() == self.ph_load.val();
+        self.out_valid.next = self.ov.q.val();
+        self.out_last.next = self.olast.q.val();
+        self.consume.next = self.ov.q.val() & self.out_ready.val();
+        self.free.next = !self.ov.q.val() | self.out_ready.val();
+        // A RAM read is issued in SUM while words remain, in OUT also only when the word read
+        // last cycle is taken (or none is in flight).
+        self.issue.next = false;
+        if self.rptr.q.val() < self.nbeats.q.val() {
+            if self.phase.q.val() == self.ph_sum.val() {
+                self.issue.next = true;
+            }
+            if (self.phase.q.val() == self.ph_out.val()) & (!self.rvalid.q.val() | self.free.val()) {
+                self.issue.next = true;
+            }
+        }
+        self.ram.read_clock.next = self.clock.val();
+        self.ram.write_clock.next = self.clock.val();
+        if self.issue.val() {
+            self.ram.read_address.next = self.rptr.q.val().get_bits::<AW>(0);
+            self.raddr.d.next = self.rptr.q.val().get_bits::<AW>(0);
+        } else {
+            self.ram.read_address.next = self.raddr.q.val();
+        }
+        self.ram.write_address.next = self.wptr.q.val().get_bits::<AW>(0);
+        self.ram.write_data.next = self.in_data.val();
+        self.ram.write_enable.next = false;
+        self.wlast.next = (self.wptr.q.val() + self.one11.val()) == self.nbeats.q.val();
+        self.rlast.next = (self.rdi.q.val() + self.one11.val()) == self.nbeats.q.val();
+        // Lanes: the exponent from the read data, the running maximum from the input beat.
+        for i in 0..L {
+            self.exps[i].m.next = self.m.q.val();
+            self.exps[i].q.next = self.ram.read_data.val().get_bits::<B>(i * self.width.val().index());
+            self.exps[i].up.next = self.up.q.val();
+            self.exps[i].lim.next = self.lim.q.val();
+            self.exps[i].n.next = self.n.q.val();
+            self.exps[i].b.next = self.b.q.val();
+            self.exps[i].c.next = self.c.q.val();
+            self.exps[i].m16.next = self.m16.q.val();
+            self.exps[i].e16.next = self.e16.q.val();
+            self.exps[i].thr.next = self.tpack.data.val();
+            self.prod[i].a.next = self.exps[i].e42.val().get_bits::<17>(0);
+            self.prod[i].b.next = self.factor.q.val();
+            self.pack.lane[i].next = self.odata[i].q.val();
+        }
+        self.out_data.next = self.pack.data.val();
+        // Running maximum over the valid lanes of the beat being written.
+        if self.wptr.q.val() == self.zero11.val() {
+            self.mrun.next = self.in_data.val().get_bits::<B>(0);
+        } else {
+            self.mrun.next = self.m.q.val();
+        }
+        for i in 0..L {
+            self.mcmp[i].a.next = self.mrun.val();
+            self.mcmp[i].b.next = self.in_data.val().get_bits::<B>(i * self.width.val().index());
+            if self.mcmp[i].y.val() & (!self.wlast.val() | (self.lane_no[i].val() < self.lastn.q.val())) {
+                self.mrun.next = self.in_data.val().get_bits::<B>(i * self.width.val().index());
+            }
+        }
+        // Sum of the valid lanes' exponents of the word read last cycle.
+        self.esum.next = self.zero42.val();
+        for i in 0..L {
+            if !self.rlast.val() | (self.lane_no[i].val() < self.lastn.q.val()) {
+                self.esum.next = self.esum.val() + self.exps[i].e42.val();
+            }
+        }
+        self.nsum.next = self.sum.q.val() + self.esum.val();
+        // The numerator 2^32 has one set bit: it enters on the first step.
+        if self.cnt.q.val() == self.zero6.val() {
+            self.r2.next = (self.rem.q.val() << self.one5.val()) + self.one34.val();
+        } else {
+            self.r2.next = self.rem.q.val() << self.one5.val();
+        }
+        if self.reset.val() {
+            self.phase.d.next = self.ph_load.val();
+            self.wptr.d.next = self.zero11.val();
+            self.ov.d.next = false;
+            self.rvalid.d.next = false;
+        } else if self.phase.q.val() == self.ph_load.val() {
+            if self.in_valid.val() {
+                self.ram.write_enable.next = true;
+                self.m.d.next = self.mrun.val();
+                self.wptr.d.next = self.wptr.q.val() + self.one11.val();
+                if self.wlast.val() {
+                    self.phase.d.next = self.ph_sum.val();
+                    self.rptr.d.next = self.zero11.val();
+                    self.rvalid.d.next = false;
+                    self.sum.d.next = self.zero42.val();
+                }
+            }
+        } else if self.phase.q.val() == self.ph_sum.val() {
+            if self.issue.val() {
+                self.rptr.d.next = self.rptr.q.val() + self.one11.val();
+                self.rdi.d.next = self.rptr.q.val();
+            }
+            self.rvalid.d.next = self.issue.val();
+            if self.rvalid.q.val() {
+                self.sum.d.next = self.nsum.val();
+                if self.rlast.val() {
+                    self.phase.d.next = self.ph_div.val();
+                    self.div.d.next = self.nsum.val().get_bits::<34>(0);
+                    self.rem.d.next = self.zero34.val();
+                    self.quo.d.next = self.zero34.val();
+                    self.cnt.d.next = self.zero6.val();
+                }
+            }
+        } else if self.phase.q.val() == self.ph_div.val() {
+            // Restoring division of 2^31 − 1: one quotient bit per cycle.
+            if self.r2.val() >= self.div.q.val() {
+                self.rem.d.next = self.r2.val() - self.div.q.val();
+                self.quo.d.next = (self.quo.q.val() << self.one5.val()) + self.one34.val();
+            } else {
+                self.rem.d.next = self.r2.val();
+                self.quo.d.next = self.quo.q.val() << self.one5.val();
+            }
+            self.cnt.d.next = self.cnt.q.val() + self.one6.val();
+            if self.cnt.q.val() == self.last_cnt.val() {
+                if self.r2.val() >= self.div.q.val() {
+                    self.factor.d.next = (self.quo.q.val() << self.one5.val()) + self.one34.val();
+                } else {
+                    self.factor.d.next = self.quo.q.val() << self.one5.val();
+                }
+                self.phase.d.next = self.ph_out.val();
+                self.rptr.d.next = self.zero11.val();
+                self.rvalid.d.next = false;
+            }
+        } else {
+            if self.issue.val() {
+                self.rptr.d.next = self.rptr.q.val() + self.one11.val();
+                self.rdi.d.next = self.rptr.q.val();
+            }
+            self.rvalid.d.next = self.issue.val() | (self.rvalid.q.val() & !self.free.val());
+            if self.rvalid.q.val() & self.free.val() {
+                for i in 0..L {
+                    if !self.rlast.val() | (self.lane_no[i].val() < self.lastn.q.val()) {
+                        if self.prod[i].y.val() > self.top.q.val() {
+                            self.odata[i].d.next = self.top.q.val().get_bits::<9>(0);
+                        } else {
+                            self.odata[i].d.next = self.prod[i].y.val().get_bits::<9>(0);
+                        }
+                    } else {
+                        self.odata[i].d.next = self.zero9.val();
+                    }
+                }
+                self.ov.d.next = true;
+                self.olast.d.next = self.rlast.val();
+            } else if self.consume.val() {
+                self.ov.d.next = false;
+                if self.olast.q.val() {
+                    self.phase.d.next = self.ph_load.val();
+                    self.wptr.d.next = self.zero11.val();
+                }
+            }
+        }
+    }
+}
