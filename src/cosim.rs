@@ -215,7 +215,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             let unit = ibert::Gelu::preset(opts.preset);
             push(rows, cycle::gelu_ibert::config(bits, &unit.consts(s)).map_err(CosimError::Config)?, s);
         }
-        "softmax_ivit" | "softmax_ibert" => {
+        "softmax_ivit" | "softmax_ibert" | "softmax_fqvit" => {
             let probe = draw(Dist::Attention, 64, opts.seed);
             let s = crate::sensitivity::symmetric_scale(&probe, bits);
             let cfgw = |row: usize| -> Result<Vec<(u32, u32)>, CosimError> {
@@ -223,8 +223,10 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                     let golden = ivit::Softmax::preset(opts.preset);
                     let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
                     cycle::softmax::shift_config(bits, cfg.lanes, s, up, golden.n, row)
-                } else {
+                } else if cfg.unit == "softmax_ibert" {
                     cycle::softmax::poly_config(bits, cfg.lanes, &ibert::Softmax::preset(opts.preset), s, row)
+                } else {
+                    cycle::softmax::log_config(bits, cfg.lanes, &crate::units::fqvit::Softmax::preset(opts.preset), s, row)
                 }
                 .map_err(CosimError::Config)
             };

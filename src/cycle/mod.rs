@@ -170,6 +170,7 @@ pub fn model(cfg: &crate::hdl::RtlConfig) -> Box<dyn Clocked> {
         "gelu_ibert" => Box::new(gelu_ibert::GeluIbert::new(cfg.bits, cfg.lanes)),
         "softmax_ivit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Shift { ob: 16 })),
         "softmax_ibert" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Poly { ob: 8, ..Default::default() })),
+        "softmax_fqvit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Log { bits: 4, ..Default::default() })),
         other => unreachable!("RtlConfig::new admits only units with hardware, not {other}"),
     }
 }

@@ -257,7 +257,13 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                     if cur.rvalid {
                         let e: i64 = (0..self.valid_lanes(cur.rdi)).map(|i| self.kernel.exp(&self.cfg, cur.m, cur.rdata[i])).sum();
                         nx.sum = cur.sum + e;
-                        if cur.rdi + 1 == self.cfg.nbeats {
+                        if cur.rdi + 1 == self.cfg.nbeats && K::DIV_BITS == 0 {
+                            // No divider (LIS): the output stage compares against the sum itself.
+                            nx.factor = nx.sum;
+                            nx.phase = Phase::Out;
+                            nx.rptr = 0;
+                            nx.rvalid = false;
+                        } else if cur.rdi + 1 == self.cfg.nbeats {
                             nx.phase = Phase::Div;
                             nx.div = self.kernel.divisor(nx.sum);
                             nx.rem = 0;
@@ -429,5 +435,86 @@ pub fn poly_config(bits: u32, lanes: usize, unit: &crate::units::ibert::Softmax,
     let top = if unit.clamp_out { (1i64 << unit.out_bits) - 1 } else { 1i64 << unit.out_bits };
     let mut v = common_config(bits, lanes, up, k.x0, unit.n, Poly::NQ, row)?;
     v.extend([(7, k.b as u32), (8, k.c as u32), (9, d.m as u32), (10, d.e as u32), (11, top as u32)]);
+    Ok(v)
+}
+
+/// FQ-ViT Log-Int-Softmax: I-BERT's i-exp without requantisation, no divider; each output is
+/// the log2 code of RNE(S/E) found by 2^bits comparisons (2t_j − 1)·E against 2S with
+/// t_1 = 2, t_j = 3·2^(j−2) — shifts and a subtraction, no multiplier. Code −1 = zero flag.
+/// Registers: 7 b_int, 8 c_int.
+#[derive(Debug, Clone, Default)]
+pub struct Log {
+    /// Code bits.
+    pub bits: u32,
+    /// b_int.
+    pub b: i64,
+    /// c_int.
+    pub c: i64,
+}
+
+impl Kernel for Log {
+    const NQ: usize = 30;
+    const DIV_BITS: u32 = 0;
+    fn numerator_bit(_i: u32) -> bool {
+        false
+    }
+    fn configure(&mut self, addr: u32, data: u64) {
+        match addr {
+            7 => self.b = sext(data, 32),
+            8 => self.c = sext(data, 32),
+            _ => {}
+        }
+    }
+    fn exp(&self, c: &Common, m: i64, q: i64) -> i64 {
+        let x = -((m - q) << c.up);
+        let (qq, r) = c.divide(x.max(c.lim), Self::NQ);
+        let z = (r * (r + self.b) + self.c).max(0);
+        z << (c.n - qq)
+    }
+    fn divisor(&self, sum: i64) -> i64 {
+        sum
+    }
+    fn out(&self, e: i64, s: i64) -> i64 {
+        if e == 0 {
+            return -1;
+        }
+        let levels = 1i64 << self.bits;
+        let k = (1..=levels)
+            .filter(|&j| {
+                let p = if j == 1 { 3 * e } else { ((3 * e) << (j - 1)) - e }; // (2t_j − 1)·E
+                let t_even = j != 2;
+                p < 2 * s || (p == 2 * s && t_even)
+            })
+            .count() as i64;
+        if k >= levels {
+            -1
+        } else {
+            k
+        }
+    }
+}
+
+/// LIS configuration for input scale `s` (asymmetric input: codes minus the zero point), or why
+/// the generated hardware cannot take it.
+pub fn log_config(bits: u32, lanes: usize, unit: &crate::units::fqvit::Softmax, s: f64, row: usize) -> Result<Vec<(u32, u32)>, String> {
+    let up = unit.upshift.unwrap_or_else(|| crate::units::ibert::ExpConsts::auto_upshift(s));
+    let k = crate::units::ibert::ExpConsts::new(s, unit.n, up);
+    if unit.n as usize != Log::NQ || unit.bits != 4 {
+        return Err(format!(
+            "the hardware has {} exponent comparators and 4-bit codes; n = {}, bits = {} are not supported",
+            Log::NQ,
+            unit.n,
+            unit.bits
+        ));
+    }
+    // E < 2^44 keeps (2t_16 − 1)·E = 3E·2^15 − E below 2^62, and the row sum below 2^54.
+    if k.c <= 0 || k.c >= 1 << 13 || k.b.unsigned_abs() >= 1 << 16 || k.x0.unsigned_abs() >= 1 << 14 {
+        return Err(format!(
+            "scale {s} gives c_int = {}, b_int = {}, x0 = {}: outside the hardware's ranges (c in 1..2^13, |b| < 2^16, |x0| < 2^14)",
+            k.c, k.b, k.x0
+        ));
+    }
+    let mut v = common_config(bits, lanes, up, k.x0, unit.n, Log::NQ, row)?;
+    v.extend([(7, k.b as u32), (8, k.c as u32)]);
     Ok(v)
 }

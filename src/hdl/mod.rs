@@ -4,6 +4,7 @@
 
 pub mod gelu_ibert;
 pub mod prims;
+pub mod softmax_fqvit;
 pub mod softmax_ibert;
 pub mod softmax_ivit;
 
@@ -12,7 +13,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Units that have hardware so far (the others are golden models only).
-pub const RTL_UNITS: &[&str] = &["gelu_ibert", "softmax_ivit", "softmax_ibert"];
+pub const RTL_UNITS: &[&str] = &["gelu_ibert", "softmax_ivit", "softmax_ibert", "softmax_fqvit"];
 /// Supported lane counts.
 pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// Supported input widths of the generated hardware.
@@ -93,6 +94,25 @@ impl RtlConfig {
                     "2*ceil(N/LANES) + 34".to_string(),
                     "3*ceil(N/LANES) + 34".to_string(),
                     "one row at a time: LOAD ceil(N/LANES), SUM ceil(N/LANES)+1, DIV 31, OUT ceil(N/LANES)+1 cycles".to_string(),
+                )
+            }
+            "softmax_fqvit" => {
+                let x = crate::cycle::softmax::xw(self.bits);
+                (
+                    5,
+                    vec![
+                        "0: upshift p (5 bits)".to_string(),
+                        format!("2: n*x0 ({x} bits)"),
+                        "3: n (6 bits, 30)".into(),
+                        "5: beats per row ceil(N/LANES) (11 bits)".into(),
+                        "6: valid lanes of the last beat (5 bits)".into(),
+                        "7: b_int (32 bits)".into(),
+                        "8: c_int (32 bits)".into(),
+                        format!("32..61: k*x0 for k = 1..30 ({x} bits)"),
+                    ],
+                    "2*ceil(N/LANES) + 3".to_string(),
+                    "3*ceil(N/LANES) + 3".to_string(),
+                    "one row at a time: LOAD ceil(N/LANES), SUM ceil(N/LANES)+1, OUT ceil(N/LANES)+1 cycles (no divider)".to_string(),
                 )
             }
             "softmax_ibert" => {
@@ -249,6 +269,31 @@ macro_rules! softmax_ivit_table {
     };
 }
 
+macro_rules! softmax_fqvit {
+    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(
+            &mut softmax_fqvit::SoftmaxFqvit::<$b, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * 30 }, $aw, { 5 * $l }>::default(),
+            $name,
+            $h,
+        )
+    };
+}
+
+macro_rules! softmax_fqvit_table {
+    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
+        match ($bits, $lanes) {
+            $(
+                ($b, 1) => softmax_fqvit!($b, 1, 10, $name, $h),
+                ($b, 2) => softmax_fqvit!($b, 2, 9, $name, $h),
+                ($b, 4) => softmax_fqvit!($b, 4, 8, $name, $h),
+                ($b, 8) => softmax_fqvit!($b, 8, 7, $name, $h),
+                ($b, 16) => softmax_fqvit!($b, 16, 6, $name, $h),
+            )*
+            _ => unreachable!("RtlConfig::new checked the configuration"),
+        }
+    };
+}
+
 macro_rules! softmax_ibert {
     ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
         emit(
@@ -308,6 +353,7 @@ pub fn verilog(cfg: &RtlConfig) -> String {
         "gelu_ibert" => gelu_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
         "softmax_ivit" => softmax_ivit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         "softmax_ibert" => softmax_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
+        "softmax_fqvit" => softmax_fqvit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         _ => unreachable!("RtlConfig::new checked the unit"),
     }
 }
