@@ -51,16 +51,33 @@ fn verilator_lint_wall_is_clean() {
 
 #[test]
 fn yosys_synthesises_every_file() {
-    for f in rtl_files() {
-        let top = f.file_stem().unwrap().to_str().unwrap().to_string();
-        let o = Command::new("yosys")
-            .arg("-q")
-            .arg("-p")
-            .arg(format!("read_verilog {}; synth -top {top}; check -assert; stat", f.display()))
-            .output()
-            .expect("yosys is required: apt-get install -y yosys");
-        assert!(o.status.success(), "{}: {}", f.display(), text(&o));
-    }
+    // Two workers: synthesis of the softmax files takes up to a minute each on this machine.
+    let files = rtl_files();
+    let failures: Vec<String> = std::thread::scope(|sc| {
+        let handles: Vec<_> = files
+            .chunks(files.len().div_ceil(2))
+            .map(|chunk| {
+                sc.spawn(move || {
+                    let mut bad = Vec::new();
+                    for f in chunk {
+                        let top = f.file_stem().unwrap().to_str().unwrap().to_string();
+                        let o = Command::new("yosys")
+                            .arg("-q")
+                            .arg("-p")
+                            .arg(format!("read_verilog {}; synth -top {top}; check -assert; stat", f.display()))
+                            .output()
+                            .expect("yosys is required: apt-get install -y yosys");
+                        if !o.status.success() {
+                            bad.push(format!("{}: {}", f.display(), text(&o)));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
