@@ -10,6 +10,9 @@ pub mod softmax_ivit;
 
 use rust_hdl::prelude::*;
 use serde::Serialize;
+use softmax_fqvit::SoftmaxFqvit;
+use softmax_ibert::SoftmaxIbert;
+use softmax_ivit::SoftmaxIvit;
 use thiserror::Error;
 
 /// Units that have hardware so far (the others are golden models only).
@@ -248,71 +251,23 @@ macro_rules! gelu_ibert {
     };
 }
 
-macro_rules! softmax_ivit {
-    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
-        emit(&mut softmax_ivit::SoftmaxIvit::<$b, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * 15 }, $aw, { 16 * $l }>::default(), $name, $h)
+/// One row-buffer softmax configuration: `$ty::<B, L, B·L, X = B+20, X·NQ, AW, OW·L>`.
+macro_rules! row_softmax {
+    ($ty:ident, $nq:literal, $ow:literal, $b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(&mut $ty::<$b, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * $nq }, $aw, { $ow * $l }>::default(), $name, $h)
     };
 }
 
-macro_rules! softmax_ivit_table {
-    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
+/// Every (bits, lanes) of a row-buffer softmax; AW = log2(1024 / LANES).
+macro_rules! row_softmax_table {
+    ($ty:ident, $nq:literal, $ow:literal, $bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
         match ($bits, $lanes) {
             $(
-                ($b, 1) => softmax_ivit!($b, 1, 10, $name, $h),
-                ($b, 2) => softmax_ivit!($b, 2, 9, $name, $h),
-                ($b, 4) => softmax_ivit!($b, 4, 8, $name, $h),
-                ($b, 8) => softmax_ivit!($b, 8, 7, $name, $h),
-                ($b, 16) => softmax_ivit!($b, 16, 6, $name, $h),
-            )*
-            _ => unreachable!("RtlConfig::new checked the configuration"),
-        }
-    };
-}
-
-macro_rules! softmax_fqvit {
-    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
-        emit(
-            &mut softmax_fqvit::SoftmaxFqvit::<$b, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * 30 }, $aw, { 5 * $l }>::default(),
-            $name,
-            $h,
-        )
-    };
-}
-
-macro_rules! softmax_fqvit_table {
-    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
-        match ($bits, $lanes) {
-            $(
-                ($b, 1) => softmax_fqvit!($b, 1, 10, $name, $h),
-                ($b, 2) => softmax_fqvit!($b, 2, 9, $name, $h),
-                ($b, 4) => softmax_fqvit!($b, 4, 8, $name, $h),
-                ($b, 8) => softmax_fqvit!($b, 8, 7, $name, $h),
-                ($b, 16) => softmax_fqvit!($b, 16, 6, $name, $h),
-            )*
-            _ => unreachable!("RtlConfig::new checked the configuration"),
-        }
-    };
-}
-
-macro_rules! softmax_ibert {
-    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
-        emit(
-            &mut softmax_ibert::SoftmaxIbert::<$b, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * 30 }, $aw, { 9 * $l }>::default(),
-            $name,
-            $h,
-        )
-    };
-}
-
-macro_rules! softmax_ibert_table {
-    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
-        match ($bits, $lanes) {
-            $(
-                ($b, 1) => softmax_ibert!($b, 1, 10, $name, $h),
-                ($b, 2) => softmax_ibert!($b, 2, 9, $name, $h),
-                ($b, 4) => softmax_ibert!($b, 4, 8, $name, $h),
-                ($b, 8) => softmax_ibert!($b, 8, 7, $name, $h),
-                ($b, 16) => softmax_ibert!($b, 16, 6, $name, $h),
+                ($b, 1) => row_softmax!($ty, $nq, $ow, $b, 1, 10, $name, $h),
+                ($b, 2) => row_softmax!($ty, $nq, $ow, $b, 2, 9, $name, $h),
+                ($b, 4) => row_softmax!($ty, $nq, $ow, $b, 4, 8, $name, $h),
+                ($b, 8) => row_softmax!($ty, $nq, $ow, $b, 8, 7, $name, $h),
+                ($b, 16) => row_softmax!($ty, $nq, $ow, $b, 16, 6, $name, $h),
             )*
             _ => unreachable!("RtlConfig::new checked the configuration"),
         }
@@ -351,9 +306,9 @@ pub fn verilog(cfg: &RtlConfig) -> String {
     let name = cfg.name();
     match cfg.unit.as_str() {
         "gelu_ibert" => gelu_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
-        "softmax_ivit" => softmax_ivit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
-        "softmax_ibert" => softmax_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
-        "softmax_fqvit" => softmax_fqvit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
+        "softmax_ivit" => row_softmax_table!(SoftmaxIvit, 15, 16, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
+        "softmax_ibert" => row_softmax_table!(SoftmaxIbert, 30, 9, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
+        "softmax_fqvit" => row_softmax_table!(SoftmaxFqvit, 30, 5, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         _ => unreachable!("RtlConfig::new checked the unit"),
     }
 }
