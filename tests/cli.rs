@@ -251,3 +251,22 @@ fn error_writes_json_and_plots() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("no float counterpart"), "{}", text(&o));
 }
+
+#[test]
+fn committed_unit_reports_are_reproduced() {
+    // The figures committed in reports/units are what the shipped code computes now.
+    let d = tempfile::tempdir().unwrap();
+    for (unit, preset) in [("softmax_ivit", "reference"), ("gelu_ibert", "adapted"), ("layernorm_fqvit", "reference")] {
+        let o = mnq(&["error", "--unit", unit, "--preset", preset, "--bits", "8", "--no-plots", "--out", d.path().to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        let name = format!("{unit}_8b_{preset}.json");
+        let fresh: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join(&name)).unwrap()).unwrap();
+        let committed: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("reports/units").join(&name)).unwrap(),
+        )
+        .unwrap();
+        for key in ["vs_float", "vs_float_on_quantised_input", "input_quantisation", "declared_width_bits", "params"] {
+            assert_eq!(fresh[key], committed[key], "{name}: '{key}' differs from the committed report; rerun the main job");
+        }
+    }
+}
