@@ -195,7 +195,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
         });
     };
     match cfg.unit.as_str() {
-        "gelu_ibert" => {
+        "gelu_ibert" | "gelu_ivit" => {
             let s = f64::from((8.0 / hi as f64) as f32);
             let mut rows: Vec<Vec<i64>> = vec![
                 vec![0; 7],
@@ -212,8 +212,12 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                 rows.extend(quantise_rows(&draw(Dist::Gelu, 1, opts.seed.wrapping_add(k))[..len], len, s, bits));
                 k += 1;
             }
-            let unit = ibert::Gelu::preset(opts.preset);
-            push(rows, cycle::gelu_ibert::config(bits, &unit.consts(s)).map_err(CosimError::Config)?, s);
+            let config = if cfg.unit == "gelu_ibert" {
+                cycle::gelu_ibert::config(bits, &ibert::Gelu::preset(opts.preset).consts(s))
+            } else {
+                cycle::gelu_ivit::config(bits, &ivit::Gelu::preset(opts.preset), s)
+            };
+            push(rows, config.map_err(CosimError::Config)?, s);
         }
         "softmax_ivit" | "softmax_ibert" | "softmax_fqvit" => {
             let probe = draw(Dist::Attention, 64, opts.seed);
@@ -369,7 +373,7 @@ pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dy
     let mut bad = 0;
     let mut bi = 0;
     // Element-wise units see each row alone; row-wise units see a layer's rows as one tensor.
-    for group in ses.rows.chunk_by(|a, b| a.len() == b.len() && cfg.unit != "gelu_ibert") {
+    for group in ses.rows.chunk_by(|a, b| a.len() == b.len() && !cfg.unit.starts_with("gelu")) {
         let len = group[0].len();
         let x = QTensor::new(group.concat(), &[group.len(), len], Scale::PerTensor(ses.scale), cfg.bits, true)
             .map_err(|e| CosimError::Config(e.to_string()))?;

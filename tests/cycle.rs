@@ -12,6 +12,9 @@ fn cycle_models_equal_golden_models() {
         for bits in [6, 8] {
             for lanes in LANES {
                 for preset in [Preset::Reference, Preset::Adapted] {
+                    if *unit == "gelu_ivit" && preset == Preset::Reference {
+                        continue; // the row-wise reference ShiftGELU has no hardware yet
+                    }
                     let cfg = RtlConfig::new(unit, bits, lanes).unwrap();
                     let opts = CosimOptions {
                         elements: 4000,

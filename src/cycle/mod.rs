@@ -8,6 +8,7 @@
 //! moves when valid and ready are both high at the rising edge ending that cycle.
 
 pub mod gelu_ibert;
+pub mod gelu_ivit;
 pub mod softmax;
 
 /// Most lanes a unit may have.
@@ -168,6 +169,7 @@ pub fn timing(t: &Trace) -> Option<Timing> {
 pub fn model(cfg: &crate::hdl::RtlConfig) -> Box<dyn Clocked> {
     match cfg.unit.as_str() {
         "gelu_ibert" => Box::new(gelu_ibert::GeluIbert::new(cfg.bits, cfg.lanes)),
+        "gelu_ivit" => Box::new(gelu_ivit::GeluIvit::new(cfg.bits, cfg.lanes)),
         "softmax_ivit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Shift { ob: 16 })),
         "softmax_ibert" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Poly { ob: 8, ..Default::default() })),
         "softmax_fqvit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Log { bits: 4, ..Default::default() })),

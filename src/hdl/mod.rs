@@ -3,6 +3,7 @@
 //! `<unit>_<bits>b_l<lanes>` and writes it with `rtl/manifest.json`.
 
 pub mod gelu_ibert;
+pub mod gelu_ivit;
 pub mod prims;
 pub mod softmax_fqvit;
 pub mod softmax_ibert;
@@ -16,7 +17,7 @@ use softmax_ivit::SoftmaxIvit;
 use thiserror::Error;
 
 /// Units that have hardware so far (the others are golden models only).
-pub const RTL_UNITS: &[&str] = &["gelu_ibert", "softmax_ivit", "softmax_ibert", "softmax_fqvit"];
+pub const RTL_UNITS: &[&str] = &["gelu_ibert", "gelu_ivit", "softmax_ivit", "softmax_ibert", "softmax_fqvit"];
 /// Supported lane counts.
 pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// Supported input widths of the generated hardware.
@@ -62,7 +63,7 @@ impl RtlConfig {
             return Err(HdlError::Lanes(lanes));
         }
         // The softmax exponent datapath is bits + 20 wide and must stay within 32.
-        if !BITS.contains(&bits) || (unit.starts_with("softmax") && bits > 12) {
+        if !BITS.contains(&bits) || ((unit.starts_with("softmax") || unit == "gelu_ivit") && bits > 12) {
             return Err(HdlError::Bits { unit: unit.to_string(), bits });
         }
         Ok(RtlConfig { unit: unit.to_string(), bits, lanes })
@@ -97,6 +98,23 @@ impl RtlConfig {
                     "2*ceil(N/LANES) + 34".to_string(),
                     "3*ceil(N/LANES) + 34".to_string(),
                     "one row at a time: LOAD ceil(N/LANES), SUM ceil(N/LANES)+1, DIV 31, OUT ceil(N/LANES)+1 cycles".to_string(),
+                )
+            }
+            "gelu_ivit" => {
+                let x = crate::cycle::gelu_ivit::xw(self.bits);
+                (
+                    self.bits + 9,
+                    vec![
+                        "0: upshift p (5 bits)".to_string(),
+                        format!("1: x0 = floor(-1/(1.702 s/2^p)) ({x} bits)"),
+                        format!("2: n*x0 ({x} bits)"),
+                        "3: n (5 bits, <= 23)".into(),
+                        "4: K0 = exp_shift(0) = -x0*2^n (32 bits)".into(),
+                        format!("32..54: k*x0 for k = 1..23 ({x} bits)"),
+                    ],
+                    "33".to_string(),
+                    "ceil(N/LANES)".to_string(),
+                    "1 beat per cycle (31-stage pipelined divider)".to_string(),
                 )
             }
             "softmax_fqvit" => {
@@ -274,6 +292,27 @@ macro_rules! row_softmax_table {
     };
 }
 
+macro_rules! gelu_ivit {
+    ($b:literal, $l:literal, $name:expr, $h:expr) => {
+        emit(&mut gelu_ivit::GeluIvit::<$b, { $b + 1 }, $l, { $b * $l }, { $b + 20 }, { ($b + 20) * 23 }, { $b + 9 }, { $l * ($b + 9) }>::default(), $name, $h)
+    };
+}
+
+macro_rules! gelu_ivit_table {
+    ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
+        match ($bits, $lanes) {
+            $(
+                ($b, 1) => gelu_ivit!($b, 1, $name, $h),
+                ($b, 2) => gelu_ivit!($b, 2, $name, $h),
+                ($b, 4) => gelu_ivit!($b, 4, $name, $h),
+                ($b, 8) => gelu_ivit!($b, 8, $name, $h),
+                ($b, 16) => gelu_ivit!($b, 16, $name, $h),
+            )*
+            _ => unreachable!("RtlConfig::new checked the configuration"),
+        }
+    };
+}
+
 macro_rules! gelu_ibert_table {
     ($bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
         match ($bits, $lanes) {
@@ -306,6 +345,7 @@ pub fn verilog(cfg: &RtlConfig) -> String {
     let name = cfg.name();
     match cfg.unit.as_str() {
         "gelu_ibert" => gelu_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
+        "gelu_ivit" => gelu_ivit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         "softmax_ivit" => row_softmax_table!(SoftmaxIvit, 15, 16, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         "softmax_ibert" => row_softmax_table!(SoftmaxIbert, 30, 9, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         "softmax_fqvit" => row_softmax_table!(SoftmaxFqvit, 30, 5, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),

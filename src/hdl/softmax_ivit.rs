@@ -15,7 +15,7 @@ pub const NQ: usize = 15;
 
 /// exp_shift of one lane (combinational).
 #[derive(LogicBlock)]
-pub struct ShiftExp<const B: usize, const X: usize, const TB: usize> {
+pub struct ShiftExp<const B: usize, const X: usize, const TB: usize, const Q: usize> {
     /// Row maximum.
     pub m: Signal<In, Bits<B>>,
     /// Input code.
@@ -28,7 +28,7 @@ pub struct ShiftExp<const B: usize, const X: usize, const TB: usize> {
     pub lim: Signal<In, Bits<X>>,
     /// n.
     pub n: Signal<In, Bits<5>>,
-    /// k·x0 for k = 1..=NQ, packed (k = 1 in the low bits).
+    /// k·x0 for k = 1..=Q, packed (k = 1 in the low bits).
     pub thr: Signal<In, Bits<TB>>,
     /// e^(q − m) in units of 2^−n·|x0|.
     pub e: Signal<Out, Bits<32>>,
@@ -41,8 +41,8 @@ pub struct ShiftExp<const B: usize, const X: usize, const TB: usize> {
     h1: Asr<X, 5>,
     h4: Asr<X, 5>,
     clamp: SLe<X>,
-    cmp: [SLe<X>; NQ],
-    kval: [Constant<Bits<5>>; NQ],
+    cmp: [SLe<X>; Q],
+    kval: [Constant<Bits<5>>; Q],
     xw: Constant<Bits<8>>,
     one: Constant<Bits<5>>,
     four: Constant<Bits<5>>,
@@ -56,9 +56,9 @@ pub struct ShiftExp<const B: usize, const X: usize, const TB: usize> {
     base: Signal<Local, Bits<X>>,
 }
 
-impl<const B: usize, const X: usize, const TB: usize> Default for ShiftExp<B, X, TB> {
+impl<const B: usize, const X: usize, const TB: usize, const Q: usize> Default for ShiftExp<B, X, TB, Q> {
     fn default() -> Self {
-        assert_eq!(X * NQ, TB);
+        assert_eq!(X * Q, TB);
         Self {
             m: Default::default(),
             q: Default::default(),
@@ -93,7 +93,7 @@ impl<const B: usize, const X: usize, const TB: usize> Default for ShiftExp<B, X,
     }
 }
 
-impl<const B: usize, const X: usize, const TB: usize> Logic for ShiftExp<B, X, TB> {
+impl<const B: usize, const X: usize, const TB: usize, const Q: usize> Logic for ShiftExp<B, X, TB, Q> {
     #[hdl_gen]
     fn update(&mut self) {
         self.mx.a.next = self.m.val();
@@ -116,7 +116,7 @@ impl<const B: usize, const X: usize, const TB: usize> Logic for ShiftExp<B, X, T
         // qq = ⌊xc/x0⌋: the largest k with xc ≤ k·x0; r = xc − qq·x0.
         self.qq.next = self.zero5.val();
         self.r.next = self.xc.val();
-        for k in 0..NQ {
+        for k in 0..Q {
             self.cmp[k].a.next = self.xc.val();
             self.cmp[k].b.next = self.thr.val().get_bits::<X>(k * self.xw.val().index());
             if self.cmp[k].y.val() {
@@ -169,7 +169,7 @@ pub struct SoftmaxIvit<const B: usize, const L: usize, const DW: usize, const X:
     /// Last beat of a row.
     pub out_last: Signal<Out, Bit>,
     ram: RAM<Bits<DW>, AW>,
-    exps: [ShiftExp<B, X, TB>; L],
+    exps: [ShiftExp<B, X, TB, NQ>; L],
     tpack: Pack<NQ, X, TB>,
     mcmp: [SLe<B>; L],
     prod: [MulSlice<32, 32, 16, 16>; L],

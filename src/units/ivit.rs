@@ -304,7 +304,7 @@ impl Gelu {
     }
 
     /// (x0, upshift, n) for input scale `s`.
-    fn constants(&self, s: f64) -> (i64, u32, u32) {
+    pub fn constants(&self, s: f64) -> (i64, u32, u32) {
         let s_sig = s * 1.702;
         let up = self.upshift.unwrap_or_else(|| auto_upshift(s_sig));
         let x0 = shift_x0(s_sig / 2f64.powi(up as i32));
