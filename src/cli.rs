@@ -237,9 +237,21 @@ fn cmd_rtl(a: &RtlArgs) -> Result<i32> {
             println!("[{}/{n}] wrote {}", i + 1, path.display());
         }
     }
-    let manifest: Vec<_> = configs.iter().map(|c| c.manifest()).collect();
-    let text = serde_json::to_string_pretty(&manifest)? + "\n";
+    // The manifest describes every configuration in the folder: a partial run replaces its own
+    // entries and keeps the others, in their order.
     let mpath = a.out.join("manifest.json");
+    let mut entries: Vec<serde_json::Value> = match std::fs::read_to_string(&mpath) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| anyhow!("{}: not a manifest ({e}); delete it to start afresh", mpath.display()))?,
+        Err(_) => Vec::new(),
+    };
+    for c in &configs {
+        let v = serde_json::to_value(c.manifest())?;
+        match entries.iter_mut().find(|e| e["name"] == v["name"]) {
+            Some(e) => *e = v,
+            None => entries.push(v),
+        }
+    }
+    let text = serde_json::to_string_pretty(&entries)? + "\n";
     if a.check {
         let same = std::fs::read_to_string(&mpath).is_ok_and(|old| old == text);
         println!("{}: {}", mpath.display(), if same { "identical" } else { "DIFFERS from the generator" });
