@@ -11,6 +11,7 @@
 //! (subtract the row maximum) needs a row buffer and is not built. Configuration registers:
 //! 0 upshift p, 1 x0, 2 n·x0, 3 n, 4 K0, 32 + k − 1: k·x0 for k = 1..23.
 
+use super::softmax::{shift_exp, Common, NQ_MAX};
 use super::{sext, Clocked, Outs, Pins, MAX_LANES};
 
 /// Divider stages.
@@ -39,12 +40,8 @@ struct Stage {
 pub struct GeluIvit {
     bits: u32,
     lanes: usize,
-    up: u32,
-    x0: i64,
-    lim: i64,
-    n: i64,
+    c: Common,
     k0: i64,
-    thr: [i64; NQ + 1],
     ring: [Stage; DEPTH],
     head: usize, // index of the O stage
 }
@@ -52,25 +49,18 @@ pub struct GeluIvit {
 impl GeluIvit {
     /// A unit for `bits`-bit inputs and `lanes` lanes, registers cleared.
     pub fn new(bits: u32, lanes: usize) -> GeluIvit {
-        GeluIvit { bits, lanes, up: 0, x0: 0, lim: 0, n: 0, k0: 0, thr: [0; NQ + 1], ring: [Stage::default(); DEPTH], head: 0 }
+        GeluIvit {
+            bits,
+            lanes,
+            c: Common { up: 0, x0: 0, lim: 0, n: 0, nbeats: 0, lastn: 0, thr: [0; NQ_MAX + 1] },
+            k0: 0,
+            ring: [Stage::default(); DEPTH],
+            head: 0,
+        }
     }
 
     fn adv(&self, pins: &Pins) -> bool {
         !self.ring[self.head].v || pins.out_ready
-    }
-
-    /// exp_shift(x) for x ≤ 0 with the comparator divider.
-    fn exp(&self, x: i64) -> i64 {
-        let xe = x + (x >> 1) - (x >> 4);
-        let xc = xe.max(self.lim);
-        let qq = (1..=NQ).filter(|&k| xc <= self.thr[k]).count();
-        let base = xc - self.thr[qq] - 2 * self.x0;
-        let sh = self.n - qq as i64 - 1;
-        if sh < 0 {
-            base >> 1
-        } else {
-            base << sh
-        }
     }
 }
 
@@ -89,7 +79,7 @@ impl Clocked for GeluIvit {
             let mut s0 = Stage { v: pins.in_valid, l: pins.in_last, ..Stage::default() };
             for i in 0..self.lanes {
                 let q = sext(pins.in_data[i] as u64, self.bits);
-                let v = self.exp(-(q.abs() << self.up));
+                let v = shift_exp(&self.c, -(q.abs() << self.c.up), NQ);
                 let (e, em) = if q > 0 { (self.k0, v) } else { (v, self.k0) };
                 // A restoring divider by 0 (unconfigured unit) yields all ones, as the RTL does.
                 let factor = ((1i64 << 31) - 1).checked_div(e + em).unwrap_or((1 << 31) - 1);
@@ -106,12 +96,12 @@ impl Clocked for GeluIvit {
             let d = u64::from(pins.cfg_data);
             let w = xw(self.bits).min(32);
             match pins.cfg_addr {
-                0 => self.up = (d & 31) as u32,
-                1 => self.x0 = sext(d, w),
-                2 => self.lim = sext(d, w),
-                3 => self.n = (d & 31) as i64,
+                0 => self.c.up = (d & 31) as u32,
+                1 => self.c.x0 = sext(d, w),
+                2 => self.c.lim = sext(d, w),
+                3 => self.c.n = (d & 31) as i64,
                 4 => self.k0 = (d & 0xffff_ffff) as i64,
-                a if (32..32 + NQ as u32).contains(&a) => self.thr[(a - 31) as usize] = sext(d, w),
+                a if (32..32 + NQ as u32).contains(&a) => self.c.thr[(a - 31) as usize] = sext(d, w),
                 _ => {}
             }
         }

@@ -78,6 +78,19 @@ impl Common {
     }
 }
 
+/// I-ViT's exp_shift of `x ≤ 0` with `nq` comparators against k·x0 (shared with ShiftGELU).
+pub fn shift_exp(c: &Common, x: i64, nq: usize) -> i64 {
+    let xe = x + (x >> 1) - (x >> 4);
+    let (qq, r) = c.divide(xe.max(c.lim), nq);
+    let base = r - 2 * c.x0;
+    let sh = c.n - qq - 1;
+    if sh < 0 {
+        base >> 1
+    } else {
+        base << sh
+    }
+}
+
 /// Shiftmax (I-ViT): exp_shift, numerator 2^31 − 1, out = (E·factor) >> (32 − OB).
 #[derive(Debug, Clone)]
 pub struct Shift {
@@ -93,16 +106,7 @@ impl Kernel for Shift {
     }
     fn configure(&mut self, _addr: u32, _data: u64) {}
     fn exp(&self, c: &Common, m: i64, q: i64) -> i64 {
-        let x = -((m - q) << c.up);
-        let xe = x + (x >> 1) - (x >> 4);
-        let (qq, r) = c.divide(xe.max(c.lim), Self::NQ);
-        let base = r - 2 * c.x0;
-        let sh = c.n - qq - 1;
-        if sh < 0 {
-            base >> 1
-        } else {
-            base << sh
-        }
+        shift_exp(c, -((m - q) << c.up), Self::NQ)
     }
     fn divisor(&self, sum: i64) -> i64 {
         sum.min((1 << 31) - 1)
