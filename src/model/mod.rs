@@ -1,0 +1,1 @@
+//! Trained vision transformers: manifest + safetensors loading, float and integer forward passes with taps.
