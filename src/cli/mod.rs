@@ -1,5 +1,7 @@
 //! The `mnq` command line: argument parsing and calls into the library, nothing more.
 
+mod cost;
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mnq::fixed::{QTensor, Scale};
@@ -43,6 +45,8 @@ pub enum Command {
     Rtl(RtlArgs),
     /// Co-simulate generated Verilog under Verilator against the cycle model, cycle by cycle.
     Cosim(CosimArgs),
+    /// Area (yosys: ASIC-like gates, iCE40), timing (cycle models) and accuracy of hardware configurations; trade-off plots.
+    Cost(cost::CostArgs),
 }
 
 /// Selection of hardware configurations (default: the committed set).
@@ -218,6 +222,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Error(a) => cmd_error(&a).map(|_| 0),
         Command::Rtl(a) => cmd_rtl(&a),
         Command::Cosim(a) => cmd_cosim(&a),
+        Command::Cost(a) => cost::run(&a),
     }
 }
 
