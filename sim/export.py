@@ -508,7 +508,7 @@ def export_model(model, out_dir, *, name=None, mean, std, labels=None, source=""
     umask = os.umask(0)
     os.umask(umask)
     try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "mnq_format": str(FORMAT)})
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # one key: byte-reproducible header
         with open(tmp / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")

@@ -233,8 +233,9 @@ def main(argv=None) -> int:
         from safetensors.torch import save_file
         teacher_out.parent.mkdir(parents=True, exist_ok=True)
         sd = {k: v.contiguous() for k, v in teacher.state_dict().items()}
+        # One metadata key: safetensors orders several at random, and the file should be reproducible.
         write_atomic(teacher_out, lambda t: save_file(sd, str(t), metadata={
-            "model": "sim/train_tiny.py make_teacher", "test_accuracy": f"{t_acc:.4f}"}))
+            "model": f"sim/train_tiny.py make_teacher; test accuracy {t_acc:.4f}"}))
     data_out.mkdir(parents=True, exist_ok=True)
     arrays = {"eval_images.npy": test_x[:a.eval_count], "eval_labels.npy": test_y[:a.eval_count].astype(np.uint8),
               "calib_images.npy": train_x[:a.calib_count]}
