@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1,
                    help="PyTorch threads (default 1: on a busy 2-core machine 2 threads are much slower)")
+    p.add_argument("--train-count", type=int, default=0,
+                   help="train on the first N train images only (a quick smoke run; default: all 60000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-count", type=int, default=2000, help="test images in the bundled eval split")
     p.add_argument("--calib-count", type=int, default=256, help="train images in the calibration set")
@@ -184,6 +186,8 @@ def main(argv=None) -> int:
 
     t_start, c_start = time.time(), time.process_time()
     train_x, train_y, test_x, test_y = load_fmnist(Path(a.data_dir))
+    if a.train_count > 0:
+        train_x, train_y = train_x[:a.train_count], train_y[:a.train_count]
     train_y = train_y.astype(np.int64)
     print(f"Fashion-MNIST: {len(train_x)} train, {len(test_x)} test images; torch {torch.__version__}, "
           f"timm {timm.__version__}, {a.threads} thread(s)", file=sys.stderr)
