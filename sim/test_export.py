@@ -335,7 +335,7 @@ class ExportTests(ContractChecks):
                                  ("qact2", "residual1"), ("qact3", "norm2"), ("mlp.qact_gelu", "mlp.fc1"),
                                  ("mlp.qact1", "mlp.act"), ("mlp.qact2", "mlp.fc2"), ("qact4", "residual2")]:
                     want[b + dst] = value[b + src]
-            self.assertEqual(q["act_scales"], pytest_approx(want))
+            self.assertEqual(q["act_scales"], approx_dict(want))
             layers = [f"blocks.{i}.{n}" for i in range(2) for n in ("norm1", "attn.softmax", "norm2", "mlp.act")]
             self.assertEqual(list(q["assignment"]), layers + ["norm"])
             self.assertEqual(q["assignment"]["blocks.1.attn.softmax"], "softmax_ivit")
@@ -469,7 +469,7 @@ class _Args:
     lr = 0.1
 
 
-def pytest_approx(d):
+def approx_dict(d):
     """Float dict equality to 1e-6 relative (scales are float32 buffers), with a readable failure."""
     class Approx(dict):
         def __eq__(self, other):
