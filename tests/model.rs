@@ -523,6 +523,36 @@ fn integer_forward_is_deterministic_and_mixed_assignments_run() {
 }
 
 #[test]
+fn fast_kernels_equal_plain_integer_kernels_bit_for_bit() {
+    // The SIMD GEMMs and vector requantisers against i64 loops and Dyadic::apply, on every
+    // method, both widths, taps included.
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manifest("deit", true, 5);
+    m.in_chans = 1;
+    m.input = InputNorm { mean: vec![0.3], std: vec![0.3] };
+    m.patch_size = 4;
+    m.img_size = 20; // 25 patches: odd GEMM sizes and tails
+    let model = write(dir.path(), &m, 61);
+    let imgs = images(dir.path(), &m, 3, 62);
+    for bits in [8u32, 6] {
+        let scales = calibrated(&model, &imgs, bits);
+        for method in [Method::IVit, Method::IBert, Method::FqVit] {
+            let fast = int_model(&model, &scales, bits, method);
+            let plain = int_model(&model, &scales, bits, method).with_plain_kernels(true);
+            for i in 0..imgs.len() {
+                let img = imgs.image(i);
+                let mut a = Vec::new();
+                let oa = fast.forward(&img, Some(&mut |t| a.push((t.input.to_vec(), t.output.to_vec())))).unwrap();
+                let mut b = Vec::new();
+                let ob = plain.forward(&img, Some(&mut |t| b.push((t.input.to_vec(), t.output.to_vec())))).unwrap();
+                assert_eq!(oa, ob, "{bits}-bit {method:?} image {i}");
+                assert!(a == b, "{bits}-bit {method:?} image {i}: taps differ");
+            }
+        }
+    }
+}
+
+#[test]
 fn taps_are_complete_in_order_and_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest("deit", false, 3);

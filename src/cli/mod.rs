@@ -11,6 +11,8 @@ use mnq::units::{self, Aux, Mode, Preset, Unit};
 use serde_json::json;
 use std::path::PathBuf;
 
+mod infer;
+
 /// mnq: hardware co-design simulator for integer Softmax, GELU and LayerNorm units of vision transformers.
 #[derive(Debug, Parser)]
 #[command(name = "mnq", version, about)]
@@ -43,6 +45,10 @@ pub enum Command {
     Rtl(RtlArgs),
     /// Co-simulate generated Verilog under Verilator against the cycle model, cycle by cycle.
     Cosim(CosimArgs),
+    /// Float and integer inference of a model directory: top-1, agreement, per-layer ASQNR.
+    Infer(infer::InferArgs),
+    /// Activation scales (and PTF parameters) from calibration images, into the manifest.
+    Calibrate(infer::CalibrateArgs),
 }
 
 /// Selection of hardware configurations (default: the committed set).
@@ -218,6 +224,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Error(a) => cmd_error(&a).map(|_| 0),
         Command::Rtl(a) => cmd_rtl(&a),
         Command::Cosim(a) => cmd_cosim(&a),
+        Command::Infer(a) => infer::cmd_infer(&a),
+        Command::Calibrate(a) => infer::cmd_calibrate(&a),
     }
 }
 

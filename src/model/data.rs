@@ -19,7 +19,8 @@ pub struct Images {
     /// File they came from.
     pub path: PathBuf,
     n: usize,
-    len: usize,
+    /// Values per image.
+    per_image: usize,
     chans: usize,
     pixels: Pixels,
     mean: Vec<f32>,
@@ -85,7 +86,7 @@ impl Images {
         Ok(Images {
             path: path.to_path_buf(),
             n,
-            len: m.image_len(),
+            per_image: m.image_len(),
             chans: m.in_chans,
             pixels,
             mean: m.input.mean.iter().map(|&v| v as f32).collect(),
@@ -133,8 +134,8 @@ impl Images {
         }
         self.n = n;
         match &mut self.pixels {
-            Pixels::U8(v) => v.truncate(n * self.len),
-            Pixels::F32(v) => v.truncate(n * self.len),
+            Pixels::U8(v) => v.truncate(n * self.per_image),
+            Pixels::F32(v) => v.truncate(n * self.per_image),
         }
         if let Some(l) = &mut self.labels {
             l.truncate(n);
@@ -143,8 +144,8 @@ impl Images {
 
     /// Image `i`, normalised, `[C, H, W]`.
     pub fn image(&self, i: usize) -> Vec<f32> {
-        let r = i * self.len..(i + 1) * self.len;
-        let plane = self.len / self.chans;
+        let r = i * self.per_image..(i + 1) * self.per_image;
+        let plane = self.per_image / self.chans;
         match &self.pixels {
             Pixels::F32(v) => v[r].to_vec(),
             Pixels::U8(v) => v[r]

@@ -154,8 +154,8 @@ pub enum ModelError {
         layer: String,
         /// Unit name.
         unit: String,
-        /// The unit's error.
-        source: UnitError,
+        /// The unit's error (boxed: it is large).
+        source: Box<UnitError>,
     },
 }
 

@@ -36,7 +36,7 @@
 //! 16-bit residual scale; logits are the head's accumulator times its scale.
 
 use super::float::{gelu, patches, Point};
-use super::gemm::{self, Requant};
+use super::gemm::{self, Requants};
 use super::manifest::{LayerUnit, PtfParams, QuantSection};
 use super::{Layer, Manifest, Model, ModelError, Output, Tap};
 use crate::fixed::{int_range, round_half_even_f64, signed_width, QTensor, Scale};
@@ -107,14 +107,18 @@ impl ActScales {
 /// A linear layer with integer weights and its requantisers.
 #[derive(Debug, Clone)]
 struct QLinear {
-    w: Vec<i16>,
+    /// Weights packed for the i32 kernels.
+    w: gemm::Packed,
+    /// Row-major weights for the plain i64 kernel (used when the i32 kernels are not provably
+    /// exact, and by the reference path that tests the fast kernels).
+    rm: Vec<i16>,
     n: usize,
     /// Bias in accumulator units `RNE(b / (s_in·s_w))`.
     bias: Vec<i64>,
     /// Accumulator scale per output channel `s_in·s_w[o]`.
     acc_scale: Vec<f64>,
-    /// Requantiser per output channel to the output scale (empty when the output is not requantised).
-    req: Vec<Requant>,
+    /// Requantiser per output channel to the output scale (None when the output is not requantised).
+    req: Option<Requants>,
     /// Whether the i32 kernel is provably exact for this layer.
     narrow: bool,
 }
@@ -138,53 +142,76 @@ impl QLinear {
             bias.push(round_half_even_f64(f64::from(b[o]) * g / sa).clamp(-9.0e15, 9.0e15) as i64);
             acc_scale.push(sa);
         }
-        let req = s_out.map_or(Vec::new(), |so| acc_scale.iter().map(|sa| Requant::new(sa / so)).collect());
+        let req = s_out.map(|so| Requants::new(acc_scale.iter().map(|sa| sa / so)));
         let narrow = gemm::gemm_fits_i32(k, 1i64 << (abits - 1), 1i64 << (wbits - 1));
-        QLinear { w: wq, n, bias, acc_scale, req, narrow }
+        QLinear { w: gemm::Packed::new(&wq, n, k), rm: wq, n, bias, acc_scale, req, narrow }
     }
 
     /// Accumulators `x·Wᵀ + bias` (i64) for `rows` input rows.
-    fn acc(&self, x: &[i16], rows: usize, scratch: &mut Vec<i32>, out: &mut Vec<i64>) {
+    fn acc(&self, x: &[i16], rows: usize, plain: bool, scratch: &mut Vec<i32>, out: &mut Vec<i64>) {
         out.clear();
-        out.resize(rows * self.n, 0);
-        if self.narrow {
+        if self.narrow && !plain {
             scratch.clear();
             scratch.resize(rows * self.n, 0);
-            gemm::gemm_i16(x, rows, &self.w, self.n, scratch);
-            for (o, &a) in out.iter_mut().zip(scratch.iter()) {
-                *o = i64::from(a);
-            }
+            gemm::gemm_i16(x, rows, &self.w, scratch);
+            out.extend(scratch.chunks_exact(self.n).flat_map(|r| r.iter().zip(&self.bias).map(|(&a, &b)| i64::from(a) + b)));
         } else {
-            gemm::gemm_i16_wide(x, rows, &self.w, self.n, out);
-        }
-        for row in out.chunks_exact_mut(self.n) {
-            for (v, b) in row.iter_mut().zip(&self.bias) {
-                *v += b;
+            out.resize(rows * self.n, 0);
+            gemm::gemm_i16_wide(x, rows, &self.rm, self.n, out);
+            for row in out.chunks_exact_mut(self.n) {
+                for (v, b) in row.iter_mut().zip(&self.bias) {
+                    *v += b;
+                }
             }
         }
     }
 
     /// Accumulators requantised per channel to the output scale, clamped to `bits`.
-    fn forward(&self, x: &[i16], rows: usize, bits: u32, s: &mut Scratch, out: &mut Vec<i16>) {
-        self.acc(x, rows, &mut s.i32, &mut s.i64);
-        requant_rows(&s.i64, &self.req, bits, out);
+    fn forward(&self, x: &[i16], rows: usize, bits: u32, plain: bool, s: &mut Scratch, out: &mut Vec<i16>) {
+        self.acc(x, rows, plain, &mut s.i32, &mut s.i64);
+        requant_to(&s.i64, self.req.as_ref().expect("linear layer with an output scale"), bits, plain, &mut s.i64b, out);
     }
 }
 
-/// Requantise rows of per-channel values with one requantiser per channel, clamped to `bits`.
-fn requant_rows(v: &[i64], req: &[Requant], bits: u32, out: &mut Vec<i16>) {
+/// Requantise rows with `req` (one requantiser per channel), clamped to signed `bits`, as i16.
+fn requant_to(v: &[i64], req: &Requants, bits: u32, plain: bool, tmp: &mut Vec<i64>, out: &mut Vec<i16>) {
     let (lo, hi) = int_range(bits, true);
+    tmp.clear();
+    apply(req, v, lo, hi, plain, tmp);
     out.clear();
-    out.reserve(v.len());
-    for row in v.chunks_exact(req.len()) {
-        out.extend(row.iter().zip(req).map(|(&z, r)| r.apply(z).clamp(lo, hi) as i16));
+    out.extend(tmp.iter().map(|&x| x as i16));
+}
+
+/// Requantise rows with the vector kernel, or element by element when `plain`.
+fn apply(req: &Requants, v: &[i64], lo: i64, hi: i64, plain: bool, out: &mut Vec<i64>) {
+    if plain {
+        req.apply_rows_plain(v, lo, hi, out);
+    } else {
+        req.apply_rows(v, lo, hi, out);
     }
+}
+
+/// FQ-ViT's float GELU of input code `q` (scale `s_in`), quantised to `bits` at `s_out`.
+fn float_gelu_code(q: i64, s_in: f64, s_out: f64, bits: u32) -> i16 {
+    let (lo, hi) = int_range(bits, true);
+    round_half_even_f64(gelu(q as f64 * s_in) / s_out).clamp(lo as f64, hi as f64) as i16
+}
+
+/// The same requantiser for every channel of rows of `c`.
+fn per_tensor(ratio: f64, c: usize) -> Requants {
+    Requants::new(std::iter::repeat_n(ratio, c))
+}
+
+/// One requantiser per channel from a unit's output scale to `s_out`.
+fn from_scale(scale: &Scale, c: usize, s_out: f64) -> Requants {
+    Requants::new((0..c).map(|i| scale.at(i) / s_out))
 }
 
 #[derive(Default)]
 struct Scratch {
     i32: Vec<i32>,
     i64: Vec<i64>,
+    i64b: Vec<i64>,
 }
 
 /// PTF input format of one `layernorm_fqvit` layer.
@@ -194,7 +221,7 @@ struct PtfFormat {
     /// Channel scales `scale8/8·2^alpha_c`.
     sc: Vec<f64>,
     /// Residual → channel format, per channel.
-    req: Vec<Requant>,
+    req: Requants,
 }
 
 /// The golden unit (or float fallback) of one layer with its fixed inputs.
@@ -205,26 +232,29 @@ struct QLayer {
     /// Scale of what the layer's output is requantised to (LayerNorm and GELU).
     out_scale: f64,
     ptf: Option<PtfFormat>,
+    /// Float GELU fallback as a table over the act_bits input codes (the same values as
+    /// computing it per element: the output depends on the code alone).
+    gelu_lut: Vec<i16>,
 }
 
 /// Requantisers of one block.
 struct QBlock {
     qkv: QLinear,
-    /// Scores `s_qkv²·head_dim^−½` → `matmul_qk` scale.
-    qk: Requant,
+    /// Scores `s_qkv²·head_dim^−½` → `matmul_qk` scale (per row of T).
+    qk: Requants,
     s_qkv: f64,
     s_qk: f64,
     s_av: f64,
     proj: QLinear,
     /// Residual 1: proj branch and identity branch.
-    r1: (Requant, Requant),
+    r1: (Requants, Requants),
     s_r1: f64,
     fc1: QLinear,
     /// fc1 accumulator → GELU input scale (I-ViT and float GELU).
-    fc1_req: Vec<Requant>,
+    fc1_req: Requants,
     s_fc1: f64,
     fc2: QLinear,
-    r2: (Requant, Requant),
+    r2: (Requants, Requants),
     s_r2: f64,
 }
 
@@ -241,13 +271,15 @@ pub struct IntModel {
     /// Residual rows of the class/distillation tokens and the position embedding, at `s_r0`.
     pre_rows: Vec<i64>,
     pos: Vec<i64>,
-    pe_req: Requant,
+    pe_req: Requants,
     s_r0: f64,
     blocks: Vec<QBlock>,
     qlayers: Vec<QLayer>,
     head: Option<QLinear>,
     head_dist: Option<QLinear>,
     s_norm: f64,
+    /// Use the plain i64 kernels and element-wise requantisers (reference for the fast kernels).
+    plain: bool,
 }
 
 impl IntModel {
@@ -287,7 +319,7 @@ impl IntModel {
             pre_rows.extend(tok.iter().zip(&model.pos_embed[i * d..(i + 1) * d]).map(|(&c, &p)| q16(f64::from(c) + f64::from(p))));
         }
         let pos: Vec<i64> = model.pos_embed[npre * d..].iter().map(|&p| q16(f64::from(p))).collect();
-        let pe_req = Requant::new(s_pe / s_r0);
+        let pe_req = per_tensor(s_pe / s_r0, d);
 
         let mut blocks = Vec::with_capacity(m.depth);
         let mut s_prev = s_r0;
@@ -304,21 +336,21 @@ impl IntModel {
             let s_fc2 = scales.get(Point::Fc2(b))?;
             let s_r2 = scales.get(Point::Residual2(b))?;
             let fc1 = QLinear::new(&blk.fc1.w, &blk.fc1.b, blk.fc1.out, d, None, wb, ab, s_n2, None);
-            let fc1_req = fc1.acc_scale.iter().map(|sa| Requant::new(sa / s_fc1)).collect();
+            let fc1_req = Requants::new(fc1.acc_scale.iter().map(|sa| sa / s_fc1));
             blocks.push(QBlock {
                 qkv: QLinear::new(&blk.qkv.w, &blk.qkv.b, 3 * d, d, None, wb, ab, s_n1, Some(s_qkv)),
-                qk: Requant::new(s_qkv * s_qkv * (hd as f64).powf(-0.5) / s_qk),
+                qk: per_tensor(s_qkv * s_qkv * (hd as f64).powf(-0.5) / s_qk, t),
                 s_qkv,
                 s_qk,
                 s_av,
                 proj: QLinear::new(&blk.proj.w, &blk.proj.b, d, d, blk.ls1.as_deref(), wb, ab, s_av, Some(s_proj)),
-                r1: (Requant::new(s_proj / s_r1), Requant::new(s_prev / s_r1)),
+                r1: (per_tensor(s_proj / s_r1, d), per_tensor(s_prev / s_r1, d)),
                 s_r1,
                 fc1,
                 fc1_req,
                 s_fc1,
                 fc2: QLinear::new(&blk.fc2.w, &blk.fc2.b, d, blk.fc2.inp, blk.ls2.as_deref(), wb, ab, s_act, Some(s_fc2)),
-                r2: (Requant::new(s_fc2 / s_r2), Requant::new(s_r1 / s_r2)),
+                r2: (per_tensor(s_fc2 / s_r2, d), per_tensor(s_r1 / s_r2, d)),
                 s_r2,
             });
             s_prev = s_r2;
@@ -336,7 +368,7 @@ impl IntModel {
                 LayerUnit::Unit(n) => Some(units::build(n, config.preset).map_err(|source| ModelError::Unit {
                     layer: layer.name.clone(),
                     unit: n.clone(),
-                    source,
+                    source: Box::new(source),
                 })?),
                 LayerUnit::FloatGelu => None,
             };
@@ -371,14 +403,21 @@ impl IntModel {
                 let scale8 = ((p.max - p.min) / levels).max(f64::from(f32::EPSILON));
                 let zp = (-round_half_even_f64(p.min / scale8)).clamp(0.0, levels) as i64;
                 let sc: Vec<f64> = p.alpha.iter().map(|&a| scale8 / 8.0 * f64::from(1u32 << a)).collect();
-                let req = sc.iter().map(|s| Requant::new(in_scale / s)).collect();
+                let req = Requants::new(sc.iter().map(|s| in_scale / s));
                 aux.zero_point = zp;
                 aux.out_scale = Some(Scale::PerTensor(out_scale));
                 Some(PtfFormat { zp, sc, req })
             } else {
                 None
             };
-            qlayers.push(QLayer { unit, choice: choice.clone(), aux, out_scale, ptf });
+            let gelu_lut = match (choice, layer.block) {
+                (LayerUnit::FloatGelu, Some(b)) => {
+                    let (lo, hi) = int_range(config.act_bits, true);
+                    (lo..=hi).map(|q| float_gelu_code(q, blocks[b].s_fc1, out_scale, config.act_bits)).collect()
+                }
+                _ => Vec::new(),
+            };
+            qlayers.push(QLayer { unit, choice: choice.clone(), aux, out_scale, ptf, gelu_lut });
         }
         let head = model.head.as_ref().map(|h| QLinear::new(&h.w, &h.b, h.out, d, None, wb, ab, s_norm, None));
         let head_dist = model.head_dist.as_ref().map(|h| QLinear::new(&h.w, &h.b, h.out, d, None, wb, ab, s_norm, None));
@@ -397,7 +436,16 @@ impl IntModel {
             head,
             head_dist,
             s_norm,
+            plain: false,
         })
+    }
+
+    /// Run every GEMM with plain i64 loops and every requantiser element by element with
+    /// `Dyadic::apply`: slower, and the reference the fast kernels are tested against (the two
+    /// must agree bit for bit).
+    pub fn with_plain_kernels(mut self, plain: bool) -> IntModel {
+        self.plain = plain;
+        self
     }
 
     /// Integer forward of one image (normalised `[C, H, W]`), calling `taps` at every non-linear layer.
@@ -490,7 +538,11 @@ impl<'q> IntRun<'q> {
     }
 
     fn unit_err(&self, li: usize, source: units::UnitError) -> ModelError {
-        ModelError::Unit { layer: self.qm.layers[li].name.clone(), unit: self.qm.qlayers[li].choice.name().to_string(), source }
+        ModelError::Unit {
+            layer: self.qm.layers[li].name.clone(),
+            unit: self.qm.qlayers[li].choice.name().to_string(),
+            source: Box::new(source),
+        }
     }
 
     fn run_unit(&self, li: usize, x: &QTensor) -> Result<UnitOutput, ModelError> {
@@ -509,14 +561,23 @@ impl<'q> IntRun<'q> {
         let pt = patches(&xq, m.in_chans, m.img_size, m.patch_size);
         let np = m.num_patches();
         let mut pe = std::mem::take(&mut self.buf16);
-        qm.patch.forward(&pt, np, ab, &mut self.s, &mut pe);
+        qm.patch.forward(&pt, np, ab, qm.plain, &mut self.s, &mut pe);
         let (rlo, rhi) = int_range(RESIDUAL_BITS, true);
+        let z: Vec<i64> = pe.iter().map(|&v| i64::from(v)).collect();
+        let mut r = std::mem::take(&mut self.s.i64b);
+        r.clear();
+        apply(&qm.pe_req, &z, i64::MIN, i64::MAX, qm.plain, &mut r);
         self.x.clear();
         self.x.extend_from_slice(&qm.pre_rows);
-        self.x.extend(pe.iter().zip(&qm.pos).map(|(&v, &p)| (qm.pe_req.apply(i64::from(v)) + p).clamp(rlo, rhi)));
+        self.x.extend(r.iter().zip(&qm.pos).map(|(&v, &p)| (v + p).clamp(rlo, rhi)));
         debug_assert_eq!(self.x.len(), m.tokens() * d);
         self.sx = qm.s_r0;
         self.buf16 = pe;
+        self.s.i64b = r;
+    }
+
+    fn input_err(&self, li: usize, e: crate::fixed::FixedError) -> ModelError {
+        self.unit_err(li, units::UnitError::Input { unit: "model", source: e })
     }
 
     /// LayerNorm layer `li` on the residual; output requantised to act_bits into `h`.
@@ -530,26 +591,23 @@ impl<'q> IntRun<'q> {
         let out = match &ql.ptf {
             None => {
                 let x = QTensor::new(self.x.clone(), &[t, d], Scale::PerTensor(self.sx), RESIDUAL_BITS, true)
-                    .map_err(|e| self.unit_err(li, units::UnitError::Input { unit: "model", source: e }))?;
+                    .map_err(|e| self.input_err(li, e))?;
                 if self.taps {
                     self.tap_in = x.dequantize();
                 }
                 let out = self.run_unit(li, &x)?;
-                let req: Vec<Requant> = (0..d).map(|c| Requant::new(out.scale.at(c) / ql.out_scale)).collect();
-                requant_rows(&out.values, &req, ab, &mut self.h);
+                requant_to(&out.values, &from_scale(&out.scale, d, ql.out_scale), ab, qm.plain, &mut self.s.i64b, &mut self.h);
                 out
             }
             Some(p) => {
                 let top = (1i64 << ab) - 1;
                 let mut q = Vec::with_capacity(self.x.len());
-                for row in self.x.chunks_exact(d) {
-                    q.extend(row.iter().zip(&p.req).map(|(&v, r)| (r.apply(v) + p.zp).clamp(0, top)));
-                }
+                apply(&p.req, &self.x, i64::MIN / 2, i64::MAX / 2, qm.plain, &mut q);
+                q.iter_mut().for_each(|v| *v = (*v + p.zp).clamp(0, top));
                 if self.taps {
                     self.tap_in = q.iter().enumerate().map(|(i, &v)| (v - p.zp) as f64 * p.sc[i % d]).collect();
                 }
-                let x = QTensor::new(q, &[t, d], Scale::PerChannel(p.sc.clone()), ab, false)
-                    .map_err(|e| self.unit_err(li, units::UnitError::Input { unit: "model", source: e }))?;
+                let x = QTensor::new(q, &[t, d], Scale::PerChannel(p.sc.clone()), ab, false).map_err(|e| self.input_err(li, e))?;
                 let out = self.run_unit(li, &x)?;
                 self.h.clear();
                 self.h.extend(out.values.iter().map(|&v| v.clamp(lo, hi) as i16));
@@ -570,24 +628,32 @@ impl<'q> IntRun<'q> {
         let blk = &qm.blocks[b];
         let li = 4 * b + 1;
         let mut qkv = std::mem::take(&mut self.qkv);
-        blk.qkv.forward(&self.h, t, ab, &mut self.s, &mut qkv);
+        blk.qkv.forward(&self.h, t, ab, qm.plain, &mut self.s, &mut qkv);
         let (lo, hi) = int_range(ab, true);
         let mut scores = Vec::with_capacity(nh * t * t);
         let mut qh = vec![0i16; t * hd];
         let mut kh = vec![0i16; t * hd];
         let mut acc = vec![0i32; t * t];
-        debug_assert!(gemm::gemm_fits_i32(hd, 1 << (ab - 1), 1 << (ab - 1)));
+        let mut acc64 = Vec::with_capacity(t * t);
+        // act_bits ≤ 8 and head_dim ≤ 2^15: the i32 kernel is exact (checked at build time of the model).
+        assert!(gemm::gemm_fits_i32(hd, 1 << (ab - 1), 1 << (ab - 1)), "head_dim too large for the i32 score kernel");
         for h in 0..nh {
             for i in 0..t {
                 qh[i * hd..(i + 1) * hd].copy_from_slice(&qkv[i * 3 * d + h * hd..][..hd]);
                 kh[i * hd..(i + 1) * hd].copy_from_slice(&qkv[i * 3 * d + d + h * hd..][..hd]);
             }
-            gemm::gemm_i16(&qh, t, &kh, t, &mut acc);
-            scores.extend(acc.iter().map(|&a| blk.qk.apply(i64::from(a)).clamp(lo, hi)));
+            acc64.clear();
+            if qm.plain {
+                acc64.resize(t * t, 0);
+                gemm::gemm_i16_wide(&qh, t, &kh, t, &mut acc64);
+            } else {
+                gemm::gemm_i16(&qh, t, &gemm::Packed::new(&kh, t, hd), &mut acc);
+                acc64.extend(acc.iter().map(|&a| i64::from(a)));
+            }
+            apply(&blk.qk, &acc64, lo, hi, qm.plain, &mut scores);
         }
         self.qkv = qkv;
-        let x = QTensor::new(scores, &[nh, t, t], Scale::PerTensor(blk.s_qk), ab, true)
-            .map_err(|e| self.unit_err(li, units::UnitError::Input { unit: "model", source: e }))?;
+        let x = QTensor::new(scores, &[nh, t, t], Scale::PerTensor(blk.s_qk), ab, true).map_err(|e| self.input_err(li, e))?;
         if self.taps {
             self.tap_in = x.dequantize();
         }
@@ -610,18 +676,29 @@ impl<'q> IntRun<'q> {
         let m = &qm.manifest;
         let (d, t, nh, hd, ab) = (m.embed_dim, m.tokens(), m.num_heads, m.head_dim(), self.ab());
         let blk = &qm.blocks[b];
-        let (lo, hi) = int_range(ab, true);
         let vmax = 1i64 << (ab - 1);
         let mut ctx = vec![0i64; t * d];
         let s_ctx = match self.probs_fmt {
             Probs::Linear(sp) => {
                 let pmax = self.probs.iter().copied().max().unwrap_or(0).max(0);
-                if gemm::av_fits_i32(t, i64::from(pmax), vmax) {
-                    let mut c32 = vec![0i32; t * d];
+                if !qm.plain && pmax <= i32::from(i16::MAX) && gemm::av_fits_i32(t, i64::from(pmax), vmax) {
+                    // Probabilities fit i16 and every sum fits i32: the packed GEMM with Vᵀ as weights.
+                    let p16: Vec<i16> = self.probs.iter().map(|&v| v as i16).collect();
+                    let mut vt = vec![0i16; hd * t];
+                    let mut o = vec![0i32; t * hd];
                     for h in 0..nh {
-                        gemm::attn_v(&self.probs[h * t * t..(h + 1) * t * t], t, &self.qkv, 3 * d, 2 * d + h * hd, hd, &mut c32, d, h * hd);
+                        for u in 0..t {
+                            for j in 0..hd {
+                                vt[j * t + u] = self.qkv[u * 3 * d + 2 * d + h * hd + j];
+                            }
+                        }
+                        gemm::gemm_i16(&p16[h * t * t..(h + 1) * t * t], t, &gemm::Packed::new(&vt, hd, t), &mut o);
+                        for i in 0..t {
+                            for j in 0..hd {
+                                ctx[i * d + h * hd + j] = i64::from(o[i * hd + j]);
+                            }
+                        }
                     }
-                    ctx.iter_mut().zip(&c32).for_each(|(o, &v)| *o = i64::from(v));
                 } else {
                     for h in 0..nh {
                         gemm::attn_v(&self.probs[h * t * t..(h + 1) * t * t], t, &self.qkv, 3 * d, 2 * d + h * hd, hd, &mut ctx, d, h * hd);
@@ -630,38 +707,44 @@ impl<'q> IntRun<'q> {
                 sp * blk.s_qkv
             }
             Probs::Log2(top) => {
-                for h in 0..nh {
-                    gemm::attn_v_log2(
-                        &self.probs[h * t * t..(h + 1) * t * t],
-                        t,
-                        top,
-                        &self.qkv,
-                        3 * d,
-                        2 * d + h * hd,
-                        hd,
-                        &mut ctx,
-                        d,
-                        h * hd,
-                    );
+                let pr = &self.probs;
+                let v = &self.qkv;
+                if !qm.plain && top < 31 && gemm::av_fits_i32(t, 1i64 << top, vmax) {
+                    let mut c32 = vec![0i32; t * d];
+                    for h in 0..nh {
+                        gemm::attn_v_log2(&pr[h * t * t..(h + 1) * t * t], t, top, v, 3 * d, 2 * d + h * hd, hd, &mut c32, d, h * hd);
+                    }
+                    ctx.iter_mut().zip(&c32).for_each(|(o, &x)| *o = i64::from(x));
+                } else {
+                    for h in 0..nh {
+                        gemm::attn_v_log2(&pr[h * t * t..(h + 1) * t * t], t, top, v, 3 * d, 2 * d + h * hd, hd, &mut ctx, d, h * hd);
+                    }
                 }
                 blk.s_qkv * 2f64.powi(-(top as i32))
             }
         };
-        let r = Requant::new(s_ctx / blk.s_av);
-        let c16: Vec<i16> = ctx.iter().map(|&v| r.apply(v).clamp(lo, hi) as i16).collect();
+        let mut c16 = Vec::with_capacity(t * d);
+        requant_to(&ctx, &per_tensor(s_ctx / blk.s_av, d), ab, qm.plain, &mut self.s.i64b, &mut c16);
         let mut proj = std::mem::take(&mut self.buf16);
-        blk.proj.forward(&c16, t, ab, &mut self.s, &mut proj);
-        self.residual(&proj, blk.r1, blk.s_r1);
+        blk.proj.forward(&c16, t, ab, qm.plain, &mut self.s, &mut proj);
+        self.residual(&proj, &blk.r1, blk.s_r1);
         self.buf16 = proj;
         self.norm(4 * b + 2)
     }
 
     /// `x = clamp16(RNE(branch·m_a/2^e_a) + RNE(x·m_b/2^e_b))` (I-ViT QuantAct with identity).
-    fn residual(&mut self, branch: &[i16], (ra, rb): (Requant, Requant), s_new: f64) {
+    fn residual(&mut self, branch: &[i16], (ra, rb): &(Requants, Requants), s_new: f64) {
         let (lo, hi) = int_range(RESIDUAL_BITS, true);
-        for (x, &v) in self.x.iter_mut().zip(branch) {
-            *x = (ra.apply(i64::from(v)) + rb.apply(*x)).clamp(lo, hi);
+        let z: Vec<i64> = branch.iter().map(|&v| i64::from(v)).collect();
+        let mut a = Vec::with_capacity(z.len());
+        apply(ra, &z, i64::MIN / 2, i64::MAX / 2, self.qm.plain, &mut a);
+        let mut bb = std::mem::take(&mut self.s.i64b);
+        bb.clear();
+        apply(rb, &self.x, i64::MIN / 2, i64::MAX / 2, self.qm.plain, &mut bb);
+        for ((x, &u), &v) in self.x.iter_mut().zip(&a).zip(&bb) {
+            *x = (u + v).clamp(lo, hi);
         }
+        self.s.i64b = bb;
         self.sx = s_new;
     }
 
@@ -674,69 +757,56 @@ impl<'q> IntRun<'q> {
         let ql = &qm.qlayers[li];
         let (lo, hi) = int_range(ab, true);
         let mut acc = std::mem::take(&mut self.s.i64);
-        blk.fc1.acc(&self.h, t, &mut self.s.i32, &mut acc);
-        let to_act = |r: &Requant, v: i64| r.apply(v).clamp(lo, hi) as i16;
-        self.act.clear();
-        match (&ql.choice, ql.unit.as_ref().map(|u| u.name())) {
-            (LayerUnit::Unit(_), Some("gelu_ibert")) => {
-                // I-BERT feeds i-GELU the fc1 accumulator with its per-channel scale.
-                let wmax = acc.iter().map(|&v| signed_width(i128::from(v))).max().unwrap_or(2).max(2);
-                let x = QTensor::new(acc.clone(), &[t, hh], Scale::PerChannel(blk.fc1.acc_scale.clone()), wmax, true)
-                    .map_err(|e| self.unit_err(li, units::UnitError::Input { unit: "model", source: e }))?;
-                if self.taps {
-                    self.tap_in = x.dequantize();
-                }
-                let out = self.run_unit(li, &x)?;
-                let req: Vec<Requant> = (0..hh).map(|c| Requant::new(out.scale.at(c) / ql.out_scale)).collect();
-                for row in out.values.chunks_exact(hh) {
-                    self.act.extend(row.iter().zip(&req).map(|(&v, r)| to_act(r, v)));
-                }
-                if self.taps {
-                    self.tap_out = out.dequantize();
-                }
-                self.cond = out.conditions;
+        blk.fc1.acc(&self.h, t, qm.plain, &mut self.s.i32, &mut acc);
+        let mut act = std::mem::take(&mut self.act);
+        let is_ibert = ql.unit.as_ref().is_some_and(|u| u.name() == "gelu_ibert");
+        if is_ibert {
+            // I-BERT feeds i-GELU the fc1 accumulator with its per-channel scale.
+            let wmax = acc.iter().map(|&v| signed_width(i128::from(v))).max().unwrap_or(2).max(2);
+            let x = QTensor::new(acc.clone(), &[t, hh], Scale::PerChannel(blk.fc1.acc_scale.clone()), wmax, true)
+                .map_err(|e| self.input_err(li, e))?;
+            if self.taps {
+                self.tap_in = x.dequantize();
             }
-            _ => {
-                let mut g = Vec::with_capacity(acc.len());
-                for row in acc.chunks_exact(hh) {
-                    g.extend(row.iter().zip(&blk.fc1_req).map(|(&v, r)| i64::from(to_act(r, v))));
-                }
-                if self.taps {
-                    self.tap_in = g.iter().map(|&v| v as f64 * blk.s_fc1).collect();
-                }
-                match &ql.unit {
-                    Some(_) => {
-                        let x = QTensor::new(g, &[t, hh], Scale::PerTensor(blk.s_fc1), ab, true)
-                            .map_err(|e| self.unit_err(li, units::UnitError::Input { unit: "model", source: e }))?;
-                        let out = self.run_unit(li, &x)?;
-                        let r = Requant::new(out.scale.at(0) / ql.out_scale);
-                        if let Scale::PerChannel(_) = out.scale {
-                            let req: Vec<Requant> = (0..hh).map(|c| Requant::new(out.scale.at(c) / ql.out_scale)).collect();
-                            for row in out.values.chunks_exact(hh) {
-                                self.act.extend(row.iter().zip(&req).map(|(&v, r)| to_act(r, v)));
-                            }
-                        } else {
-                            self.act.extend(out.values.iter().map(|&v| to_act(&r, v)));
-                        }
-                        if self.taps {
-                            self.tap_out = out.dequantize();
-                        }
-                        self.cond = out.conditions;
+            let out = self.run_unit(li, &x)?;
+            requant_to(&out.values, &from_scale(&out.scale, hh, ql.out_scale), ab, qm.plain, &mut self.s.i64b, &mut act);
+            if self.taps {
+                self.tap_out = out.dequantize();
+            }
+            self.cond = out.conditions;
+        } else {
+            let mut g = Vec::with_capacity(acc.len());
+            apply(&blk.fc1_req, &acc, lo, hi, qm.plain, &mut g);
+            if self.taps {
+                self.tap_in = g.iter().map(|&v| v as f64 * blk.s_fc1).collect();
+            }
+            match &ql.unit {
+                Some(_) => {
+                    let x = QTensor::new(g, &[t, hh], Scale::PerTensor(blk.s_fc1), ab, true).map_err(|e| self.input_err(li, e))?;
+                    let out = self.run_unit(li, &x)?;
+                    requant_to(&out.values, &from_scale(&out.scale, hh, ql.out_scale), ab, qm.plain, &mut self.s.i64b, &mut act);
+                    if self.taps {
+                        self.tap_out = out.dequantize();
                     }
-                    None => {
-                        // FQ-ViT's float GELU on the dequantised input (not an integer unit).
-                        let so = ql.out_scale;
-                        self.act.extend(
-                            g.iter().map(|&v| round_half_even_f64(gelu(v as f64 * blk.s_fc1) / so).clamp(lo as f64, hi as f64) as i16),
-                        );
-                        if self.taps {
-                            self.tap_out = self.act.iter().map(|&v| f64::from(v) * so).collect();
-                        }
-                        self.cond = Vec::new();
+                    self.cond = out.conditions;
+                }
+                None => {
+                    // FQ-ViT's float GELU on the dequantised input (not an integer unit).
+                    let so = ql.out_scale;
+                    act.clear();
+                    if qm.plain {
+                        act.extend(g.iter().map(|&v| float_gelu_code(v, blk.s_fc1, so, ab)));
+                    } else {
+                        act.extend(g.iter().map(|&v| ql.gelu_lut[(v - lo) as usize]));
                     }
+                    if self.taps {
+                        self.tap_out = act.iter().map(|&v| f64::from(v) * so).collect();
+                    }
+                    self.cond = Vec::new();
                 }
             }
         }
+        self.act = act;
         self.s.i64 = acc;
         Ok(())
     }
@@ -746,8 +816,8 @@ impl<'q> IntRun<'q> {
         let t = qm.manifest.tokens();
         let blk = &qm.blocks[b];
         let mut y = std::mem::take(&mut self.buf16);
-        blk.fc2.forward(&self.act, t, self.ab(), &mut self.s, &mut y);
-        self.residual(&y, blk.r2, blk.s_r2);
+        blk.fc2.forward(&self.act, t, self.ab(), qm.plain, &mut self.s, &mut y);
+        self.residual(&y, &blk.r2, blk.s_r2);
         self.buf16 = y;
     }
 
@@ -756,7 +826,7 @@ impl<'q> IntRun<'q> {
         let d = qm.manifest.embed_dim;
         let logits = |lin: &QLinear, row: &[i16], s: &mut Scratch| -> Vec<f64> {
             let mut acc = Vec::new();
-            lin.acc(row, 1, &mut s.i32, &mut acc);
+            lin.acc(row, 1, qm.plain, &mut s.i32, &mut acc);
             acc.iter().zip(&lin.acc_scale).map(|(&a, &sc)| a as f64 * sc).collect()
         };
         self.logits = match (&qm.head, &qm.head_dist) {
