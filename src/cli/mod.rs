@@ -11,6 +11,8 @@ use mnq::units::{self, Aux, Mode, Preset, Unit};
 use serde_json::json;
 use std::path::PathBuf;
 
+mod run;
+
 /// mnq: hardware co-design simulator for integer Softmax, GELU and LayerNorm units of vision transformers.
 #[derive(Debug, Parser)]
 #[command(name = "mnq", version, about)]
@@ -43,6 +45,8 @@ pub enum Command {
     Rtl(RtlArgs),
     /// Co-simulate generated Verilog under Verilator against the cycle model, cycle by cycle.
     Cosim(CosimArgs),
+    /// The main job: sensitivity, rules, cost-aware Pareto fronts, accuracy and the report folder.
+    Run(run::RunArgs),
 }
 
 /// Selection of hardware configurations (default: the committed set).
@@ -218,6 +222,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Error(a) => cmd_error(&a).map(|_| 0),
         Command::Rtl(a) => cmd_rtl(&a),
         Command::Cosim(a) => cmd_cosim(&a),
+        Command::Run(a) => run::cmd_run(&a),
     }
 }
 
