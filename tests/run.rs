@@ -51,7 +51,12 @@ fn run_end_to_end_small() {
     let table = &b["table"]["layers"];
     let rule = &b["rules"][0]["assignment"];
     for l in table.as_array().unwrap() {
-        let best = l["cells"].as_array().unwrap().iter().min_by(|x, y| x["sqnr_diff_db"].as_f64().unwrap().total_cmp(&y["sqnr_diff_db"].as_f64().unwrap())).unwrap();
+        let best = l["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .min_by(|x, y| x["sqnr_diff_db"].as_f64().unwrap().total_cmp(&y["sqnr_diff_db"].as_f64().unwrap()))
+            .unwrap();
         assert_eq!(rule[l["name"].as_str().unwrap()], best["unit"]);
     }
     // Accuracy entries are fractions.
@@ -70,14 +75,38 @@ fn bad_input_writes_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/model"));
     assert!(!out.exists());
     // A latency budget below every assignment: the error names the cheapest.
-    let o = mnq(&["run", "--quiet", "--bits", "8", "--sens-images", "4", "--images", "4", "--latency-budget", "1", "--out", out.to_str().unwrap()]);
+    let o = mnq(&[
+        "run",
+        "--quiet",
+        "--bits",
+        "8",
+        "--sens-images",
+        "4",
+        "--images",
+        "4",
+        "--latency-budget",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("latency"), "{err}");
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary folder left behind");
     // An area budget without a cost table.
-    let o = mnq(&["run", "--quiet", "--bits", "8", "--area-budget", "100", "--cost-table", "/nonexistent/cost.json", "--out", out.to_str().unwrap()]);
+    let o = mnq(&[
+        "run",
+        "--quiet",
+        "--bits",
+        "8",
+        "--area-budget",
+        "100",
+        "--cost-table",
+        "/nonexistent/cost.json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("mnq cost"));
     assert!(!out.exists());

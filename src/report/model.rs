@@ -8,7 +8,9 @@
 use super::charts::{self, OutputHistograms, ParetoScatter, ScatterPoint, SqnrBars};
 use crate::io::{write_atomic, IoError};
 use crate::model::manifest::{unit_for, OrderedLayers};
-use crate::model::{self, calibrate, evaluate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig};
+use crate::model::{
+    self, calibrate, evaluate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig,
+};
 use crate::sensitivity::asqnr::{Asqnr, AsqnrError, Convention};
 use crate::sensitivity::assign::{self, AssignError, Axis, Budget, Choice, Problem, Sense, Solution};
 use crate::sensitivity::table::{Cell, Criterion, LayerInfo, Table, TableError, TableLayer};
@@ -142,10 +144,7 @@ impl Costs {
             else {
                 continue;
             };
-            c.units.insert(
-                (unit.to_string(), bits as u32),
-                UnitCost { area: None, latency: lat.to_string(), row_period: rp.to_string() },
-            );
+            c.units.insert((unit.to_string(), bits as u32), UnitCost { area: None, latency: lat.to_string(), row_period: rp.to_string() });
         }
         c.notes.push(format!(
             "latency: cycle-model formulas of the single-lane configurations in {} (layer cycles per image = latency(N) + rows × row_period(N), N = row length)",
@@ -153,8 +152,9 @@ impl Costs {
         ));
         match std::fs::read_to_string(cost_table) {
             Ok(t) => {
-                let v: serde_json::Value = serde_json::from_str(&t)
-                    .map_err(|e| RunError::Input(format!("{}: not valid JSON ({e}); regenerate it with `mnq cost`", cost_table.display())))?;
+                let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
+                    RunError::Input(format!("{}: not valid JSON ({e}); regenerate it with `mnq cost`", cost_table.display()))
+                })?;
                 let mut found = 0;
                 for r in v["rows"].as_array().into_iter().flatten() {
                     if r["lanes"].as_u64() != Some(1) {
@@ -332,11 +332,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
     let layers = model.layers.clone();
     let mut results = serde_json::Map::new();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let tmp = o.out.with_file_name(format!(
-        ".{}.tmp-{}",
-        o.out.file_name().and_then(|s| s.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
+    let tmp = o.out.with_file_name(format!(".{}.tmp-{}", o.out.file_name().and_then(|s| s.to_str()).unwrap_or("out"), std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| RunError::Input(format!("{}: cannot clear ({e})", tmp.display())))?;
     }
@@ -476,10 +472,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                     for &i in &picks {
                         pareto_assign.push((format!("pareto_{ax}_{i}"), complete(&chosen, &front[i].assignment), front[i].clone()));
                     }
-                    fronts.insert(
-                        ax.into(),
-                        json!({"points": front, "evaluated": picks, "total": n, "capped": k < n}),
-                    );
+                    fronts.insert(ax.into(), json!({"points": front, "evaluated": picks, "total": n, "capped": k < n}));
                 }
             }
             // 5. End-to-end accuracy.
@@ -526,9 +519,16 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 let Some(f) = fronts.get(ax) else { continue };
                 let pts: Vec<Solution> = serde_json::from_value(f["points"].clone()).expect("front serialises");
                 let cost = |s: &Solution| if key == Axis::Area { s.area } else { s.latency as f64 };
-                let sp: Vec<ScatterPoint> =
-                    pts.iter().enumerate().map(|(i, s)| ScatterPoint { x: cost(s), y: s.criterion, pareto: true, label: format!("{i}") }).collect();
-                let xd = if key == Axis::Area { "area of the costed units (NAND2-eq)".to_string() } else { "cycles per image over the costed layers".to_string() };
+                let sp: Vec<ScatterPoint> = pts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| ScatterPoint { x: cost(s), y: s.criterion, pareto: true, label: format!("{i}") })
+                    .collect();
+                let xd = if key == Axis::Area {
+                    "area of the costed units (NAND2-eq)".to_string()
+                } else {
+                    "cycles per image over the costed layers".to_string()
+                };
                 let t = format!("{name}, {bits}-bit: Σ SQNR diff against {ax} ({} model)", o.arch);
                 charts::pareto_scatter(
                     &tmp.join(format!("pareto_criterion_{ax}_{bits}b")),
@@ -562,7 +562,13 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             }
             for (c, a) in &rules {
                 let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
-                lines.push(format!("{bits}-bit rule {:<14} top-1 {}  agreement {}  ({:?})", c.name(), pct(r.top1), pct(Some(r.agreement)), a.counts()));
+                lines.push(format!(
+                    "{bits}-bit rule {:<14} top-1 {}  agreement {}  ({:?})",
+                    c.name(),
+                    pct(r.top1),
+                    pct(Some(r.agreement)),
+                    a.counts()
+                ));
             }
             for r in acc.iter().filter(|a| a.kind == "single") {
                 lines.push(format!("{bits}-bit {:<20} top-1 {}  agreement {}", r.name, pct(r.top1), pct(Some(r.agreement))));
@@ -573,18 +579,35 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         let ft = float_top1;
         let mut t2 = String::from("# Table 2: decision rule against accuracy\n\n| bits | rule | top-1 | agreement with float | logits ASQNR (dB) |\n|---:|---|---:|---:|---:|\n");
         let mut t3 = String::from("# Table 3: layers of each op per method, by rule\n\n| bits | rule | op | ibert | fqvit | ivit |\n|---:|---|---|---:|---:|---:|\n");
-        let mut t4 = String::from("# Table 4: single methods against mixed (rules)\n\n| bits | model | top-1 | agreement with float |\n|---:|---|---:|---:|\n");
+        let mut t4 = String::from(
+            "# Table 4: single methods against mixed (rules)\n\n| bits | model | top-1 | agreement with float |\n|---:|---|---:|---:|\n",
+        );
         let _ = writeln!(t4, "| — | float | {} | — |", pct(ft));
         let mut jbits = Vec::new();
         for (bits, table, rules, acc, fronts, bsol, hw, no_hw, hist, skipped, costed) in &per_bits {
             for (c, a) in rules {
                 let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
-                let _ = writeln!(t2, "| {bits} | {} | {} | {} | {} |", c.name(), pct(r.top1), pct(Some(r.agreement)), fmt_opt(r.logits_asqnr_db, 2));
+                let _ = writeln!(
+                    t2,
+                    "| {bits} | {} | {} | {} | {} |",
+                    c.name(),
+                    pct(r.top1),
+                    pct(Some(r.agreement)),
+                    fmt_opt(r.logits_asqnr_db, 2)
+                );
                 for op in [Op::Softmax, Op::Gelu, Op::LayerNorm] {
                     let count = |meth: Method| {
                         table.layers.iter().filter(|l| l.info.op == op && a.get(&l.info.name) == Some(unit_for(op, meth).name())).count()
                     };
-                    let _ = writeln!(t3, "| {bits} | {} | {} | {} | {} | {} |", c.name(), op.name(), count(Method::IBert), count(Method::FqVit), count(Method::IVit));
+                    let _ = writeln!(
+                        t3,
+                        "| {bits} | {} | {} | {} | {} | {} |",
+                        c.name(),
+                        op.name(),
+                        count(Method::IBert),
+                        count(Method::FqVit),
+                        count(Method::IVit)
+                    );
                 }
             }
             for r in acc.iter().filter(|a| a.kind != "pareto") {
@@ -628,7 +651,10 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         let idx = index_md(&name, o, &per_bits_summary(&per_bits), ft, &costs, calibrated, &sens_imgs, &eval, secs);
         let _ = write!(index, "{idx}");
         files.push(("index.md".into(), index.into_bytes()));
-        files.push(("results.json".into(), (serde_json::to_string_pretty(&serde_json::Value::Object(results.clone())).expect("json") + "\n").into_bytes()));
+        files.push((
+            "results.json".into(),
+            (serde_json::to_string_pretty(&serde_json::Value::Object(results.clone())).expect("json") + "\n").into_bytes(),
+        ));
         for (p, bytes) in &files {
             write_atomic(&tmp.join(p), bytes)?;
         }
@@ -836,11 +862,7 @@ fn index_md(
         o.latency_budget.map_or(String::new(), |a| format!(" --latency-budget {a}"))
     );
     // The reading, generated from the numbers.
-    let mut reading = format!(
-        "The float model reaches {} top-1 on {} evaluation images. ",
-        pct(ft),
-        eval.len()
-    );
+    let mut reading = format!("The float model reaches {} top-1 on {} evaluation images. ", pct(ft), eval.len());
     for b in bs {
         let best_single = b.singles.iter().max_by(|x, y| x.1.unwrap_or(0.0).total_cmp(&y.1.unwrap_or(0.0)));
         let best_rule = b.rules.iter().max_by(|x, y| x.1.unwrap_or(0.0).total_cmp(&y.1.unwrap_or(0.0)));
@@ -875,13 +897,19 @@ fn index_md(
     for b in bs {
         let bb = b.bits;
         let _ = writeln!(s, "## {bb}-bit\n");
-        let _ = writeln!(s, "- Sensitivity table: [md](sensitivity_{bb}b.md), [csv](sensitivity_{bb}b.csv), [json](sensitivity_{bb}b.json)");
+        let _ =
+            writeln!(s, "- Sensitivity table: [md](sensitivity_{bb}b.md), [csv](sensitivity_{bb}b.csv), [json](sensitivity_{bb}b.json)");
         let _ = writeln!(s, "- Figure 1: ![SQNR diff and output ASQNR](sqnr_{bb}b.png) ([svg](sqnr_{bb}b.svg))");
         for h in &b.hist {
             let _ = writeln!(s, "- Figure 2: ![{h}]({h}.png) ([svg]({h}.svg))");
         }
         for (r, t, a, c) in &b.rules {
-            let _ = writeln!(s, "- Rule {r}: top-1 {}, agreement {}, units {c}: [assignment_{r}_{bb}b.json](assignment_{r}_{bb}b.json)", pct(*t), pct(Some(*a)));
+            let _ = writeln!(
+                s,
+                "- Rule {r}: top-1 {}, agreement {}, units {c}: [assignment_{r}_{bb}b.json](assignment_{r}_{bb}b.json)",
+                pct(*t),
+                pct(Some(*a))
+            );
         }
         for (ax, n, capped) in &b.front_len {
             let _ = writeln!(
@@ -899,7 +927,11 @@ fn index_md(
         let _ = writeln!(
             s,
             "- Verilog of the SQNR-diff rule's unit set: {}; without hardware: {}\n",
-            if b.hw.is_empty() { "none".into() } else { b.hw.iter().map(|h| format!("[{h}](verilog_{bb}b/{h}.v)")).collect::<Vec<_>>().join(", ") },
+            if b.hw.is_empty() {
+                "none".into()
+            } else {
+                b.hw.iter().map(|h| format!("[{h}](verilog_{bb}b/{h}.v)")).collect::<Vec<_>>().join(", ")
+            },
             if b.no_hw.is_empty() { "none".into() } else { b.no_hw.join(", ") }
         );
     }
