@@ -12,6 +12,7 @@ use serde_json::json;
 use std::path::PathBuf;
 
 mod infer;
+mod run;
 
 /// mnq: hardware co-design simulator for integer Softmax, GELU and LayerNorm units of vision transformers.
 #[derive(Debug, Parser)]
@@ -49,6 +50,8 @@ pub enum Command {
     Infer(infer::InferArgs),
     /// Activation scales (and PTF parameters) from calibration images, into the manifest.
     Calibrate(infer::CalibrateArgs),
+    /// The main job: sensitivity, rules, cost-aware Pareto fronts, accuracy and the report folder.
+    Run(run::RunArgs),
 }
 
 /// Selection of hardware configurations (default: the committed set).
@@ -226,6 +229,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Cosim(a) => cmd_cosim(&a),
         Command::Infer(a) => infer::cmd_infer(&a),
         Command::Calibrate(a) => infer::cmd_calibrate(&a),
+        Command::Run(a) => run::cmd_run(&a),
     }
 }
 
