@@ -372,6 +372,11 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             for l in &layers {
                 let mut cells = Vec::new();
                 for (k, meth) in METHODS.iter().enumerate() {
+                    // The float fallback (FQ-ViT GELU) is measured in its single-method model but is
+                    // not an integer unit, so no rule or optimiser may choose it.
+                    if !unit_for(l.op, *meth).is_integer() {
+                        continue;
+                    }
                     let u = unit_for(l.op, *meth).name().to_string();
                     let lat = costs.layer_latency(&u, bits, l.rows, l.row_len).unwrap_or(0);
                     let area = costs.area(&u, bits).unwrap_or(0.0);
@@ -890,7 +895,12 @@ fn index_md(
     if costs.area_source.is_none() {
         reading.push_str("No cost table was present, so areas are unknown and only latency fronts are drawn. ");
     }
-    reading.push_str("LayerNorm units and FQ-ViT's float GELU fallback have no hardware, so their cost is unknown: the cost-aware part covers only the Softmax and GELU layers with hardware and the other layers keep the SQNR-diff rule's choice.");
+    let no_hw: std::collections::BTreeSet<&str> = bs.iter().flat_map(|b| b.skipped.iter().map(|s| s.as_str())).collect();
+    if no_hw.is_empty() {
+        reading.push_str("Every candidate unit has hardware, so the cost-aware part covers every layer.");
+    } else {
+        let _ = write!(reading, "Layers whose candidates lack hardware ({} layer(s), listed below) keep the SQNR-diff rule's choice outside the cost-aware part; FQ-ViT's float GELU fallback is never a candidate of a rule.", no_hw.len());
+    }
     let _ = writeln!(s, "## Reading\n\n{reading}\n");
     let _ = writeln!(s, "## Method and conventions\n\n- ASQNR: {}\n- Architecture model: {}\n- {}\n- Area: {}\n- FQ-ViT GELU: float fallback (not an integer unit, no hardware).\n- Pareto points evaluated end to end: at most {} per front, spread evenly along it.\n", o.convention.describe(), o.arch.describe(), costs.notes.join("\n- "), costs.area_source.as_deref().unwrap_or("unknown"), o.max_pareto_eval);
     let _ = writeln!(s, "## Tables\n\n- [Table 2: rule against accuracy](table2_rules.md)\n- [Table 3: mapping per op](table3_mapping.md)\n- [Table 4: single against mixed](table4_single_vs_mixed.md)\n- [results.json](results.json): everything above in one file\n");
