@@ -516,6 +516,14 @@ fn integer_forward_is_deterministic_and_mixed_assignments_run() {
         let f = model.forward_float::<f64>(&img, None);
         let ratio = mnq::model::eval::sqnr_ratio(&f.logits, &a.logits);
         assert!(ratio > 10.0, "{:?}: ratio {ratio}", cfg.units);
+        // 4-bit activations and weights run too (the narrowest supported width).
+        let units4 = cfg.units.clone();
+        let s4 = ActScales::from_section(
+            &calibrate(&model, &imgs, &CalibOptions { weight_bits: 4, act_bits: 4, percentile: None }, &|| {}).unwrap(),
+            4,
+        );
+        let q4 = IntModel::new(&model, &s4, QuantConfig { weight_bits: 4, act_bits: 4, preset: Preset::Adapted, units: units4 }).unwrap();
+        assert!(q4.forward(&img, None).unwrap().logits.iter().all(|v| v.is_finite()));
         // The reference presets run too.
         let qr = IntModel::new(&model, &scales, QuantConfig { preset: Preset::Reference, ..cfg }).unwrap();
         assert_eq!(qr.forward(&img, None).unwrap().logits.len(), 5);
