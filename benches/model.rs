@@ -3,6 +3,11 @@
 //! images/s on 1 thread (one image at a time) and on 2 threads (a batch of 8 across a 2-thread
 //! pool), plus the float f32 forward for comparison. Prints the process's peak resident memory
 //! (VmHWM) at the end. `cargo bench --bench model`.
+//!
+//! `MNQ_CPU_TIME=48 cargo bench --bench model` instead times 48 forwards per method with the
+//! thread's and the process's CPU time next to wall time (on a shared machine other processes
+//! inflate wall time but hardly CPU time), on 1 thread and on a 2-thread pool, and prints the
+//! peak memory of that run alone.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use mnq::model::manifest::InputNorm;
@@ -115,7 +120,16 @@ fn peak_rss() -> Option<String> {
 
 /// CPU time (user + system) of the calling thread in seconds, from /proc (10 ms ticks).
 fn thread_cpu_s() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    cpu_s("/proc/thread-self/stat")
+}
+
+/// CPU time (user + system) of the whole process (all threads) in seconds.
+fn process_cpu_s() -> Option<f64> {
+    cpu_s("/proc/self/stat")
+}
+
+fn cpu_s(path: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(path).ok()?;
     let rest = s.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
@@ -146,6 +160,35 @@ fn cpu_time_report() {
                 1e3 * wall / n as f64
             );
         }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let batches = n.div_ceil(s.images.len());
+        let (c0, w0) = (process_cpu_s(), std::time::Instant::now());
+        for _ in 0..batches {
+            pool.install(|| s.images.par_iter().for_each(|im| drop(qm.forward(im, None).expect("forward"))));
+        }
+        let (wall, imgs) = (w0.elapsed().as_secs_f64(), (batches * s.images.len()) as f64);
+        if let (Some(a), Some(b)) = (c0, process_cpu_s()) {
+            println!(
+                "integer_{}8 2 threads, batches of {}: {:.1} ms wall per image, {:.1} ms CPU per image ({} images)",
+                m.name(),
+                s.images.len(),
+                1e3 * wall / imgs,
+                1e3 * (b - a) / imgs,
+                imgs
+            );
+        }
+    }
+    let (c0, w0) = (thread_cpu_s(), std::time::Instant::now());
+    for i in 0..n / 4 {
+        s.model.forward_float::<f32>(&s.images[i % s.images.len()], None);
+    }
+    if let (Some(a), Some(b)) = (c0, thread_cpu_s()) {
+        let k = (n / 4).max(1) as f64;
+        println!(
+            "float_f32 (mnq) 1 thread: {:.1} ms CPU, {:.1} ms wall per image",
+            1e3 * (b - a) / k,
+            1e3 * w0.elapsed().as_secs_f64() / k
+        );
     }
 }
 
@@ -154,6 +197,9 @@ criterion_group!(benches, bench_gemm, bench);
 fn main() {
     cpu_time_report();
     if std::env::var("MNQ_CPU_TIME").is_ok() {
+        if let Some(p) = peak_rss() {
+            println!("peak resident memory (VmHWM): {p}");
+        }
         return;
     }
     benches();

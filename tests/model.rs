@@ -516,6 +516,14 @@ fn integer_forward_is_deterministic_and_mixed_assignments_run() {
         let f = model.forward_float::<f64>(&img, None);
         let ratio = mnq::model::eval::sqnr_ratio(&f.logits, &a.logits);
         assert!(ratio > 10.0, "{:?}: ratio {ratio}", cfg.units);
+        // 4-bit activations and weights run too (the narrowest supported width).
+        let units4 = cfg.units.clone();
+        let s4 = ActScales::from_section(
+            &calibrate(&model, &imgs, &CalibOptions { weight_bits: 4, act_bits: 4, percentile: None }, &|| {}).unwrap(),
+            4,
+        );
+        let q4 = IntModel::new(&model, &s4, QuantConfig { weight_bits: 4, act_bits: 4, preset: Preset::Adapted, units: units4 }).unwrap();
+        assert!(q4.forward(&img, None).unwrap().logits.iter().all(|v| v.is_finite()));
         // The reference presets run too.
         let qr = IntModel::new(&model, &scales, QuantConfig { preset: Preset::Reference, ..cfg }).unwrap();
         assert_eq!(qr.forward(&img, None).unwrap().logits.len(), 5);
@@ -696,4 +704,55 @@ fn quantisation_errors_are_clear() {
         Err(ModelError::Quant { .. })
     ));
     let _ = OrderedLayers::default();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bundled trained model (sim/models/deit_tiny_fmnist, committed with its reference.npz).
+
+fn bundled() -> (std::path::PathBuf, Model) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("sim/models/deit_tiny_fmnist");
+    let model = Model::load(&dir).expect("the bundled model is committed under sim/models/deit_tiny_fmnist");
+    (root.to_path_buf(), model)
+}
+
+#[test]
+fn bundled_model_matches_pytorch_reference_logits() {
+    let (root, model) = bundled();
+    let r = mnq::model::Reference::load(&root.join("sim/models/deit_tiny_fmnist/reference.npz"), &model.manifest).unwrap();
+    assert!(r.images.len() >= 2);
+    let mut worst = (0.0f64, 0.0f64);
+    for i in 0..r.images.len() {
+        let img = r.images.image(i);
+        let want: Vec<f64> = r.outputs[i].iter().map(|&v| f64::from(v)).collect();
+        let f32o = model.forward_float::<f32>(&img, None).logits;
+        let f64o = model.forward_float::<f64>(&img, None).logits;
+        // Max relative logit error: max |a − b| over the logits / max |b|.
+        assert!(max_rel(&f32o, &want) <= 1e-4, "image {i} f32: {:e}", max_rel(&f32o, &want));
+        assert!(max_rel(&f64o, &want) <= 1e-4, "image {i} f64: {:e}", max_rel(&f64o, &want));
+        worst = (worst.0.max(max_rel(&f32o, &want)), worst.1.max(max_rel(&f64o, &want)));
+    }
+    eprintln!("{} reference images: max relative logit error f32 {:.2e}, f64 {:.2e}", r.images.len(), worst.0, worst.1);
+}
+
+#[test]
+fn bundled_model_integer_accuracy_tracks_float() {
+    let (root, model) = bundled();
+    let data = root.join("sim/data/fashion_mnist");
+    let mut calib = Images::load_npy(&data.join("calib_images.npy"), &model.manifest).unwrap();
+    calib.truncate(64);
+    let mut eval =
+        Images::load_npy(&data.join("eval_images.npy"), &model.manifest).unwrap().with_labels(&data.join("eval_labels.npy"), 10).unwrap();
+    eval.truncate(300);
+    for bits in [8u32, 6] {
+        let q = calibrate(&model, &calib, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| {}).unwrap();
+        let scales = ActScales::from_section(&q, bits);
+        for method in [Method::IVit, Method::IBert, Method::FqVit] {
+            let r = evaluate::<f32>(&model, &int_model(&model, &scales, bits, method), &eval, &|| {}).unwrap();
+            let (f, i) = (r.float_top1.unwrap(), r.int_top1.unwrap());
+            assert!(f > 0.8, "float top-1 {f}");
+            assert!(i > f - 0.03, "{bits}-bit {method:?}: integer top-1 {i} vs float {f}");
+            assert!(r.agreement > 0.94, "{bits}-bit {method:?}: agreement {}", r.agreement);
+        }
+    }
 }
