@@ -395,11 +395,27 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             // Figure 1.
             let labels: Vec<String> = layers.iter().map(|l| l.label()).collect();
             let mnames: Vec<String> = METHODS.iter().map(|m| m.name().to_string()).collect();
-            let diff: Vec<Vec<Option<f64>>> =
-                (0..3).map(|k| table.layers.iter().map(|l| Some(l.cells[k].sqnr_diff_db)).collect()).collect();
-            let outv: Vec<Vec<Option<f64>>> =
-                (0..3).map(|k| table.layers.iter().map(|l| Some(l.cells[k].asqnr_out_db)).collect()).collect();
-            let title = format!("{name}, {bits}-bit: SQNR diff (bars) and output ASQNR (lines) per layer; gelu_fqvit = float fallback");
+            let diff: Vec<Vec<Option<f64>>> = METHODS
+                .iter()
+                .map(|m| {
+                    table
+                        .layers
+                        .iter()
+                        .map(|l| l.cells.iter().find(|c| c.unit == unit_for(l.info.op, *m).name()).map(|c| c.sqnr_diff_db))
+                        .collect()
+                })
+                .collect();
+            let outv: Vec<Vec<Option<f64>>> = METHODS
+                .iter()
+                .map(|m| {
+                    table
+                        .layers
+                        .iter()
+                        .map(|l| l.cells.iter().find(|c| c.unit == unit_for(l.info.op, *m).name()).map(|c| c.asqnr_out_db))
+                        .collect()
+                })
+                .collect();
+            let title = format!("{name}, {bits}-bit: SQNR diff (bars) and output ASQNR (lines) per layer (FQ-ViT has no integer GELU)");
             let unit_desc = format!("dB ({})", o.convention);
             charts::sqnr_bars(
                 &tmp.join(format!("sqnr_{bits}b")),
