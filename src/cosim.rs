@@ -139,6 +139,8 @@ pub struct Session {
     pub rows: Vec<Vec<i64>>,
     /// Input scale.
     pub scale: f64,
+    /// LayerNorm affine parameters of the rows (empty for the other units).
+    pub aux: units::Aux,
 }
 
 fn quantise_rows(x: &[f64], row: usize, s: f64, bits: u32) -> Vec<Vec<i64>> {
@@ -171,7 +173,8 @@ pub fn golden_unit(cfg: &RtlConfig, preset: Preset) -> Result<Box<dyn units::Uni
 
 /// The configuration writes of one layer with rows of `row` elements, and the input scale
 /// they were computed for: the scale of the operation's standard input distribution
-/// (attention logits drawn with `seed` for softmax, [−8, 8] for GELU), constants from `preset`.
+/// (attention logits drawn with `seed` for softmax, [−8, 8] for GELU, LayerNorm inputs drawn
+/// with `seed` and per-channel γ/β from `seed` for LayerNorm), constants from `preset`.
 pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> Result<(Vec<(u32, u32)>, f64), CosimError> {
     let bits = cfg.bits;
     let hi = (1i64 << (bits - 1)) - 1;
@@ -198,6 +201,16 @@ pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> R
             };
             (c, s)
         }
+        "layernorm_ivit" | "layernorm_ibert" => {
+            let s = crate::sensitivity::symmetric_scale(&draw(Dist::Layernorm, 16, seed), bits);
+            let (g, b) = crate::sensitivity::affine_params(row, seed);
+            let c = if cfg.unit == "layernorm_ivit" {
+                cycle::layernorm::ivit_config(bits, &ivit::LayerNorm::preset(preset), &g, &b)
+            } else {
+                cycle::layernorm::ibert_config(bits, &ibert::LayerNorm::preset(preset), &g, &b)
+            };
+            (c, s)
+        }
         other => return Err(CosimError::Config(format!("no layer configuration for {other}"))),
     };
     Ok((config.0.map_err(CosimError::Config)?, config.1))
@@ -215,7 +228,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
     let in_allow: Vec<bool> = (0..p).map(|_| pattern.gen_bool(opts.p_valid)).collect();
     let out_ready: Vec<bool> = (0..p).map(|_| pattern.gen_bool(opts.p_ready)).collect();
     let mut out = Vec::new();
-    let mut push = |rows: Vec<Vec<i64>>, config: Vec<(u32, u32)>, scale: f64| {
+    let mut push = |rows: Vec<Vec<i64>>, config: Vec<(u32, u32)>, scale: f64, aux: units::Aux| {
         out.push(Session {
             stim: Stimulus {
                 lanes: cfg.lanes,
@@ -226,6 +239,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             },
             rows,
             scale,
+            aux,
         });
     };
     match cfg.unit.as_str() {
@@ -246,7 +260,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                 rows.extend(quantise_rows(&draw(Dist::Gelu, 1, opts.seed.wrapping_add(k))[..len], len, s, bits));
                 k += 1;
             }
-            push(rows, config, s);
+            push(rows, config, s, units::Aux::default());
         }
         "softmax_ivit" | "softmax_ibert" | "softmax_fqvit" => {
             let cfgw = |row: usize| layer_config(cfg, opts.preset, opts.seed, row).map(|c| c.0);
@@ -264,10 +278,55 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                 rows.extend(quantise_rows(&draw(Dist::Attention, 8, opts.seed.wrapping_add(1000 + k)), row, s, bits));
                 k += 1;
             }
-            push(rows, cfgw(row)?, s);
+            push(rows, cfgw(row)?, s, units::Aux::default());
             let long: Vec<i64> = (0..cycle::softmax::NMAX).map(|_| rng.gen_range(lo..=hi)).collect();
-            push(vec![long, vec![lo; cycle::softmax::NMAX]], cfgw(cycle::softmax::NMAX)?, s);
-            push(vec![vec![hi], vec![lo], vec![0]], cfgw(1)?, s);
+            push(vec![long, vec![lo; cycle::softmax::NMAX]], cfgw(cycle::softmax::NMAX)?, s, units::Aux::default());
+            push(vec![vec![hi], vec![lo], vec![0]], cfgw(1)?, s, units::Aux::default());
+        }
+        "layernorm_ivit" | "layernorm_ibert" => {
+            let probe = draw(Dist::Layernorm, 16, opts.seed);
+            let s = crate::sensitivity::symmetric_scale(&probe, bits);
+            let affine = |c: usize, seed: u64| {
+                let (g, b) = crate::sensitivity::affine_params(c, seed);
+                units::Aux { gamma: Some(g), beta: Some(b), ..units::Aux::default() }
+            };
+            let cfgw = |aux: &units::Aux| -> Result<Vec<(u32, u32)>, CosimError> {
+                let (g, b) = (aux.gamma.as_deref().unwrap_or(&[]), aux.beta.as_deref().unwrap_or(&[]));
+                if cfg.unit == "layernorm_ivit" {
+                    cycle::layernorm::ivit_config(bits, &ivit::LayerNorm::preset(opts.preset), g, b)
+                } else {
+                    cycle::layernorm::ibert_config(bits, &ibert::LayerNorm::preset(opts.preset), g, b)
+                }
+                .map_err(CosimError::Config)
+            };
+            let row = Dist::Layernorm.row_len();
+            let mut rows: Vec<Vec<i64>> = vec![
+                vec![0; row],
+                vec![hi; row],
+                vec![lo; row],
+                (0..row).map(|i| if i % 2 == 0 { lo } else { hi }).collect(),
+                (0..row).map(|i| if i == 7 { hi } else { lo }).collect(),
+                (0..row as i64).map(|i| lo + i % (hi - lo + 1)).collect(),
+                (0..row).map(|i| if i == 0 { 1 } else { 0 }).collect(),
+            ];
+            let mut k = 0u64;
+            while rows.iter().map(Vec::len).sum::<usize>() < opts.elements {
+                rows.extend(quantise_rows(&draw(Dist::Layernorm, 8, opts.seed.wrapping_add(1000 + k)), row, s, bits));
+                k += 1;
+            }
+            let aux = affine(row, opts.seed);
+            push(rows, cfgw(&aux)?, s, aux);
+            // The longest row (random codes, then zero variance at the lowest code) and short rows
+            // whose last beat is partly padded.
+            let n = cycle::layernorm::NMAX;
+            let long: Vec<i64> = (0..n).map(|_| rng.gen_range(lo..=hi)).collect();
+            let aux = affine(n, opts.seed + 1);
+            push(vec![long, vec![lo; n], (0..n).map(|i| if i % 3 == 0 { hi } else { lo }).collect()], cfgw(&aux)?, s, aux);
+            for c in [1usize, 3, 5] {
+                let rows: Vec<Vec<i64>> = (0..4).map(|_| (0..c).map(|_| rng.gen_range(lo..=hi)).collect()).collect();
+                let aux = affine(c, opts.seed + c as u64);
+                push(rows, cfgw(&aux)?, s, aux);
+            }
         }
         other => return Err(CosimError::Config(format!("no stimulus for {other}"))),
     }
@@ -394,7 +453,7 @@ pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dy
         let len = group[0].len();
         let x = QTensor::new(group.concat(), &[group.len(), len], Scale::PerTensor(ses.scale), cfg.bits, true)
             .map_err(|e| CosimError::Config(e.to_string()))?;
-        let want = golden.run(&x, &units::Aux::default(), Mode::Integer).map_err(|e| CosimError::Config(e.to_string()))?.values;
+        let want = golden.run(&x, &ses.aux, Mode::Integer).map_err(|e| CosimError::Config(e.to_string()))?.values;
         for (r, w) in group.iter().zip(want.chunks(len)) {
             let mut got = Vec::with_capacity(r.len());
             while got.len() < r.len() {
@@ -436,7 +495,8 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
     let (mut model_s, mut rtl_s, mut rtl_cycles) = (0.0, 0.0, 0u64);
     for (si, ses) in sessions(cfg, opts)?.iter().enumerate() {
         let st = &ses.stim;
-        let max_cycles = 64 + st.config.len() as u64 + 80 * st.beats.len() as u64;
+        // 80 cycles a beat for the handshakes, plus the per-row fixed phases of the row-wise units.
+        let max_cycles = 64 + st.config.len() as u64 + 80 * st.beats.len() as u64 + 1024 * ses.rows.len() as u64;
         let t0 = Instant::now();
         let mt = cycle::run(cycle::model(cfg).as_mut(), st, st.beats.len(), max_cycles);
         model_s += t0.elapsed().as_secs_f64();

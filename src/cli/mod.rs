@@ -13,6 +13,9 @@ use mnq::units::{self, Aux, Mode, Preset, Unit};
 use serde_json::json;
 use std::path::PathBuf;
 
+mod infer;
+mod run;
+
 /// mnq: hardware co-design simulator for integer Softmax, GELU and LayerNorm units of vision transformers.
 #[derive(Debug, Parser)]
 #[command(name = "mnq", version, about)]
@@ -47,6 +50,12 @@ pub enum Command {
     Cosim(CosimArgs),
     /// Area (yosys: ASIC-like gates, iCE40), timing (cycle models) and accuracy of hardware configurations; trade-off plots.
     Cost(cost::CostArgs),
+    /// Float and integer inference of a model directory: top-1, agreement, per-layer ASQNR.
+    Infer(infer::InferArgs),
+    /// Activation scales (and PTF parameters) from calibration images, into the manifest.
+    Calibrate(infer::CalibrateArgs),
+    /// The main job: sensitivity, rules, cost-aware Pareto fronts, accuracy and the report folder.
+    Run(run::RunArgs),
 }
 
 /// Selection of hardware configurations (default: the committed set).
@@ -223,6 +232,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rtl(a) => cmd_rtl(&a),
         Command::Cosim(a) => cmd_cosim(&a),
         Command::Cost(a) => cost::run(&a),
+        Command::Infer(a) => infer::cmd_infer(&a),
+        Command::Calibrate(a) => infer::cmd_calibrate(&a),
+        Command::Run(a) => run::cmd_run(&a),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod gelu_ibert;
 pub mod gelu_ivit;
+pub mod layernorm;
 pub mod softmax;
 
 /// Most lanes a unit may have.
@@ -173,6 +174,12 @@ pub fn model(cfg: &crate::hdl::RtlConfig) -> Box<dyn Clocked> {
         "softmax_ivit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Shift { ob: 16 })),
         "softmax_ibert" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Poly { ob: 8, ..Default::default() })),
         "softmax_fqvit" => Box::new(softmax::RowSoftmax::new(cfg.bits, cfg.lanes, softmax::Log { bits: 4, ..Default::default() })),
+        "layernorm_ivit" => {
+            Box::new(layernorm::RowLayerNorm::new(cfg.bits, cfg.lanes, layernorm::Newton::new(layernorm::var_bits(cfg.bits))))
+        }
+        "layernorm_ibert" => {
+            Box::new(layernorm::RowLayerNorm::new(cfg.bits, cfg.lanes, layernorm::Digit::new(layernorm::var_bits(cfg.bits))))
+        }
         other => unreachable!("RtlConfig::new admits only units with hardware, not {other}"),
     }
 }

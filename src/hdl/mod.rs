@@ -4,11 +4,16 @@
 
 pub mod gelu_ibert;
 pub mod gelu_ivit;
+pub mod layernorm;
+pub mod layernorm_ibert;
+pub mod layernorm_ivit;
 pub mod prims;
 pub mod softmax_fqvit;
 pub mod softmax_ibert;
 pub mod softmax_ivit;
 
+use layernorm_ibert::LayerNormIbert;
+use layernorm_ivit::LayerNormIvit;
 use rust_hdl::prelude::*;
 use serde::Serialize;
 use softmax_fqvit::SoftmaxFqvit;
@@ -17,7 +22,8 @@ use softmax_ivit::SoftmaxIvit;
 use thiserror::Error;
 
 /// Units that have hardware so far (the others are golden models only).
-pub const RTL_UNITS: &[&str] = &["gelu_ibert", "gelu_ivit", "softmax_ivit", "softmax_ibert", "softmax_fqvit"];
+pub const RTL_UNITS: &[&str] =
+    &["gelu_ibert", "gelu_ivit", "softmax_ivit", "softmax_ibert", "softmax_fqvit", "layernorm_ivit", "layernorm_ibert"];
 /// Supported lane counts.
 pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// Supported input widths of the generated hardware.
@@ -72,6 +78,16 @@ impl RtlConfig {
     /// Module and file name: `<unit>_<bits>b_l<lanes>`.
     pub fn name(&self) -> String {
         format!("{}_{}b_l{}", self.unit, self.bits, self.lanes)
+    }
+
+    /// Width of the configuration address: 12 bits for the LayerNorms (per-channel biases at
+    /// 1024 + c), 6 bits for the others.
+    pub fn cfg_addr_bits(&self) -> u32 {
+        if self.unit.starts_with("layernorm") {
+            crate::cycle::layernorm::CFG_ADDR_BITS
+        } else {
+            6
+        }
     }
 
     /// Output bits per lane.
@@ -158,6 +174,44 @@ impl RtlConfig {
                     "one row at a time: LOAD ceil(N/LANES), SUM ceil(N/LANES)+1, DIV 33, OUT ceil(N/LANES)+1 cycles".to_string(),
                 )
             }
+            "layernorm_ivit" | "layernorm_ibert" => {
+                let b = self.bits;
+                let w = crate::cycle::layernorm::var_bits(b);
+                let mut regs = vec![
+                    "7: row length N, the channels (11 bits, 1..=1024; ceil(N/LANES) and the last beat's valid lanes are derived on the write)"
+                        .to_string(),
+                    "8: variance shift (5 bits; 0 for I-ViT)".into(),
+                    "9: factor numerator (32 bits): 2^31-1 (I-ViT), 2^(31-shift) (I-BERT)".into(),
+                ];
+                let (lat, per, sq) = if self.unit == "layernorm_ivit" {
+                    regs.push("10: Newton steps S (5 bits; 10 in both presets)".into());
+                    regs.push(format!("11: Newton start (32 bits, below 2^{}; 0 = 2^ceil(bitlen(var)/2))", w.min(32)));
+                    let k = b + 47;
+                    (
+                        format!("2*ceil(N/LANES) + {w}*S + {k} (S = 10: 2*ceil(N/LANES) + {})", 10 * w + k),
+                        format!("3*ceil(N/LANES) + {w}*S + {k} (S = 10: 3*ceil(N/LANES) + {})", 10 * w + k),
+                        format!("SQRT {w}*S+2 (Newton, one {w}-bit restoring division per step)"),
+                    )
+                } else {
+                    let k = 2 * b + 52;
+                    (
+                        format!("2*ceil(N/LANES) + {k}"),
+                        format!("3*ceil(N/LANES) + {k}"),
+                        format!("SQRT {} (digit-by-digit, 2 bits a cycle)", w / 2 + 2),
+                    )
+                };
+                regs.push("1024+c: bias_int[c] for channel c < N (32 bits, two's complement)".into());
+                (
+                    crate::cycle::layernorm::out_bits(b),
+                    regs,
+                    lat,
+                    per,
+                    format!(
+                        "one row at a time: LOAD ceil(N/LANES), MEAN {}, VAR ceil(N/LANES)+1, {sq}, FACT 32, OUT ceil(N/LANES)+1 cycles",
+                        crate::cycle::layernorm::mean_len(b)
+                    ),
+                )
+            }
             _ => {
                 let (t, y, o) = crate::cycle::gelu_ibert::widths(self.bits);
                 (
@@ -186,7 +240,7 @@ impl RtlConfig {
             ports: vec![
                 "clock".into(),
                 "reset (synchronous)".into(),
-                "cfg_we, cfg_addr[5:0], cfg_data[31:0]".into(),
+                format!("cfg_we, cfg_addr[{}:0], cfg_data[31:0]", self.cfg_addr_bits() - 1),
                 format!("in_valid, in_ready, in_data[{}:0], in_last", self.bits as usize * self.lanes - 1),
                 format!("out_valid, out_ready, out_data[{}:0], out_last", out_bits as usize * self.lanes - 1),
             ],
@@ -328,6 +382,70 @@ macro_rules! gelu_ibert_table {
     };
 }
 
+/// One row-buffer LayerNorm configuration: `$ty::<B, L, B·L, B+1, 2B+2, 2B+10, 2B+11, B+11, B+32, (B+32)·L, AW, ...>`.
+macro_rules! ln_ivit {
+    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(
+            &mut LayerNormIvit::<
+                $b,
+                $l,
+                { $b * $l },
+                { $b + 1 },
+                { 2 * $b + 2 },
+                { 2 * $b + 10 },
+                { 2 * $b + 11 },
+                { $b + 11 },
+                { $b + 32 },
+                { ($b + 32) * $l },
+                $aw,
+            >::default(),
+            $name,
+            $h,
+        )
+    };
+}
+
+/// As `ln_ivit`, plus the digit square root's H = W/2 and H + 3.
+macro_rules! ln_ibert {
+    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(
+            &mut LayerNormIbert::<
+                $b,
+                $l,
+                { $b * $l },
+                { $b + 1 },
+                { 2 * $b + 2 },
+                { 2 * $b + 10 },
+                { 2 * $b + 11 },
+                { $b + 11 },
+                { $b + 32 },
+                { ($b + 32) * $l },
+                $aw,
+                { $b + 5 },
+                { $b + 8 },
+            >::default(),
+            $name,
+            $h,
+        )
+    };
+}
+
+/// Every (bits, lanes) of a LayerNorm; AW = log2(1024 / LANES).
+macro_rules! ln_table {
+    ($m:ident, $bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {
+        match ($bits, $lanes) {
+            $(
+                ($b, 1) => $m!($b, 1, 10, $name, $h),
+                ($b, 2) => $m!($b, 2, 9, $name, $h),
+                ($b, 4) => $m!($b, 4, 8, $name, $h),
+                ($b, 8) => $m!($b, 8, 7, $name, $h),
+                ($b, 16) => $m!($b, 16, 6, $name, $h),
+            )*
+            _ => unreachable!("RtlConfig::new checked the configuration"),
+        }
+    };
+}
+
 /// The Verilog of one configuration (deterministic: regenerating gives the same bytes).
 pub fn verilog(cfg: &RtlConfig) -> String {
     let m = cfg.manifest();
@@ -349,6 +467,8 @@ pub fn verilog(cfg: &RtlConfig) -> String {
         "softmax_ivit" => row_softmax_table!(SoftmaxIvit, 15, 16, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         "softmax_ibert" => row_softmax_table!(SoftmaxIbert, 30, 9, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         "softmax_fqvit" => row_softmax_table!(SoftmaxFqvit, 30, 5, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
+        "layernorm_ivit" => ln_table!(ln_ivit, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
+        "layernorm_ibert" => ln_table!(ln_ibert, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
         _ => unreachable!("RtlConfig::new checked the unit"),
     }
 }

@@ -212,3 +212,32 @@ impl<const I: usize, const O: usize> Logic for ZExt<I, O> {
         Verilog::Wrapper(Wrapper { code: format!("    assign y = {{{{{}{{1'b0}}}}, a}};\n", O - I), cores: String::new() })
     }
 }
+
+/// Unsigned resize from I to O bits: zero extension when O > I, the low O bits otherwise
+/// (the caller guarantees the dropped bits are zero), a plain copy when O = I.
+#[derive(LogicBlock, Default)]
+pub struct Resize<const I: usize, const O: usize> {
+    /// Value.
+    pub a: Signal<In, Bits<I>>,
+    /// Resized value.
+    pub y: Signal<Out, Bits<O>>,
+}
+
+impl<const I: usize, const O: usize> Logic for Resize<I, O> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        let code = match O.cmp(&I) {
+            std::cmp::Ordering::Greater => format!("    assign y = {{{{{}{{1'b0}}}}, a}};\n", O - I),
+            std::cmp::Ordering::Equal => "    assign y = a;\n".to_string(),
+            std::cmp::Ordering::Less => format!(
+                "    /* verilator lint_off UNUSEDSIGNAL */\n    wire [{}:0] full = a;\n    /* verilator lint_on UNUSEDSIGNAL */\n    assign y = full[{}:0];\n",
+                I - 1,
+                O - 1
+            ),
+        };
+        Verilog::Wrapper(Wrapper { code, cores: String::new() })
+    }
+}

@@ -2,6 +2,8 @@
 //! Every file is written atomically: a failed run leaves no partial file.
 
 pub mod cost;
+pub mod charts;
+pub mod model;
 
 use crate::io::{write_atomic, IoError};
 use plotters::coord::Shift;

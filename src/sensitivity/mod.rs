@@ -4,6 +4,14 @@
 //! SQNR here is `Σ x² / Σ (x − x̂)²` over all elements, with `x` the float reference output and
 //! `x̂` the dequantised unit output (our reading of the seed's Eq. 10: signal power over
 //! quantisation-noise power, as a plain ratio); `sqnr_db` is `10·log10` of it.
+//!
+//! Layer-wise sensitivity of a model is in the submodules: [`asqnr`] (the batch ASQNR of Eq. 10
+//! and the SQNR diff of Eq. 11), [`table`] (layer × unit table and the seed's decision rules) and
+//! [`assign`] (exact cost-aware assignment and Pareto fronts, `assignment.json`).
+
+pub mod asqnr;
+pub mod assign;
+pub mod table;
 
 use crate::fixed::{round_half_even_f64, QTensor, Scale};
 use crate::units::{float, Aux, Method, Op, Unit, UnitError};

@@ -1,0 +1,382 @@
+//! `mnq infer` and `mnq calibrate`: argument handling and printing around `mnq::model`.
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use mnq::io::write_atomic;
+use mnq::model::manifest::{Assignment, OrderedLayers};
+use mnq::model::{calibrate, evaluate, ActScales, CalibOptions, EvalReport, Images, IntModel, Model, QuantConfig, QuantSection};
+use mnq::units::{Method, Preset};
+use std::path::{Path, PathBuf};
+
+/// Default model directory (the bundled trained model).
+const DEFAULT_MODEL: &str = "sim/models/deit_tiny_fmnist";
+/// Default data directory (the bundled evaluation split and calibration images).
+const DEFAULT_DATA: &str = "sim/data/fashion_mnist";
+
+/// A single method for every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    /// I-BERT units everywhere.
+    Ibert,
+    /// I-ViT units everywhere.
+    Ivit,
+    /// FQ-ViT units everywhere (GELU: FQ-ViT's float fallback, not an integer unit).
+    Fqvit,
+}
+
+impl MethodArg {
+    fn method(self) -> Method {
+        match self {
+            MethodArg::Ibert => Method::IBert,
+            MethodArg::Ivit => Method::IVit,
+            MethodArg::Fqvit => Method::FqVit,
+        }
+    }
+}
+
+/// Float precision of the reference forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloatArg {
+    /// Single precision, as PyTorch runs it.
+    F32,
+    /// Double precision.
+    F64,
+}
+
+/// Options of `mnq infer`.
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// Model directory (manifest.json + model.safetensors).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Use this manifest instead of MODEL/manifest.json (e.g. one written by `mnq calibrate --out`).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Data directory with eval_images.npy, eval_labels.npy and calib_images.npy.
+    #[arg(long, default_value = DEFAULT_DATA)]
+    data: PathBuf,
+    /// Evaluate only the first N images (default: all).
+    #[arg(long)]
+    images: Option<usize>,
+    /// Weight and activation bits (4..=8).
+    #[arg(long, default_value_t = 8)]
+    bits: u32,
+    /// Per-layer assignment file (assignment.json).
+    #[arg(long, conflicts_with = "method")]
+    assign: Option<PathBuf>,
+    /// One method for every layer (default: the manifest's assignment, else ivit).
+    #[arg(long, value_enum)]
+    method: Option<MethodArg>,
+    /// Unit parameter preset.
+    #[arg(long, value_enum, default_value = "adapted")]
+    preset: Preset,
+    /// Precision of the float reference forward.
+    #[arg(long, value_enum, default_value = "f32")]
+    float: FloatArg,
+    /// Calibration images used when the manifest has no scales.
+    #[arg(long, default_value_t = 256)]
+    calib_images: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Options of `mnq calibrate`.
+#[derive(Debug, clap::Args)]
+pub struct CalibrateArgs {
+    /// Model directory (manifest.json + model.safetensors).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Calibration images (.npy, uint8 [N,H,W] / [N,C,H,W] or normalised float32); default DATA/calib_images.npy.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Data directory holding calib_images.npy.
+    #[arg(long, default_value = DEFAULT_DATA)]
+    data: PathBuf,
+    /// Use only the first N images (default: all).
+    #[arg(long)]
+    images: Option<usize>,
+    /// Range from this percentile of |x| instead of min/max (act_bits points only).
+    #[arg(long)]
+    percentile: Option<f64>,
+    /// Weight and activation bits the scales are for.
+    #[arg(long, default_value_t = 8)]
+    bits: u32,
+    /// Write the calibrated manifest here instead of into MODEL/manifest.json.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace existing scales (or an existing --out file).
+    #[arg(long)]
+    force: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn progress(n: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})").expect("valid template").progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        b = b.num_threads(t);
+    }
+    b.build().context("starting worker threads")
+}
+
+fn load_model(dir: &Path, manifest: Option<&Path>) -> Result<Model> {
+    let m = match manifest {
+        Some(p) => Model::load_with(dir, p),
+        None => Model::load(dir),
+    };
+    m.with_context(|| format!("loading the model from {}", dir.display()))
+}
+
+fn run_calibration(model: &Model, images: &Images, opts: &CalibOptions) -> Result<QuantSection> {
+    let pb = progress(2 * images.len(), "calibrating");
+    let q = calibrate(model, images, opts, &|| pb.inc(1))?;
+    pb.finish_and_clear();
+    Ok(q)
+}
+
+fn fmt_db(v: Option<f64>) -> String {
+    v.map_or("exact".into(), |v| format!("{v:.2}"))
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("n/a (no labels)".into(), |v| format!("{:.2} %", 100.0 * v))
+}
+
+/// `mnq infer`.
+pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
+    let model = load_model(&a.model, a.manifest.as_deref())?;
+    let m = &model.manifest;
+    if !mnq::model::quant::SUPPORTED_BITS.contains(&a.bits) {
+        bail!(
+            "--bits {} is not supported by the integer forward (supported: {}..={})",
+            a.bits,
+            mnq::model::quant::SUPPORTED_BITS.start(),
+            mnq::model::quant::SUPPORTED_BITS.end()
+        );
+    }
+    let eval_path = a.data.join("eval_images.npy");
+    let mut images = Images::load_npy(&eval_path, m)?;
+    let labels = a.data.join("eval_labels.npy");
+    if labels.exists() {
+        images = images.with_labels(&labels, m.num_classes)?;
+    }
+    if let Some(n) = a.images {
+        if n == 0 {
+            bail!("--images must be at least 1");
+        }
+        images.truncate(n);
+    }
+    let pool = pool(a.threads)?;
+
+    // Which unit computes each layer.
+    let (assignment, how) = match (&a.assign, a.method) {
+        (Some(p), _) => (Assignment::load(p)?, format!("from {}", p.display())),
+        (None, Some(meth)) => {
+            (Assignment::single(&model.layers, &m.name, a.bits, meth.method()), format!("{} on every layer", meth.method().name()))
+        }
+        (None, None) => match m.quant.as_ref().and_then(|q| q.assignment.as_ref()) {
+            Some(map) => (
+                Assignment {
+                    format: 1,
+                    model: m.name.clone(),
+                    bits: a.bits,
+                    layers: OrderedLayers(
+                        model
+                            .layers
+                            .iter()
+                            .filter_map(|l| map.get(&l.name).map(|u| (l.name.clone(), u.clone())))
+                            .chain(
+                                map.iter()
+                                    .filter(|(k, _)| !model.layers.iter().any(|l| &l.name == *k))
+                                    .map(|(k, v)| (k.clone(), v.clone())),
+                            )
+                            .collect(),
+                    ),
+                },
+                "from the manifest's quant.assignment".to_string(),
+            ),
+            None => (
+                Assignment::single(&model.layers, &m.name, a.bits, Method::IVit),
+                "ivit on every layer (default; see --method, --assign)".into(),
+            ),
+        },
+    };
+    let source = a.assign.as_ref().map_or_else(|| "(manifest)".to_string(), |p| p.display().to_string());
+    let units = assignment.resolve(&model.layers, &source)?;
+    if assignment.model != m.name {
+        eprintln!("note: the assignment was made for model '{}', this is '{}'", assignment.model, m.name);
+    }
+    if assignment.bits != a.bits {
+        eprintln!("note: the assignment was made for {} bits, running at {}", assignment.bits, a.bits);
+    }
+
+    // Activation scales: the manifest's, or calibrated now.
+    let (section, scales_note) = match m.quant.as_ref().filter(|q| !q.act_scales.is_empty()) {
+        Some(q) => {
+            let c = q
+                .calibration
+                .as_ref()
+                .map_or(String::new(), |c| format!(", calibrated on {} images at percentile {}", c.images, c.percentile));
+            let conv =
+                if q.act_bits != a.bits { format!("; made for {} bits, ranges kept for {}", q.act_bits, a.bits) } else { String::new() };
+            (q.clone(), format!("the manifest's quant section{c}{conv}"))
+        }
+        None => {
+            let p = a.data.join("calib_images.npy");
+            let mut ci = Images::load_npy(&p, m)
+                .with_context(|| "the manifest has no activation scales, so mnq calibrates on the fly".to_string())?;
+            ci.truncate(a.calib_images.max(1));
+            eprintln!(
+                "note: {} has no activation scales; calibrating on {} images of {} (min/max); `mnq calibrate` stores them",
+                m.name,
+                ci.len(),
+                p.display()
+            );
+            let opts = CalibOptions { weight_bits: a.bits, act_bits: a.bits, percentile: None };
+            let q = pool.install(|| run_calibration(&model, &ci, &opts))?;
+            (q, format!("calibrated on the fly on {} images of {} (min/max)", ci.len(), p.display()))
+        }
+    };
+    let scales = ActScales::from_section(&section, a.bits);
+    let cfg = QuantConfig { weight_bits: a.bits, act_bits: a.bits, preset: a.preset, units };
+    let qm = IntModel::new(&model, &scales, cfg)?;
+
+    let pb = progress(images.len(), "inference");
+    let report: EvalReport = pool.install(|| match a.float {
+        FloatArg::F32 => evaluate::<f32>(&model, &qm, &images, &|| pb.inc(1)),
+        FloatArg::F64 => evaluate::<f64>(&model, &qm, &images, &|| pb.inc(1)),
+    })?;
+    pb.finish_and_clear();
+
+    println!(
+        "model {} ({}, D {}, depth {}, {} heads, {} tokens) from {}",
+        m.name,
+        m.arch,
+        m.embed_dim,
+        m.depth,
+        m.num_heads,
+        m.tokens(),
+        a.model.display()
+    );
+    println!("images: {} from {}", report.images, eval_path.display());
+    println!("integer: {}-bit weights and activations, units {how}, preset {}", a.bits, a.preset);
+    println!("scales: {scales_note}");
+    if qm.config.units.iter().any(|u| !u.is_integer()) {
+        println!(
+            "note: gelu_fqvit layers run FQ-ViT's float GELU (dequantised input, output quantised to {} bits): not an integer unit",
+            a.bits
+        );
+    }
+    println!();
+    println!("| | value |");
+    println!("|---|---|");
+    println!("| float ({}) top-1 | {} |", report.float, pct(report.float_top1));
+    println!("| integer top-1 | {} |", pct(report.int_top1));
+    println!("| agreement (same top-1) | {:.2} % |", 100.0 * report.agreement);
+    println!("| logits ASQNR (dB) | {} |", fmt_db(report.logits_asqnr_db));
+    println!();
+    println!("ASQNR = 20·log10 of the mean over images of E[x²]/E[(x−q)²], float tap x against the integer tap q (dequantised).");
+    println!();
+    println!("| # | layer | unit | rows × len | ASQNR in (dB) | ASQNR out (dB) | conditions |");
+    println!("|---|---|---|---|---|---|---|");
+    for l in &report.layers {
+        let cond: Vec<String> = l.conditions.iter().map(|(c, n)| format!("{c:?} ×{n}")).collect();
+        println!(
+            "| {} | {} | {}{} | {} × {} | {} | {} | {} |",
+            l.index,
+            l.name,
+            l.unit,
+            if l.integer { "" } else { " (float)" },
+            l.rows,
+            l.row_len,
+            fmt_db(l.asqnr_in_db),
+            fmt_db(l.asqnr_out_db),
+            cond.join(", ")
+        );
+    }
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({
+            "model": m.name,
+            "model_dir": a.model,
+            "bits": a.bits,
+            "preset": a.preset,
+            "units": how,
+            "scales": scales_note,
+            "report": report,
+        });
+        write_atomic(p, (serde_json::to_string_pretty(&v)? + "\n").as_bytes())?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(0)
+}
+
+/// `mnq calibrate`.
+pub fn cmd_calibrate(a: &CalibrateArgs) -> Result<i32> {
+    let model = load_model(&a.model, None)?;
+    let m = &model.manifest;
+    let manifest_path = a.model.join("manifest.json");
+    let target = a.out.clone().unwrap_or_else(|| manifest_path.clone());
+    if !a.force {
+        if let Some(out) = &a.out {
+            if out.exists() {
+                bail!("{} exists; pass --force to replace it", out.display());
+            }
+        } else if let Some(q) = m.quant.as_ref().filter(|q| !q.act_scales.is_empty()) {
+            let how =
+                q.calibration.as_ref().map_or("from QAT or an earlier tool".to_string(), |c| format!("calibrated on {} images", c.images));
+            bail!(
+                "{} already has {} activation scales ({how}); pass --force to replace them, or --out FILE to write the calibrated manifest elsewhere",
+                manifest_path.display(),
+                q.act_scales.len()
+            );
+        }
+    }
+    let path = a.calib.clone().unwrap_or_else(|| a.data.join("calib_images.npy"));
+    let mut images = Images::load_npy(&path, m)?;
+    if let Some(n) = a.images {
+        if n == 0 {
+            bail!("--images must be at least 1");
+        }
+        images.truncate(n);
+    }
+    let opts = CalibOptions { weight_bits: a.bits, act_bits: a.bits, percentile: a.percentile };
+    let pool = pool(a.threads)?;
+    let mut q = pool.install(|| run_calibration(&model, &images, &opts))?;
+    // Keep an assignment the manifest already had.
+    q.assignment = m.quant.as_ref().and_then(|old| old.assignment.clone());
+    let mut out = m.clone();
+    out.quant = Some(q.clone());
+    write_atomic(&target, out.to_json().as_bytes())?;
+    println!(
+        "calibrated {} on {} images of {} ({}): {} activation scales for {} bits, PTF parameters for {} LayerNorms",
+        m.name,
+        images.len(),
+        path.display(),
+        a.percentile.map_or("min/max".to_string(), |p| format!("percentile {p}")),
+        q.act_scales.len(),
+        a.bits,
+        q.ptf.len()
+    );
+    println!("wrote {}", target.display());
+    if a.out.is_some() {
+        println!("use it with: mnq infer --model {} --manifest {}", a.model.display(), target.display());
+    }
+    Ok(0)
+}

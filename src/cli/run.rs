@@ -1,0 +1,89 @@
+//! `mnq run`: argument parsing for the main job (the pipeline is `mnq::report::model`).
+
+use anyhow::Result;
+use mnq::report::model::{run, RunOptions};
+use mnq::sensitivity::asqnr::Convention;
+use mnq::sensitivity::assign::Arch;
+use std::path::PathBuf;
+
+/// Options of `mnq run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Model directory.
+    #[arg(long, default_value = "sim/models/deit_tiny_fmnist")]
+    model: PathBuf,
+    /// Dataset folder with eval_images.npy, eval_labels.npy and calib_images.npy.
+    #[arg(long, default_value = "sim/data/fashion_mnist")]
+    data: PathBuf,
+    /// Activation and weight widths (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "8,6")]
+    bits: Vec<u32>,
+    /// Images of the sensitivity analysis (first N of the calibration split).
+    #[arg(long, default_value_t = 256)]
+    sens_images: usize,
+    /// Limit the evaluation images (default: all of the eval split).
+    #[arg(long)]
+    images: Option<usize>,
+    /// Architecture model of the cost-aware part.
+    #[arg(long, value_enum, default_value = "shared")]
+    arch: Arch,
+    /// Area budget (NAND2-eq; needs the cost table).
+    #[arg(long)]
+    area_budget: Option<f64>,
+    /// Latency budget (cycles per image over the layers with hardware).
+    #[arg(long)]
+    latency_budget: Option<u64>,
+    /// Decibel convention of ASQNR.
+    #[arg(long, value_enum, default_value = "amplitude20")]
+    convention: Convention,
+    /// Most Pareto points evaluated end to end per front.
+    #[arg(long, default_value_t = 6)]
+    max_pareto_eval: usize,
+    /// Cost table of `mnq cost` (used when present).
+    #[arg(long, default_value = "reports/cost/cost.json")]
+    cost_table: PathBuf,
+    /// RTL manifest with the cycle formulas.
+    #[arg(long, default_value = "rtl/manifest.json")]
+    rtl_manifest: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder (default reports/<model name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Run the main job.
+pub fn cmd_run(a: &RunArgs) -> Result<i32> {
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
+    }
+    let name = a.model.file_name().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let opts = RunOptions {
+        model_dir: a.model.clone(),
+        eval_images: a.data.join("eval_images.npy"),
+        eval_labels: a.data.join("eval_labels.npy"),
+        calib_images: a.data.join("calib_images.npy"),
+        sens_images: a.sens_images,
+        images: a.images,
+        bits: a.bits.clone(),
+        arch: a.arch,
+        area_budget: a.area_budget,
+        latency_budget: a.latency_budget,
+        convention: a.convention,
+        max_pareto_eval: a.max_pareto_eval,
+        cost_table: a.cost_table.clone(),
+        rtl_manifest: a.rtl_manifest.clone(),
+        out: a.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(name)),
+        progress: !a.quiet,
+    };
+    let s = run(&opts)?;
+    for l in &s.lines {
+        println!("{l}");
+    }
+    println!("wrote {} files to {}", s.files.len(), s.out.display());
+    Ok(0)
+}

@@ -1,0 +1,295 @@
+//! Post-training calibration: per-tensor activation scales from the float forward on N images
+//! (min/max or a percentile of |x|), and FQ-ViT's PTF parameters for every LayerNorm input.
+//!
+//! Pass 1 runs the f32 forward and records min, max and max|x| of every quantisation point.
+//! Pass 2 (always, for PTF; it also fills the |x| histograms when a percentile is asked for)
+//! runs it again: per LayerNorm input channel it accumulates the squared error of quantising
+//! with `scale8/2^(3−alpha)`, alpha = 0..3, and picks the smallest (FQ-ViT `ptf.py`, first
+//! minimum on ties). Residual points (16-bit) and PTF ranges always use min/max; the percentile
+//! applies to the act_bits points only.
+
+use super::float::{FloatRun, Point};
+use super::manifest::{CalibInfo, PtfParams, QuantSection};
+use super::{Images, Model, ModelError};
+use crate::fixed::round_half_even_f64;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// Histogram bins per point for percentiles.
+const BINS: usize = 2048;
+
+/// Options of a calibration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibOptions {
+    /// Weight bits recorded in the quant section.
+    pub weight_bits: u32,
+    /// Activation bits the scales are for.
+    pub act_bits: u32,
+    /// Percentile of |x| in (0, 100] for the activation ranges (None or 100 = min/max).
+    pub percentile: Option<f64>,
+}
+
+/// Result of a calibration: the quant section to store.
+pub type Calibration = QuantSection;
+
+#[derive(Clone)]
+struct Stats {
+    min: f64,
+    max: f64,
+    amax: f64,
+}
+
+#[derive(Clone)]
+struct Acc {
+    hist: Vec<Vec<u64>>,
+    /// Per LayerNorm-input point: per channel, squared errors for alpha 0..3.
+    ptf: Vec<Vec<[f64; 4]>>,
+}
+
+fn point_index(p: Point, depth: usize) -> usize {
+    let blk = |b: usize, k: usize| 3 + 11 * b + k;
+    match p {
+        Point::Input => 0,
+        Point::PatchEmbed => 1,
+        Point::PosEmbed => 2,
+        Point::Norm1(b) => blk(b, 0),
+        Point::Qkv(b) => blk(b, 1),
+        Point::MatmulQk(b) => blk(b, 2),
+        Point::MatmulAv(b) => blk(b, 3),
+        Point::Proj(b) => blk(b, 4),
+        Point::Residual1(b) => blk(b, 5),
+        Point::Norm2(b) => blk(b, 6),
+        Point::Fc1(b) => blk(b, 7),
+        Point::Act(b) => blk(b, 8),
+        Point::Fc2(b) => blk(b, 9),
+        Point::Residual2(b) => blk(b, 10),
+        Point::Norm => 3 + 11 * depth,
+    }
+}
+
+/// Largest code of a signed format.
+fn qmax(bits: u32) -> f64 {
+    ((1u64 << (bits - 1)) - 1) as f64
+}
+
+/// Calibrate `model` on `images` (all of them; truncate first to use fewer), calling `tick`
+/// after each image of each pass (2 passes).
+pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dyn Fn() + Sync)) -> Result<Calibration, ModelError> {
+    if !super::quant::SUPPORTED_BITS.contains(&opts.act_bits) || !super::quant::SUPPORTED_BITS.contains(&opts.weight_bits) {
+        return Err(ModelError::Quant {
+            what: format!(
+                "cannot calibrate for {}-bit weights / {}-bit activations (supported: {}..={})",
+                opts.weight_bits,
+                opts.act_bits,
+                super::quant::SUPPORTED_BITS.start(),
+                super::quant::SUPPORTED_BITS.end()
+            ),
+        });
+    }
+    if let Some(p) = opts.percentile {
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(ModelError::Quant { what: format!("percentile {p} must be in (0, 100]") });
+        }
+    }
+    if images.is_empty() {
+        return Err(ModelError::Quant { what: "calibration needs at least one image".into() });
+    }
+    let m = &model.manifest;
+    let depth = m.depth;
+    let d = m.embed_dim;
+    let points = Point::all(depth);
+    let np = points.len();
+    let ln_points: Vec<Point> =
+        model.layers.iter().filter(|l| l.op == crate::units::Op::LayerNorm).filter_map(|l| Point::ln_input(&l.name, depth)).collect();
+    let ptf_slot = |p: Point| ln_points.iter().position(|q| *q == p);
+
+    // Pass 1: ranges.
+    let empty = Stats { min: f64::INFINITY, max: f64::NEG_INFINITY, amax: 0.0 };
+    let stats = (0..images.len())
+        .into_par_iter()
+        .fold(
+            || vec![empty.clone(); np],
+            |mut acc, i| {
+                let img = images.image(i);
+                let mut obs = |p: Point, v: &[f32]| {
+                    let s = &mut acc[point_index(p, depth)];
+                    for &x in v {
+                        let x = f64::from(x);
+                        s.min = s.min.min(x);
+                        s.max = s.max.max(x);
+                        s.amax = s.amax.max(x.abs());
+                    }
+                };
+                FloatRun::<f32>::new(model, &img, false).with_observer(&mut obs).finish();
+                tick();
+                acc
+            },
+        )
+        .reduce(
+            || vec![empty.clone(); np],
+            |a, b| {
+                a.into_iter()
+                    .zip(b)
+                    .map(|(x, y)| Stats { min: x.min.min(y.min), max: x.max.max(y.max), amax: x.amax.max(y.amax) })
+                    .collect()
+            },
+        );
+    if let Some((p, _)) = points.iter().zip(&stats).find(|(_, s)| !(s.min.is_finite() && s.max.is_finite())) {
+        return Err(ModelError::Quant {
+            what: format!("the float forward produced non-finite values at '{}' during calibration", p.name()),
+        });
+    }
+
+    // Pass 2: PTF errors and |x| histograms.
+    let levels = ((1u64 << opts.act_bits) - 1) as f64;
+    let ptf_fmt: Vec<(f64, f64)> = ln_points
+        .iter()
+        .map(|p| {
+            let s = &stats[point_index(*p, depth)];
+            let scale8 = ((s.max - s.min) / levels).max(f64::from(f32::EPSILON));
+            let zp = (-round_half_even_f64(s.min / scale8)).clamp(0.0, levels);
+            (scale8, zp)
+        })
+        .collect();
+    let want_hist = opts.percentile.is_some_and(|p| p < 100.0);
+    let new_acc =
+        || Acc { hist: if want_hist { vec![vec![0u64; BINS]; np] } else { Vec::new() }, ptf: vec![vec![[0.0; 4]; d]; ln_points.len()] };
+    let acc = (0..images.len())
+        .into_par_iter()
+        .fold(new_acc, |mut acc, i| {
+            let img = images.image(i);
+            let mut obs = |p: Point, v: &[f32]| {
+                let pi = point_index(p, depth);
+                if want_hist {
+                    let top = stats[pi].amax;
+                    if top > 0.0 {
+                        let h = &mut acc.hist[pi];
+                        for &x in v {
+                            let b = ((f64::from(x).abs() / top) * BINS as f64) as usize;
+                            h[b.min(BINS - 1)] += 1;
+                        }
+                    }
+                }
+                if let Some(k) = ptf_slot(p) {
+                    let (scale8, zp) = ptf_fmt[k];
+                    let e = &mut acc.ptf[k];
+                    for row in v.chunks_exact(d) {
+                        for (c, &x) in row.iter().enumerate() {
+                            let x = f64::from(x);
+                            for (a, err) in e[c].iter_mut().enumerate() {
+                                let s = scale8 / f64::from(1u32 << (3 - a));
+                                let q = (round_half_even_f64(x / s) + zp).clamp(0.0, levels);
+                                let dq = (q - zp) * s;
+                                *err += (x - dq) * (x - dq);
+                            }
+                        }
+                    }
+                }
+            };
+            FloatRun::<f32>::new(model, &img, false).with_observer(&mut obs).finish();
+            tick();
+            acc
+        })
+        .reduce(new_acc, |mut a, b| {
+            for (x, y) in a.hist.iter_mut().zip(&b.hist) {
+                x.iter_mut().zip(y).for_each(|(u, v)| *u += v);
+            }
+            for (x, y) in a.ptf.iter_mut().zip(&b.ptf) {
+                for (u, v) in x.iter_mut().zip(y) {
+                    for j in 0..4 {
+                        u[j] += v[j];
+                    }
+                }
+            }
+            a
+        });
+
+    let mut act_scales = BTreeMap::new();
+    for (pi, p) in points.iter().enumerate() {
+        let s = &stats[pi];
+        let (range, bits) = if p.is_residual() {
+            (s.amax, super::quant::RESIDUAL_BITS)
+        } else {
+            let r = match opts.percentile {
+                Some(pc) if pc < 100.0 && s.amax > 0.0 => percentile(&acc.hist[pi], s.amax, pc),
+                _ => s.amax,
+            };
+            (r, opts.act_bits)
+        };
+        act_scales.insert(p.name(), range.max(1e-8) / qmax(bits));
+    }
+    let mut ptf = BTreeMap::new();
+    for l in model.layers.iter().filter(|l| l.op == crate::units::Op::LayerNorm) {
+        let p = Point::ln_input(&l.name, depth).expect("LayerNorm layers have an input point");
+        let k = ptf_slot(p).expect("collected above");
+        let s = &stats[point_index(p, depth)];
+        let alpha = acc.ptf[k]
+            .iter()
+            .map(|e| {
+                let mut best = 0;
+                for a in 1..4 {
+                    if e[a] < e[best] {
+                        best = a;
+                    }
+                }
+                best as u8
+            })
+            .collect();
+        ptf.insert(l.name.clone(), PtfParams { min: s.min, max: s.max, alpha });
+    }
+    Ok(QuantSection {
+        weight_bits: opts.weight_bits,
+        act_bits: opts.act_bits,
+        act_scales,
+        assignment: None,
+        ptf,
+        calibration: Some(CalibInfo {
+            images: images.len(),
+            percentile: opts.percentile.unwrap_or(100.0),
+            source: images.path.display().to_string(),
+        }),
+        extra: BTreeMap::new(),
+    })
+}
+
+/// The `pc`-th percentile of |x| from a histogram over [0, top], interpolated within the bin.
+fn percentile(hist: &[u64], top: f64, pc: f64) -> f64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return top;
+    }
+    let target = pc / 100.0 * total as f64;
+    let mut cum = 0u64;
+    for (i, &c) in hist.iter().enumerate() {
+        if (cum + c) as f64 >= target {
+            let frac = if c == 0 { 1.0 } else { (target - cum as f64) / c as f64 };
+            return top * (i as f64 + frac.clamp(0.0, 1.0)) / hist.len() as f64;
+        }
+        cum += c;
+    }
+    top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_of_uniform_histogram() {
+        let h = vec![10u64; 100];
+        assert!((percentile(&h, 1.0, 50.0) - 0.5).abs() < 1e-12);
+        assert!((percentile(&h, 2.0, 99.0) - 1.98).abs() < 1e-12);
+        assert_eq!(percentile(&h, 1.0, 100.0), 1.0);
+        assert_eq!(percentile(&[0, 0], 3.0, 50.0), 3.0);
+    }
+
+    #[test]
+    fn point_indices_are_a_bijection() {
+        for depth in [1, 3] {
+            let pts = Point::all(depth);
+            for (i, p) in pts.iter().enumerate() {
+                assert_eq!(point_index(*p, depth), i, "{p:?}");
+            }
+        }
+    }
+}

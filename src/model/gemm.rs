@@ -1,0 +1,731 @@
+//! Exact integer kernels of the integer forward: i16 × i16 → i32 GEMM, attention·V products
+//! (linear probabilities, or FQ-ViT log2 codes as shift-and-add) and the dyadic requantiser's
+//! 64-bit fast path.
+//!
+//! Exactness: every kernel accumulates in integers, so there is nothing to round; the only risk
+//! is overflow, and each caller proves the bound before choosing the i32 kernels
+//! ([`gemm_fits_i32`], [`av_fits_i32`]); otherwise the i64 kernels run. The GEMM's SIMD kernel
+//! (AVX2 `vpmaddwd`, selected at run time, with a portable kernel on the same packed layout as
+//! fallback) adds the same products in another order, which changes nothing for integers that
+//! cannot overflow. Tests compare every kernel with plain i64 loops.
+//! AVX-512 VNNI would be ~15 % faster on this project's CPU but needs rustc ≥ 1.89 (the
+//! project's minimum is 1.85).
+
+use crate::fixed::{shift_round, Dyadic, Rounding};
+
+/// Whether `k` products of operands bounded by `max_x` and `max_w` in magnitude always sum within i32.
+pub fn gemm_fits_i32(k: usize, max_x: i64, max_w: i64) -> bool {
+    (k as i128) * i128::from(max_x) * i128::from(max_w) < (1i128 << 31)
+}
+
+/// Output channels per packed panel.
+const PANEL: usize = 16;
+
+/// A weight matrix `[n, k]` packed for the GEMM kernels: panels of 16 output channels, each
+/// holding for every pair of inputs `(2j, 2j+1)` the 16 channels' two weights side by side
+/// (zero-padded to whole panels and an even k), so two 32-byte loads feed `vpmaddwd`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed {
+    data: Vec<i16>,
+    /// Output channels.
+    pub n: usize,
+    /// Inputs per channel.
+    pub k: usize,
+    k2: usize,
+}
+
+impl Packed {
+    /// Pack row-major `w` `[n, k]`.
+    pub fn new(w: &[i16], n: usize, k: usize) -> Packed {
+        assert_eq!(w.len(), n * k, "Packed::new: w is not [n, k]");
+        let k2 = k.div_ceil(2);
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![0i16; panels * k2 * 2 * PANEL];
+        for o in 0..n {
+            let (p, lane) = (o / PANEL, o % PANEL);
+            for i in 0..k {
+                data[(p * k2 + i / 2) * 2 * PANEL + 2 * lane + i % 2] = w[o * k + i];
+            }
+        }
+        Packed { data, n, k, k2 }
+    }
+
+    fn panel(&self, p: usize) -> &[i16] {
+        &self.data[p * self.k2 * 2 * PANEL..(p + 1) * self.k2 * 2 * PANEL]
+    }
+}
+
+/// `out[t][o] = Σ_k x[t][k]·w[o][k]`: x `[rows, k]` row-major, w packed, i32 accumulators.
+///
+/// The caller guarantees `gemm_fits_i32(k, max|x|, max|w|)`, so the exact sum fits in i32.
+/// (The kernels add in a different order than a plain loop; with wrapping i32 arithmetic every
+/// order gives the same result modulo 2^32, which is the exact sum when it fits.)
+pub fn gemm_i16(x: &[i16], rows: usize, w: &Packed, out: &mut [i32]) {
+    let k = w.k;
+    assert!(x.len() == rows * k && out.len() == rows * w.n, "gemm_i16: inconsistent sizes");
+    // Input pairs are read as one i32: rows need an even length.
+    let padded;
+    let (xs, ks) = if k % 2 == 1 {
+        let mut p = vec![0i16; rows * (k + 1)];
+        for t in 0..rows {
+            p[t * (k + 1)..t * (k + 1) + k].copy_from_slice(&x[t * k..(t + 1) * k]);
+        }
+        padded = p;
+        (&padded[..], k + 1)
+    } else {
+        (x, k)
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports the feature the function is compiled for.
+            unsafe { x86::gemm_avx2(xs, ks, rows, w, out) };
+            return;
+        }
+    }
+    gemm_scalar(xs, ks, rows, w, out);
+}
+
+/// Portable kernel on the packed layout (reference for the SIMD kernels).
+fn gemm_scalar(x: &[i16], ks: usize, rows: usize, w: &Packed, out: &mut [i32]) {
+    for t in 0..rows {
+        let xr = &x[t * ks..(t + 1) * ks];
+        for p in 0..w.n.div_ceil(PANEL) {
+            let pan = w.panel(p);
+            let mut acc = [0i32; PANEL];
+            for j in 0..w.k2 {
+                let (a, b) = (i32::from(xr[2 * j]), i32::from(xr[2 * j + 1]));
+                let wv = &pan[j * 2 * PANEL..(j + 1) * 2 * PANEL];
+                for (l, acc) in acc.iter_mut().enumerate() {
+                    *acc = acc.wrapping_add(a * i32::from(wv[2 * l])).wrapping_add(b * i32::from(wv[2 * l + 1]));
+                }
+            }
+            let o0 = p * PANEL;
+            let m = PANEL.min(w.n - o0);
+            out[t * w.n + o0..t * w.n + o0 + m].copy_from_slice(&acc[..m]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Packed, PANEL};
+    use std::arch::x86_64::*;
+
+    /// Rows per micro-tile.
+    const MR: usize = 4;
+
+    #[inline(always)]
+    unsafe fn pair(x: &[i16], at: usize) -> i32 {
+        // SAFETY (caller): at + 1 < x.len().
+        std::ptr::read_unaligned(x.as_ptr().add(at) as *const i32)
+    }
+
+    /// AVX2: the same tiles on 256-bit halves of a panel, `vpmaddwd` + `vpaddd`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn gemm_avx2(x: &[i16], ks: usize, rows: usize, w: &Packed, out: &mut [i32]) {
+        let mut t = 0;
+        while t + MR <= rows {
+            tile256::<MR>(x, ks, t, w, out);
+            t += MR;
+        }
+        while t < rows {
+            tile256::<1>(x, ks, t, w, out);
+            t += 1;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile256<const R: usize>(x: &[i16], ks: usize, t: usize, w: &Packed, out: &mut [i32]) {
+        for p in 0..w.n.div_ceil(PANEL) {
+            let pa = w.panel(p).as_ptr();
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            for j in 0..w.k2 {
+                let b0 = _mm256_loadu_si256(pa.add(j * 2 * PANEL) as *const __m256i);
+                let b1 = _mm256_loadu_si256(pa.add(j * 2 * PANEL + PANEL) as *const __m256i);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_epi32(pair(x, (t + r) * ks + 2 * j));
+                    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(xv, b0));
+                    a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(xv, b1));
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let o0 = p * PANEL;
+                let m = PANEL.min(w.n - o0);
+                let mut tmp = [0i32; PANEL];
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, a[0]);
+                _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, a[1]);
+                out[(t + r) * w.n + o0..(t + r) * w.n + o0 + m].copy_from_slice(&tmp[..m]);
+            }
+        }
+    }
+
+    /// `x >> e` (arithmetic, per 64-bit lane) from logical shifts: `((x ^ s) >>> e) ^ s`, `s` = sign.
+    #[inline(always)]
+    unsafe fn sra64(x: __m256i, e: __m256i) -> __m256i {
+        let s = _mm256_cmpgt_epi64(_mm256_setzero_si256(), x);
+        _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(x, s), e), s)
+    }
+
+    /// [`super::Requants::apply_rows`] four lanes at a time; false (output incomplete) when some
+    /// `|z| ≥ 2^31`, so the caller falls back to the exact path.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn requant_avx2(z: &[i64], r: &super::Requants, lo: i64, hi: i64, out: &mut [i64]) -> bool {
+        let c = r.len();
+        let (vlo, vhi) = (_mm256_set1_epi64x(lo), _mm256_set1_epi64x(hi));
+        let (top, bot) = (_mm256_set1_epi64x((1 << 31) - 1), _mm256_set1_epi64x(-((1 << 31) - 1)));
+        let one = _mm256_set1_epi64x(1);
+        let mut bad = _mm256_setzero_si256();
+        let mut scalar_bad = false;
+        for (zr, or) in z.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let mut i = 0;
+            while i + 4 <= c {
+                let zv = _mm256_loadu_si256(zr.as_ptr().add(i) as *const __m256i);
+                bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(zv, top), _mm256_cmpgt_epi64(bot, zv)));
+                let mv = _mm256_loadu_si256(r.m.as_ptr().add(i) as *const __m256i);
+                let ev = _mm256_loadu_si256(r.e.as_ptr().add(i) as *const __m256i);
+                let hv = _mm256_loadu_si256(r.hm1.as_ptr().add(i) as *const __m256i);
+                // The low 32 bits of z and m are the values themselves (|z|, |m| < 2^31): exact product.
+                let p = _mm256_mul_epi32(zv, mv);
+                let q = sra64(p, ev);
+                let t = _mm256_add_epi64(_mm256_add_epi64(p, hv), _mm256_and_si256(q, one));
+                let mut v = sra64(t, ev);
+                v = _mm256_blendv_epi8(v, vlo, _mm256_cmpgt_epi64(vlo, v));
+                v = _mm256_blendv_epi8(v, vhi, _mm256_cmpgt_epi64(v, vhi));
+                _mm256_storeu_si256(or.as_mut_ptr().add(i) as *mut __m256i, v);
+                i += 4;
+            }
+            while i < c {
+                scalar_bad |= zr[i].unsigned_abs() >= 1 << 31;
+                if !scalar_bad {
+                    or[i] = r.one(i, zr[i]).clamp(lo, hi);
+                }
+                i += 1;
+            }
+        }
+        !scalar_bad && _mm256_testz_si256(bad, bad) == 1
+    }
+
+    /// Whether the packed-kernel paths can run here (for tests that compare every path).
+    pub fn paths() -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx2") {
+            v.push("avx2");
+        }
+        v
+    }
+}
+
+/// Run one named kernel path (`scalar`, `avx2`) for tests; None when the CPU lacks it.
+#[doc(hidden)]
+pub fn gemm_path(path: &str, x: &[i16], rows: usize, w: &Packed, out: &mut [i32]) -> Option<()> {
+    assert!(w.k % 2 == 0, "gemm_path takes even k");
+    match path {
+        "scalar" => gemm_scalar(x, w.k, rows, w, out),
+        #[cfg(target_arch = "x86_64")]
+        "avx2" if x86::paths().contains(&"avx2") => unsafe { x86::gemm_avx2(x, w.k, rows, w, out) },
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The same product with i64 accumulators (operands of any i16 value, any length).
+pub fn gemm_i16_wide(x: &[i16], rows: usize, w: &[i16], n: usize, out: &mut [i64]) {
+    let k = x.len().checked_div(rows).unwrap_or(0);
+    assert!(x.len() == rows * k && w.len() == n * k && out.len() == rows * n, "gemm_i16_wide: inconsistent sizes");
+    for t in 0..rows {
+        let xr = &x[t * k..(t + 1) * k];
+        for o in 0..n {
+            let wr = &w[o * k..(o + 1) * k];
+            out[t * n + o] = xr.iter().zip(wr).map(|(&a, &b)| i64::from(a) * i64::from(b)).sum();
+        }
+    }
+}
+
+/// Whether `t` products of a probability ≤ `max_p` and a value ≤ `max_v` in magnitude sum within i32.
+pub fn av_fits_i32(t: usize, max_p: i64, max_v: i64) -> bool {
+    gemm_fits_i32(t, max_p, max_v)
+}
+
+/// Probabilities times values for one head: `out[i][:] = Σ_j p[i][j]·v[j][:]`.
+///
+/// `p` is `[t, t]` (row i = query i), `v` rows of `hd` values at stride `v_stride` starting at
+/// `v_off`; `out` rows of `hd` at stride `o_stride` from `o_off`. Accumulates in `A` (i32 when
+/// [`av_fits_i32`] holds, else i64).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_v<A: Acc>(
+    p: &[i32],
+    t: usize,
+    v: &[i16],
+    v_stride: usize,
+    v_off: usize,
+    hd: usize,
+    out: &mut [A],
+    o_stride: usize,
+    o_off: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2.
+            unsafe { attn_v_avx2(p, t, v, v_stride, v_off, hd, out, o_stride, o_off) };
+            return;
+        }
+    }
+    attn_v_body(p, t, v, v_stride, v_off, hd, out, o_stride, o_off);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attn_v_avx2<A: Acc>(p: &[i32], t: usize, v: &[i16], vs: usize, vo: usize, hd: usize, out: &mut [A], os: usize, oo: usize) {
+    attn_v_body(p, t, v, vs, vo, hd, out, os, oo);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attn_v_body<A: Acc>(p: &[i32], t: usize, v: &[i16], vs: usize, vo: usize, hd: usize, out: &mut [A], os: usize, oo: usize) {
+    for i in 0..t {
+        let o = &mut out[i * os + oo..i * os + oo + hd];
+        o.iter_mut().for_each(|x| *x = A::ZERO);
+        for (j, &pj) in p[i * t..(i + 1) * t].iter().enumerate() {
+            if pj == 0 {
+                continue;
+            }
+            let pj = A::from_i32(pj);
+            let vr = &v[j * vs + vo..j * vs + vo + hd];
+            for (x, &vv) in o.iter_mut().zip(vr) {
+                *x = x.add(pj.mul(A::from_i16(vv)));
+            }
+        }
+    }
+}
+
+/// FQ-ViT's attention·V with log2 probabilities, as shift-and-add: `out[i][:] = Σ_j v[j][:]·2^(top − k_ij)`,
+/// codes `k < 0` (the zero flag) skipped. Same layout as [`attn_v`]; accumulates in `A` (i32
+/// when [`av_fits_i32`] holds for `2^top`, else i64).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_v_log2<A: Acc>(
+    codes: &[i32],
+    t: usize,
+    top: u32,
+    v: &[i16],
+    vs: usize,
+    vo: usize,
+    hd: usize,
+    out: &mut [A],
+    os: usize,
+    oo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2.
+            unsafe { log2_avx2(codes, t, top, v, vs, vo, hd, out, os, oo) };
+            return;
+        }
+    }
+    log2_body(codes, t, top, v, vs, vo, hd, out, os, oo);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn log2_avx2<A: Acc>(
+    codes: &[i32],
+    t: usize,
+    top: u32,
+    v: &[i16],
+    vs: usize,
+    vo: usize,
+    hd: usize,
+    out: &mut [A],
+    os: usize,
+    oo: usize,
+) {
+    log2_body(codes, t, top, v, vs, vo, hd, out, os, oo);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn log2_body<A: Acc>(codes: &[i32], t: usize, top: u32, v: &[i16], vs: usize, vo: usize, hd: usize, out: &mut [A], os: usize, oo: usize) {
+    for i in 0..t {
+        let o = &mut out[i * os + oo..i * os + oo + hd];
+        o.iter_mut().for_each(|x| *x = A::ZERO);
+        for (j, &k) in codes[i * t..(i + 1) * t].iter().enumerate() {
+            if k < 0 || k as u32 > top {
+                continue; // zero flag (or a code below the expansion's resolution: exactly 0 there)
+            }
+            let sh = top - k as u32;
+            let vr = &v[j * vs + vo..j * vs + vo + hd];
+            for (x, &vv) in o.iter_mut().zip(vr) {
+                *x = x.add(A::from_i16(vv).shl(sh));
+            }
+        }
+    }
+}
+
+/// Accumulator type of the attention·V kernel.
+pub trait Acc: Copy + Send + Sync + 'static {
+    /// Zero.
+    const ZERO: Self;
+    /// From a probability.
+    fn from_i32(v: i32) -> Self;
+    /// From a value.
+    fn from_i16(v: i16) -> Self;
+    /// Sum.
+    fn add(self, o: Self) -> Self;
+    /// Product.
+    fn mul(self, o: Self) -> Self;
+    /// As i64.
+    fn to_i64(self) -> i64;
+    /// Left shift.
+    fn shl(self, sh: u32) -> Self;
+}
+
+impl Acc for i32 {
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn from_i16(v: i16) -> Self {
+        i32::from(v)
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self * o
+    }
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        i64::from(self)
+    }
+    #[inline(always)]
+    fn shl(self, sh: u32) -> Self {
+        self << sh
+    }
+}
+
+impl Acc for i64 {
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        i64::from(v)
+    }
+    #[inline(always)]
+    fn from_i16(v: i16) -> Self {
+        i64::from(v)
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self * o
+    }
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        self
+    }
+    #[inline(always)]
+    fn shl(self, sh: u32) -> Self {
+        self << sh
+    }
+}
+
+/// A dyadic requantiser prepared for the 64-bit fast path: `RNE(z·m / 2^e)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requant {
+    /// The multiplier from [`Dyadic::from_ratio`].
+    pub d: Dyadic,
+}
+
+impl Requant {
+    /// Requantiser for the real ratio `s_in / s_out` (I-ViT `batch_frexp`).
+    pub fn new(ratio: f64) -> Requant {
+        Requant { d: Dyadic::from_ratio(ratio) }
+    }
+
+    /// Exactly [`Dyadic::apply`]: in i64 when `|z| < 2^31` (then `|z·m| ≤ 2^62`), else in i128.
+    #[inline(always)]
+    pub fn apply(&self, z: i64) -> i64 {
+        let Dyadic { m, e } = self.d;
+        if (1..=62).contains(&e) && z.unsigned_abs() < (1u64 << 31) {
+            let p = z * m; // |m| ≤ 2^31, |z| < 2^31: no overflow
+            let q = p >> e;
+            let r = p - (q << e); // 0 ≤ r < 2^e
+            let half = 1i64 << (e - 1);
+            q + i64::from(r > half || (r == half && q & 1 == 1))
+        } else {
+            let v = if e >= 0 {
+                shift_round(i128::from(z) * i128::from(m), e as u32, Rounding::HalfEven)
+            } else {
+                (i128::from(z) * i128::from(m)) << (-e) as u32
+            };
+            v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+        }
+    }
+}
+
+/// Dyadic requantisers for rows of per-channel (or one per-tensor) values, computed with the
+/// branch-free form of `RNE(z·m / 2^e)`: `(p + 2^(e−1) − 1 + ((p >> e) & 1)) >> e`, `p = z·m`.
+///
+/// That form equals round-half-to-even: with `p = q·2^e + r`, `0 ≤ r < 2^e`, it adds one to
+/// `q` exactly when `r > 2^(e−1)`, or `r = 2^(e−1)` and `q` is odd. It is used when every
+/// `1 ≤ e ≤ 62` and every `|z| < 2^31`; a multiplier `m = ±2^31` is replaced by `±2^30` with
+/// `e − 1` (the same ratio, so the same rounding), so `|m| < 2^31`, `|p| < 2^62` and nothing
+/// overflows. Otherwise the exact [`Requant::apply`] runs. The AVX2 kernel multiplies with
+/// `vpmuldq` (signed 32 × 32 → 64 bits, exact) and builds the arithmetic shift from logical ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requants {
+    m: Vec<i64>,
+    e: Vec<i64>,
+    /// `2^(e−1) − 1` per channel.
+    hm1: Vec<i64>,
+    each: Vec<Requant>,
+    fast: bool,
+}
+
+impl Requants {
+    /// One requantiser per channel for the ratios `s_in[c] / s_out`.
+    pub fn new(ratios: impl IntoIterator<Item = f64>) -> Requants {
+        let each: Vec<Requant> = ratios.into_iter().map(Requant::new).collect();
+        let (mut m, mut e) = (Vec::with_capacity(each.len()), Vec::with_capacity(each.len()));
+        for r in &each {
+            let (mut mm, mut ee) = (r.d.m, i64::from(r.d.e));
+            if mm.unsigned_abs() == 1 << 31 && ee >= 2 {
+                mm /= 2;
+                ee -= 1;
+            }
+            m.push(mm);
+            e.push(ee);
+        }
+        let fast = m.iter().zip(&e).all(|(m, e)| (1..=62).contains(e) && m.unsigned_abs() < 1 << 31);
+        let hm1 = e.iter().map(|&e| if (1..=62).contains(&e) { (1i64 << (e - 1)) - 1 } else { 0 }).collect();
+        Requants { m, e, hm1, each, fast }
+    }
+
+    /// Channels (row length).
+    pub fn len(&self) -> usize {
+        self.each.len()
+    }
+
+    /// Whether there are no channels.
+    pub fn is_empty(&self) -> bool {
+        self.each.is_empty()
+    }
+
+    /// The requantiser of channel `c`.
+    pub fn get(&self, c: usize) -> &Requant {
+        &self.each[c]
+    }
+
+    /// [`Requants::apply_rows`] computed element by element with [`Requant::apply`] (reference path).
+    pub fn apply_rows_plain(&self, z: &[i64], lo: i64, hi: i64, out: &mut Vec<i64>) {
+        let c = self.len();
+        assert!(c > 0 && z.len() % c == 0, "Requants::apply_rows_plain: ragged rows");
+        out.extend(z.chunks_exact(c).flat_map(|zr| zr.iter().zip(&self.each).map(|(&v, r)| r.apply(v).clamp(lo, hi))));
+    }
+
+    /// Requantise rows of `self.len()` values, clamping to `[lo, hi]`, into `out` (appended).
+    pub fn apply_rows(&self, z: &[i64], lo: i64, hi: i64, out: &mut Vec<i64>) {
+        let c = self.len();
+        assert!(c > 0 && z.len() % c == 0, "Requants::apply_rows: ragged rows");
+        let start = out.len();
+        out.resize(start + z.len(), 0);
+        let dst = &mut out[start..];
+        if self.fast {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the feature the function is compiled for.
+                    if unsafe { x86::requant_avx2(z, self, lo, hi, dst) } {
+                        return;
+                    }
+                }
+            }
+            if z.iter().fold(0u64, |a, v| a.max(v.unsigned_abs())) < (1u64 << 31) {
+                for (zr, or) in z.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
+                    for i in 0..c {
+                        or[i] = self.one(i, zr[i]).clamp(lo, hi);
+                    }
+                }
+                return;
+            }
+        }
+        for (zr, or) in z.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
+            for ((o, &v), r) in or.iter_mut().zip(zr).zip(&self.each) {
+                *o = r.apply(v).clamp(lo, hi);
+            }
+        }
+    }
+
+    /// The branch-free form for channel `i` (`self.fast` and `|z| < 2^31`).
+    #[inline(always)]
+    fn one(&self, i: usize, z: i64) -> i64 {
+        let p = z * self.m[i];
+        let sh = self.e[i];
+        (p + self.hm1[i] + ((p >> sh) & 1)) >> sh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    fn reference(x: &[i16], rows: usize, w: &[i16], n: usize) -> Vec<i64> {
+        let k = x.len() / rows;
+        let mut o = vec![0i64; rows * n];
+        for t in 0..rows {
+            for j in 0..n {
+                for i in 0..k {
+                    o[t * n + j] += i64::from(x[t * k + i]) * i64::from(w[j * k + i]);
+                }
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn gemm_matches_i64_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for &(rows, k, n, lim) in &[
+            (1, 1, 1, 127),
+            (3, 7, 5, 127),
+            (17, 96, 43, 128),
+            (9, 768, 13, 128),
+            (5, 3, 9, 32),
+            (197, 192, 10, 128),
+            (6, 64, 33, 128),
+            (7, 49, 96, 128),
+            (4, 2, 16, 128),
+            (5, 4, 32, 100),
+        ] {
+            let x: Vec<i16> = (0..rows * k).map(|_| rng.gen_range(-lim..lim) as i16).collect();
+            let w: Vec<i16> = (0..n * k).map(|_| rng.gen_range(-lim..lim) as i16).collect();
+            assert!(gemm_fits_i32(k, lim as i64, lim as i64));
+            let mut out = vec![0i32; rows * n];
+            let pw = Packed::new(&w, n, k);
+            gemm_i16(&x, rows, &pw, &mut out);
+            let r = reference(&x, rows, &w, n);
+            assert_eq!(out.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(), r, "{rows}x{k}x{n}");
+            if k % 2 == 0 {
+                for path in ["scalar", "avx2"] {
+                    let mut o = vec![0i32; rows * n];
+                    if gemm_path(path, &x, rows, &pw, &mut o).is_some() {
+                        assert_eq!(o.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(), r, "{path} {rows}x{k}x{n}");
+                    }
+                }
+            }
+            let mut wide = vec![0i64; rows * n];
+            gemm_i16_wide(&x, rows, &w, n, &mut wide);
+            assert_eq!(wide, r);
+        }
+    }
+
+    #[test]
+    fn gemm_extreme_operands_at_the_bound() {
+        // All operands -128: every product is +2^14, the sum the largest the bound allows.
+        let k = (1usize << 17) - 1;
+        assert!(gemm_fits_i32(k, 128, 128));
+        assert!(!gemm_fits_i32(k + 1, 128, 128));
+        let x = vec![-128i16; k];
+        let w = vec![-128i16; 2 * k];
+        let mut out = vec![0i32; 2];
+        gemm_i16(&x, 1, &Packed::new(&w, 2, k), &mut out);
+        assert_eq!(i64::from(out[0]), (k as i64) << 14);
+    }
+
+    #[test]
+    fn attention_kernels_match_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let (t, hd, heads) = (13, 8, 2);
+        let vs = 3 * heads * hd;
+        let v: Vec<i16> = (0..t * vs).map(|_| rng.gen_range(-128..128)).collect();
+        let p: Vec<i32> = (0..t * t).map(|_| rng.gen_range(0..=32768)).collect();
+        let codes: Vec<i32> = (0..t * t).map(|_| rng.gen_range(-1..16)).collect();
+        let os = heads * hd;
+        for h in 0..heads {
+            let vo = 2 * heads * hd + h * hd;
+            let mut o32 = vec![0i32; t * os];
+            let mut o64 = vec![0i64; t * os];
+            let mut ol = vec![0i64; t * os];
+            let mut ol32 = vec![0i32; t * os];
+            attn_v(&p, t, &v, vs, vo, hd, &mut o32, os, h * hd);
+            attn_v(&p, t, &v, vs, vo, hd, &mut o64, os, h * hd);
+            attn_v_log2(&codes, t, 15, &v, vs, vo, hd, &mut ol, os, h * hd);
+            attn_v_log2(&codes, t, 15, &v, vs, vo, hd, &mut ol32, os, h * hd);
+            assert!(ol.iter().zip(&ol32).all(|(a, b)| *a == i64::from(*b)));
+            for i in 0..t {
+                for d in 0..hd {
+                    let mut s = 0i64;
+                    let mut sl = 0i64;
+                    for j in 0..t {
+                        let vv = i64::from(v[j * vs + vo + d]);
+                        s += i64::from(p[i * t + j]) * vv;
+                        if codes[i * t + j] >= 0 {
+                            sl += vv * (1i64 << (15 - codes[i * t + j]));
+                        }
+                    }
+                    assert_eq!(i64::from(o32[i * os + h * hd + d]), s);
+                    assert_eq!(o64[i * os + h * hd + d], s);
+                    assert_eq!(ol[i * os + h * hd + d], sl);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requant_rows_at_the_edges() {
+        // m = 2^31 (mantissa rounds up), ties, the largest fast-path inputs and beyond.
+        let ratios = [1.0 - 2f64.powi(-40), 0.5, -0.75, 3.0, 2f64.powi(-30), -(1.0 - 2f64.powi(-40)), 1e-9, 0.999];
+        let r = Requants::new(ratios);
+        assert_eq!(r.get(0).d.m, 1 << 31);
+        let edge = [(1i64 << 31) - 1, -(1i64 << 31) + 1, 1, -1, 3, -3, 0, 12345];
+        for big in [false, true] {
+            let mut z: Vec<i64> = edge.iter().chain(edge.iter().rev()).copied().collect();
+            if big {
+                z[5] = 1 << 31; // forces the exact fallback for the whole call
+            }
+            let mut out = Vec::new();
+            r.apply_rows(&z, i64::MIN, i64::MAX, &mut out);
+            for (i, (&v, &o)) in z.iter().zip(&out).enumerate() {
+                assert_eq!(o, r.get(i % 8).d.apply(v) as i64, "z {v} ratio {}", ratios[i % 8]);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn requant_rows_are_dyadic_apply(zs in proptest::collection::vec(any::<i64>(), 1..80), ratios in proptest::collection::vec(1e-9f64..1e3, 1..12), shift in 0u32..40, neg in any::<bool>()) {
+            let c = ratios.len();
+            let n = zs.len() / c * c;
+            prop_assume!(n > 0);
+            let z: Vec<i64> = zs[..n].iter().map(|v| v >> shift).collect();
+            let r = Requants::new(ratios.iter().map(|x| if neg { -x } else { *x }));
+            let mut out = Vec::new();
+            r.apply_rows(&z, -1000, 1 << 40, &mut out);
+            for (i, (&v, &o)) in z.iter().zip(&out).enumerate() {
+                let want = r.get(i % c).d.apply(v).clamp(-1000, 1 << 40) as i64;
+                prop_assert_eq!(o, want, "z {} ratio {}", v, ratios[i % c]);
+            }
+        }
+
+        #[test]
+        fn requant_fast_path_is_dyadic_apply(z in any::<i64>(), ratio in 1e-9f64..1e3, neg in any::<bool>(), small in any::<bool>()) {
+            let z = if small { z % (1i64 << 31) } else { z >> 20 };
+            let r = Requant::new(if neg { -ratio } else { ratio });
+            let want = r.d.apply(z);
+            let want = want.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+            prop_assert_eq!(r.apply(z), want);
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Charts of the model-level reports: per-layer SQNR bars (the seed's Figure 1), output
+//! histograms (its Figure 2) and accuracy-cost Pareto scatters.
+
+use super::{render, Figure};
+use crate::io::IoError;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::path::{Path, PathBuf};
+
+/// One colour per series, stable across figures so a method keeps its colour everywhere.
+pub fn series_colour(i: usize) -> RGBColor {
+    const C: [RGBColor; 6] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+    ];
+    C[i % C.len()]
+}
+
+fn range_of(v: impl Iterator<Item = f64>, include_zero: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = v.filter(|x| x.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    if !lo.is_finite() {
+        return (-1.0, 1.0);
+    }
+    if include_zero {
+        lo = lo.min(0.0);
+        hi = hi.max(0.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(1e-6);
+    (lo - pad, hi + pad)
+}
+
+/// Per-layer SQNR figure: bars of SQNR diff per layer and method (top), lines of output ASQNR (bottom).
+pub struct SqnrBars<'a> {
+    /// Title of the figure.
+    pub title: &'a str,
+    /// Layer labels on the x axis, in execution order.
+    pub layers: &'a [String],
+    /// Method (series) names.
+    pub methods: &'a [String],
+    /// `diff[m][l]`: SQNR diff of method m at layer l (None where the method does not apply).
+    pub diff: &'a [Vec<Option<f64>>],
+    /// `out[m][l]`: output ASQNR of method m at layer l.
+    pub out: &'a [Vec<Option<f64>>],
+    /// Unit of the SQNR axis, e.g. "dB (20·log10)".
+    pub unit: &'a str,
+}
+
+impl Figure for SqnrBars<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let root = root.titled(self.title, ("sans-serif", 22)).map_err(|x| e(&x))?;
+        let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 55 / 100);
+        let nl = self.layers.len().max(1);
+        let nm = self.methods.len().max(1);
+        let (lo, hi) = range_of(self.diff.iter().flatten().flatten().cloned(), true);
+        let mut c = ChartBuilder::on(&top)
+            .margin(10)
+            .x_label_area_size(20)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..nl as f64, lo..hi)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc(format!("SQNR diff, {}", self.unit)).draw().map_err(|x| e(&x))?;
+        let w = 0.8 / nm as f64;
+        for (m, name) in self.methods.iter().enumerate() {
+            let col = series_colour(m);
+            let bars: Vec<_> = self.diff[m]
+                .iter()
+                .enumerate()
+                .filter_map(|(l, v)| v.filter(|v| v.is_finite()).map(|v| (l, v)))
+                .map(|(l, v)| {
+                    let x0 = l as f64 + 0.1 + w * m as f64;
+                    Rectangle::new([(x0, 0.0), (x0 + w, v)], col.filled())
+                })
+                .collect();
+            c.draw_series(bars)
+                .map_err(|x| e(&x))?
+                .label(name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
+        }
+        c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+
+        let (lo, hi) = range_of(self.out.iter().flatten().flatten().cloned(), false);
+        let mut c = ChartBuilder::on(&bottom)
+            .margin(10)
+            .x_label_area_size(70)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..nl as f64, lo..hi)
+            .map_err(|x| e(&x))?;
+        let layers = self.layers;
+        let fmt = move |x: &f64| {
+            let i = (x - 0.5).round();
+            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < layers.len() {
+                layers[i as usize].clone()
+            } else {
+                String::new()
+            }
+        };
+        c.configure_mesh()
+            .x_labels(4 * nl + 1)
+            .x_label_formatter(&fmt)
+            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
+            .y_desc(format!("output ASQNR, {}", self.unit))
+            .draw()
+            .map_err(|x| e(&x))?;
+        for (m, name) in self.methods.iter().enumerate() {
+            let col = series_colour(m);
+            let pts: Vec<(f64, f64)> =
+                self.out[m].iter().enumerate().filter_map(|(l, v)| v.filter(|v| v.is_finite()).map(|v| (l as f64 + 0.5, v))).collect();
+            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, col.filled()))).map_err(|x| e(&x))?;
+            c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+                .map_err(|x| e(&x))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], col.stroke_width(2)));
+        }
+        c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        Ok(())
+    }
+}
+
+/// Draw [`SqnrBars`] as `<stem>.svg` and `<stem>.png`.
+pub fn sqnr_bars(stem: &Path, fig: &SqnrBars) -> Result<Vec<PathBuf>, IoError> {
+    let w = (260 + 26 * fig.layers.len() as u32).max(800);
+    render(stem, (w, 640), fig)
+}
+
+/// Overlaid histograms of one layer's output: the float model against each quantised model.
+pub struct OutputHistograms<'a> {
+    /// Title of the figure.
+    pub title: &'a str,
+    /// (series name, values); the first series is drawn as the float reference.
+    pub series: &'a [(String, Vec<f64>)],
+}
+
+impl Figure for OutputHistograms<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let (lo, hi) = range_of(self.series.iter().flat_map(|s| s.1.iter().cloned()), false);
+        let nb = 80usize;
+        let w = (hi - lo) / nb as f64;
+        let hists: Vec<Vec<f64>> = self
+            .series
+            .iter()
+            .map(|(_, v)| {
+                let mut h = vec![0f64; nb];
+                for &x in v.iter().filter(|x| x.is_finite()) {
+                    h[(((x - lo) / w) as usize).min(nb - 1)] += 1.0;
+                }
+                let n = v.len().max(1) as f64;
+                h.iter().map(|c| c / n).collect()
+            })
+            .collect();
+        let top = hists.iter().flatten().cloned().fold(0.0, f64::max).max(1e-9) * 1.08;
+        let mut c = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(lo..hi, 0f64..top)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh().x_desc("layer output value").y_desc("fraction of elements").draw().map_err(|x| e(&x))?;
+        for (i, ((name, _), h)) in self.series.iter().zip(&hists).enumerate() {
+            let col = if i == 0 { BLACK } else { series_colour(i - 1) };
+            let mut pts = Vec::with_capacity(2 * nb + 2);
+            pts.push((lo, 0.0));
+            for (b, &v) in h.iter().enumerate() {
+                pts.push((lo + w * b as f64, v));
+                pts.push((lo + w * (b + 1) as f64, v));
+            }
+            pts.push((hi, 0.0));
+            let width = if i == 0 { 3 } else { 1 };
+            c.draw_series(LineSeries::new(pts, col.stroke_width(width)))
+                .map_err(|x| e(&x))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], col.stroke_width(width)));
+        }
+        c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        Ok(())
+    }
+}
+
+/// Draw [`OutputHistograms`] as `<stem>.svg` and `<stem>.png`.
+pub fn output_histograms(stem: &Path, fig: &OutputHistograms) -> Result<Vec<PathBuf>, IoError> {
+    render(stem, (760, 480), fig)
+}
+
+/// One point of a Pareto scatter.
+#[derive(Debug, Clone)]
+pub struct ScatterPoint {
+    /// Cost axis value (area, latency).
+    pub x: f64,
+    /// Quality axis value (accuracy, SQNR).
+    pub y: f64,
+    /// Whether the point is on the Pareto front (drawn large and joined by a step line).
+    pub pareto: bool,
+    /// Short label drawn beside Pareto points (empty for none).
+    pub label: String,
+}
+
+/// Quality against cost, Pareto points highlighted and joined.
+pub struct ParetoScatter<'a> {
+    /// Title of the figure.
+    pub title: &'a str,
+    /// x axis description.
+    pub x_desc: &'a str,
+    /// y axis description.
+    pub y_desc: &'a str,
+    /// The points.
+    pub points: &'a [ScatterPoint],
+}
+
+impl Figure for ParetoScatter<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let (xl, xh) = range_of(self.points.iter().map(|p| p.x), false);
+        let (yl, yh) = range_of(self.points.iter().map(|p| p.y), false);
+        let mut c = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(xl..xh, yl..yh)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh().x_desc(self.x_desc).y_desc(self.y_desc).draw().map_err(|x| e(&x))?;
+        c.draw_series(self.points.iter().filter(|p| !p.pareto).map(|p| Circle::new((p.x, p.y), 3, RGBColor(150, 150, 150).filled())))
+            .map_err(|x| e(&x))?
+            .label("dominated")
+            .legend(|(x, y)| Circle::new((x + 5, y), 3, RGBColor(150, 150, 150).filled()));
+        let mut front: Vec<&ScatterPoint> = self.points.iter().filter(|p| p.pareto).collect();
+        front.sort_by(|a, b| a.x.total_cmp(&b.x));
+        let mut steps = Vec::new();
+        for (i, p) in front.iter().enumerate() {
+            if i > 0 {
+                steps.push((p.x, front[i - 1].y));
+            }
+            steps.push((p.x, p.y));
+        }
+        c.draw_series(LineSeries::new(steps, RED.stroke_width(1))).map_err(|x| e(&x))?;
+        c.draw_series(front.iter().map(|p| Circle::new((p.x, p.y), 5, RED.filled())))
+            .map_err(|x| e(&x))?
+            .label("Pareto front")
+            .legend(|(x, y)| Circle::new((x + 5, y), 5, RED.filled()));
+        c.draw_series(front.iter().filter(|p| !p.label.is_empty()).map(|p| {
+            Text::new(p.label.clone(), (p.x, p.y), ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Bottom)))
+        }))
+        .map_err(|x| e(&x))?;
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|x| e(&x))?;
+        Ok(())
+    }
+}
+
+/// Draw [`ParetoScatter`] as `<stem>.svg` and `<stem>.png`.
+pub fn pareto_scatter(stem: &Path, fig: &ParetoScatter) -> Result<Vec<PathBuf>, IoError> {
+    render(stem, (760, 520), fig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_render_to_svg_and_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers: Vec<String> = (0..5).map(|i| format!("{i}.softmax")).collect();
+        let methods = vec!["ibert".to_string(), "ivit".to_string()];
+        let diff = vec![vec![Some(1.0), Some(-2.0), None, Some(0.5), Some(3.0)], vec![Some(0.2); 5]];
+        let out = vec![vec![Some(20.0), Some(22.0), None, Some(18.0), Some(25.0)], vec![Some(21.0); 5]];
+        let f = SqnrBars { title: "t", layers: &layers, methods: &methods, diff: &diff, out: &out, unit: "dB" };
+        let p = sqnr_bars(&dir.path().join("bars"), &f).unwrap();
+        assert!(p.iter().all(|p| std::fs::metadata(p).unwrap().len() > 1000));
+        let s = vec![("float".to_string(), vec![0.0, 0.1, 0.2, 0.9]), ("ivit".to_string(), vec![0.0, 0.0, 0.25, 1.0])];
+        let p = output_histograms(&dir.path().join("h"), &OutputHistograms { title: "h", series: &s }).unwrap();
+        assert_eq!(p.len(), 2);
+        let pts = vec![
+            ScatterPoint { x: 1.0, y: 1.0, pareto: true, label: "a".into() },
+            ScatterPoint { x: 2.0, y: 0.5, pareto: false, label: String::new() },
+            ScatterPoint { x: 3.0, y: 2.0, pareto: true, label: "b".into() },
+        ];
+        let p = pareto_scatter(&dir.path().join("p"), &ParetoScatter { title: "p", x_desc: "x", y_desc: "y", points: &pts }).unwrap();
+        let svg = std::fs::read_to_string(&p[0]).unwrap();
+        assert!(svg.contains("Pareto front"));
+    }
+}

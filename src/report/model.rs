@@ -1,0 +1,978 @@
+//! `mnq run`, the main job: layer-wise sensitivity of a model to the three methods, the decision
+//! rules, the cost-aware Pareto fronts, end-to-end accuracy of every assignment, and the report
+//! folder (`reports/<model>/`) with tables, figures, assignments, Verilog and `index.md`.
+//!
+//! Everything is first written into a temporary sibling folder and renamed into place only when
+//! every step succeeded, so an error leaves nothing partial behind.
+
+use super::charts::{self, OutputHistograms, ParetoScatter, ScatterPoint, SqnrBars};
+use crate::io::{write_atomic, IoError};
+use crate::model::manifest::{unit_for, OrderedLayers};
+use crate::model::{
+    self, calibrate, evaluate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig,
+};
+use crate::sensitivity::asqnr::{Asqnr, AsqnrError, Convention};
+use crate::sensitivity::assign::{self, AssignError, Axis, Budget, Choice, Problem, Sense, Solution};
+use crate::sensitivity::table::{Cell, Criterion, LayerInfo, Table, TableError, TableLayer};
+use crate::units::{Method, Op, Preset};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use thiserror::Error;
+
+/// The three methods of the seed, in report order.
+pub const METHODS: [Method; 3] = [Method::IBert, Method::FqVit, Method::IVit];
+
+/// Why `mnq run` stopped.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// Model loading, calibration or a forward pass failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// ASQNR accumulation failed.
+    #[error(transparent)]
+    Asqnr(#[from] AsqnrError),
+    /// The sensitivity table was refused.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The assignment optimiser refused the problem or the budget.
+    #[error(transparent)]
+    Assign(#[from] AssignError),
+    /// Writing a file or a figure failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Bad options or inputs, with the way out.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Options of the main job.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Model directory.
+    pub model_dir: PathBuf,
+    /// Evaluation images (`.npy`, uint8 [N,H,W]).
+    pub eval_images: PathBuf,
+    /// Evaluation labels (`.npy`).
+    pub eval_labels: PathBuf,
+    /// Calibration images (train split); also the sensitivity images.
+    pub calib_images: PathBuf,
+    /// Images for the sensitivity analysis (first N of the calibration split).
+    pub sens_images: usize,
+    /// Limit on the evaluation images (None = all).
+    pub images: Option<usize>,
+    /// Activation (and weight) widths.
+    pub bits: Vec<u32>,
+    /// Architecture model of the cost-aware part.
+    pub arch: assign::Arch,
+    /// Area budget (NAND2-eq; needs the cost table).
+    pub area_budget: Option<f64>,
+    /// Latency budget (cycles per image over the costed layers).
+    pub latency_budget: Option<u64>,
+    /// Decibel convention.
+    pub convention: Convention,
+    /// Most Pareto points evaluated end to end per front.
+    pub max_pareto_eval: usize,
+    /// Cost table written by `mnq cost` (used when present).
+    pub cost_table: PathBuf,
+    /// RTL manifest with the cycle-model formulas (`rtl/manifest.json`).
+    pub rtl_manifest: PathBuf,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+// ---------------------------------------------------------------- costs
+
+/// Cost of one unit configuration as the run uses it: area per instance when known, and the
+/// cycle formulas of the single-lane configuration.
+#[derive(Debug, Clone)]
+struct UnitCost {
+    area: Option<f64>,
+    latency: String,
+    row_period: String,
+}
+
+/// Where the costs came from and what they are, per (unit, bits).
+#[derive(Debug, Clone, Default)]
+struct Costs {
+    units: BTreeMap<(String, u32), UnitCost>,
+    area_source: Option<String>,
+    notes: Vec<String>,
+}
+
+/// Evaluate a manifest cycle formula (`2*ceil(N/LANES) + 36`, `33`, `ceil(N/LANES)`) at row length `n`.
+fn formula(f: &str, n: u64, lanes: u64) -> Option<u64> {
+    let mut total = 0u64;
+    for term in f.split('+') {
+        let t = term.trim();
+        let (k, rest) = match t.split_once('*') {
+            Some((k, r)) => (k.trim().parse::<u64>().ok()?, r.trim()),
+            None => (1, t),
+        };
+        let v = if rest == "ceil(N/LANES)" {
+            n.div_ceil(lanes)
+        } else if rest == "N" {
+            n
+        } else {
+            rest.parse::<u64>().ok()?
+        };
+        total += k * v;
+    }
+    Some(total)
+}
+
+impl Costs {
+    fn load(rtl_manifest: &Path, cost_table: &Path) -> Result<Costs, RunError> {
+        let mut c = Costs::default();
+        let text = std::fs::read_to_string(rtl_manifest).map_err(|e| {
+            RunError::Input(format!("{}: {e}; run from the repository root or regenerate it with `mnq rtl`", rtl_manifest.display()))
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| RunError::Input(format!("{}: not an RTL manifest ({e}); regenerate it with `mnq rtl`", rtl_manifest.display())))?;
+        for e in v.as_array().into_iter().flatten() {
+            if e["lanes"].as_u64() != Some(1) {
+                continue;
+            }
+            let (Some(unit), Some(bits), Some(lat), Some(rp)) =
+                (e["unit"].as_str(), e["bits"].as_u64(), e["latency_cycles"].as_str(), e["row_period_cycles"].as_str())
+            else {
+                continue;
+            };
+            c.units.insert((unit.to_string(), bits as u32), UnitCost { area: None, latency: lat.to_string(), row_period: rp.to_string() });
+        }
+        c.notes.push(format!(
+            "latency: cycle-model formulas of the single-lane configurations in {} (layer cycles per image = latency(N) + rows × row_period(N), N = row length)",
+            rtl_manifest.display()
+        ));
+        match std::fs::read_to_string(cost_table) {
+            Ok(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
+                    RunError::Input(format!("{}: not valid JSON ({e}); regenerate it with `mnq cost`", cost_table.display()))
+                })?;
+                let mut found = 0;
+                for r in v["rows"].as_array().into_iter().flatten() {
+                    if r["lanes"].as_u64() != Some(1) {
+                        continue;
+                    }
+                    let (Some(unit), Some(bits)) = (r["unit"].as_str(), r["bits"].as_u64()) else { continue };
+                    // `asic` is an outcome: the figures sit under its success variant.
+                    let asic = &r["asic"];
+                    let nand = ["Ok", "ok"].iter().map(|k| &asic[k]["nand2_eq"]).find_map(|x| x.as_f64()).or(asic["nand2_eq"].as_f64());
+                    if let (Some(a), Some(uc)) = (nand, c.units.get_mut(&(unit.to_string(), bits as u32))) {
+                        uc.area = Some(a);
+                        found += 1;
+                    }
+                }
+                c.area_source = Some(format!("{} (yosys NAND2-equivalents, {found} configurations)", cost_table.display()));
+            }
+            Err(_) => c.notes.push(format!(
+                "area: no cost table at {} (`mnq cost` writes it), so no area is known and the area-aware part is skipped",
+                cost_table.display()
+            )),
+        }
+        Ok(c)
+    }
+
+    fn get(&self, unit: &str, bits: u32) -> Option<&UnitCost> {
+        self.units.get(&(unit.to_string(), bits))
+    }
+
+    /// Cycles of one image's rows of a layer on `unit`, when the unit has hardware.
+    fn layer_latency(&self, unit: &str, bits: u32, rows: usize, row_len: usize) -> Option<u64> {
+        let c = self.get(unit, bits)?;
+        let n = row_len as u64;
+        Some(formula(&c.latency, n, 1)? + rows as u64 * formula(&c.row_period, n, 1)?)
+    }
+
+    fn area(&self, unit: &str, bits: u32) -> Option<f64> {
+        self.get(unit, bits).and_then(|c| c.area)
+    }
+}
+
+// ---------------------------------------------------------------- sensitivity
+
+/// Float and one single-method integer model over the sensitivity images: ASQNR of every
+/// layer's input and output, plus the outputs of the first images for the histograms.
+struct Sens {
+    input: Vec<Asqnr>,
+    output: Vec<Asqnr>,
+    /// `samples[layer]` = (float outputs, quantised outputs) of the first images.
+    samples: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+const HIST_IMAGES: usize = 4;
+const CHUNK: usize = 16;
+
+fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &ProgressBar) -> Result<Sens, RunError> {
+    let nl = model.layers.len();
+    let mut s = Sens {
+        input: model.layers.iter().map(|l| Asqnr::new(format!("{} input", l.name))).collect(),
+        output: model.layers.iter().map(|l| Asqnr::new(format!("{} output", l.name))).collect(),
+        samples: vec![(Vec::new(), Vec::new()); nl],
+    };
+    type Taps = Vec<[Vec<f64>; 4]>;
+    let mut start = 0;
+    while start < images.len() {
+        let end = (start + CHUNK).min(images.len());
+        // Parallel over a chunk, then fed in image order so the result does not depend on threads.
+        let chunk: Vec<Taps> = (start..end)
+            .into_par_iter()
+            .map(|i| -> Result<Taps, ModelError> {
+                let mut taps: Taps = Vec::with_capacity(nl);
+                forward_pair::<f64>(model, qm, &images.image(i), &mut |a, b| {
+                    taps.push([a.input.to_vec(), b.input.to_vec(), a.output.to_vec(), b.output.to_vec()]);
+                })?;
+                bar.inc(1);
+                Ok(taps)
+            })
+            .collect::<Result<_, _>>()?;
+        for (k, taps) in chunk.into_iter().enumerate() {
+            for (l, [fi, qi, fo, qo]) in taps.into_iter().enumerate() {
+                s.input[l].push(&fi, &qi)?;
+                s.output[l].push(&fo, &qo)?;
+                if start + k < HIST_IMAGES {
+                    s.samples[l].0.extend(fo);
+                    s.samples[l].1.extend(qo);
+                }
+            }
+        }
+        start = end;
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------- results
+
+/// End-to-end figures of one assignment at one width.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Accuracy {
+    name: String,
+    kind: String,
+    top1: Option<f64>,
+    agreement: f64,
+    logits_asqnr_db: Option<f64>,
+    assignment: BTreeMap<String, String>,
+}
+
+fn bar(progress: bool, n: u64, msg: String) -> ProgressBar {
+    let b = if progress { ProgressBar::new(n) } else { ProgressBar::hidden() };
+    b.set_style(
+        ProgressStyle::with_template("{msg:48} [{bar:30}] {pos}/{len} {elapsed}/{eta}").expect("valid template").progress_chars("=> "),
+    );
+    b.set_message(msg);
+    b
+}
+
+fn to_model_assignment(model: &str, bits: u32, a: &assign::Assignment) -> Assignment {
+    Assignment { format: 1, model: model.to_string(), bits, layers: OrderedLayers(a.0.clone()) }
+}
+
+fn fmt_opt(v: Option<f64>, p: usize) -> String {
+    v.map_or("—".into(), |v| format!("{v:.p$}"))
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{:.2} %", 100.0 * v))
+}
+
+/// What `mnq run` measured, for the caller to print.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Files written (relative to the folder).
+    pub files: Vec<String>,
+    /// One line per result worth printing.
+    pub lines: Vec<String>,
+}
+
+/// Run the main job; see the module documentation.
+pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
+    let t0 = Instant::now();
+    if o.bits.is_empty() {
+        return Err(RunError::Input("--bits is empty; give e.g. --bits 8,6".into()));
+    }
+    for &b in &o.bits {
+        if !model::quant::SUPPORTED_BITS.contains(&b) {
+            return Err(RunError::Input(format!("--bits {b} is not supported by the integer forward (4..=8)")));
+        }
+    }
+    if o.sens_images == 0 || o.images == Some(0) {
+        return Err(RunError::Input("--sens-images and --images must be at least 1".into()));
+    }
+    if let Some(a) = o.area_budget {
+        if !(a.is_finite() && a >= 0.0) {
+            return Err(RunError::Input(format!("--area-budget {a} must be a non-negative number")));
+        }
+    }
+    let model = Model::load(&o.model_dir)?;
+    let m = &model.manifest;
+    let name = m.name.clone();
+    let costs = Costs::load(&o.rtl_manifest, &o.cost_table)?;
+    if o.area_budget.is_some() && costs.area_source.is_none() {
+        return Err(RunError::Input(format!(
+            "--area-budget needs unit areas, but there is no cost table at {}; run `mnq cost` first or drop --area-budget",
+            o.cost_table.display()
+        )));
+    }
+    let mut eval = Images::load_npy(&o.eval_images, m)?.with_labels(&o.eval_labels, m.num_classes)?;
+    if let Some(n) = o.images {
+        eval.truncate(n);
+    }
+    let calib = Images::load_npy(&o.calib_images, m)?;
+    let mut sens_imgs = calib.clone();
+    sens_imgs.truncate(o.sens_images);
+
+    let layers = model.layers.clone();
+    let mut results = serde_json::Map::new();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let tmp = o.out.with_file_name(format!(".{}.tmp-{}", o.out.file_name().and_then(|s| s.to_str()).unwrap_or("out"), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| RunError::Input(format!("{}: cannot clear ({e})", tmp.display())))?;
+    }
+    let result = (|| -> Result<RunSummary, RunError> {
+        std::fs::create_dir_all(&tmp).map_err(|e| RunError::Input(format!("{}: cannot create ({e})", tmp.display())))?;
+        let mut lines = Vec::new();
+        let mut index = String::new();
+        let mut per_bits = Vec::new();
+        let calibrated = m.quant.is_none();
+        let mut float_top1 = None;
+        for &bits in &o.bits {
+            // Scales: the manifest's, or calibrated here on the calibration split.
+            let section = match &m.quant {
+                Some(q) => q.clone(),
+                None => {
+                    let b = bar(o.progress, 2 * calib.len() as u64, format!("{bits}-bit: calibrating on {} images", calib.len()));
+                    let c = calibrate(&model, &calib, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| b.inc(1))?;
+                    b.finish();
+                    c
+                }
+            };
+            let scales = ActScales::from_section(&section, bits);
+            let build = |units: Vec<model::LayerUnit>| {
+                IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units })
+            };
+            // 1. Sensitivity of each single-method model.
+            let mut sens = Vec::new();
+            for meth in METHODS {
+                let a = Assignment::single(&layers, &name, bits, meth);
+                let qm = build(a.resolve(&layers, "single")?)?;
+                let b = bar(o.progress, sens_imgs.len() as u64, format!("{bits}-bit: sensitivity, {} model", meth.name()));
+                sens.push(sensitivity(&model, &qm, &sens_imgs, &b)?);
+                b.finish();
+            }
+            // 2. Table with cost columns (0 in the table where unknown; the report marks them).
+            let mut tl = Vec::new();
+            for l in &layers {
+                let mut cells = Vec::new();
+                for (k, meth) in METHODS.iter().enumerate() {
+                    // The float fallback (FQ-ViT GELU) is measured in its single-method model but is
+                    // not an integer unit, so no rule or optimiser may choose it.
+                    if !unit_for(l.op, *meth).is_integer() {
+                        continue;
+                    }
+                    let u = unit_for(l.op, *meth).name().to_string();
+                    let lat = costs.layer_latency(&u, bits, l.rows, l.row_len).unwrap_or(0);
+                    let area = costs.area(&u, bits).unwrap_or(0.0);
+                    cells.push(Cell::from_taps(u, &sens[k].input[l.index], &sens[k].output[l.index], o.convention, area, lat)?);
+                }
+                tl.push(TableLayer {
+                    info: LayerInfo { name: l.name.clone(), op: l.op, index: l.index, row_len: l.row_len, rows_per_image: l.rows },
+                    cells,
+                });
+            }
+            let table = Table::new(o.convention, if costs.area_source.is_some() { "NAND2-eq" } else { "unknown" }, tl)?;
+            let (tmd, tcsv) = table_text(&table, &costs, bits);
+            files.push((format!("sensitivity_{bits}b.md"), tmd.into_bytes()));
+            files.push((format!("sensitivity_{bits}b.csv"), tcsv.into_bytes()));
+            files.push((format!("sensitivity_{bits}b.json"), table.to_json().into_bytes()));
+            // Figure 1.
+            let labels: Vec<String> = layers.iter().map(|l| l.label()).collect();
+            let mnames: Vec<String> = METHODS.iter().map(|m| m.name().to_string()).collect();
+            let diff: Vec<Vec<Option<f64>>> = METHODS
+                .iter()
+                .map(|m| {
+                    table
+                        .layers
+                        .iter()
+                        .map(|l| l.cells.iter().find(|c| c.unit == unit_for(l.info.op, *m).name()).map(|c| c.sqnr_diff_db))
+                        .collect()
+                })
+                .collect();
+            let outv: Vec<Vec<Option<f64>>> = METHODS
+                .iter()
+                .map(|m| {
+                    table
+                        .layers
+                        .iter()
+                        .map(|l| l.cells.iter().find(|c| c.unit == unit_for(l.info.op, *m).name()).map(|c| c.asqnr_out_db))
+                        .collect()
+                })
+                .collect();
+            let title = format!("{name}, {bits}-bit: SQNR diff (bars) and output ASQNR (lines) per layer (FQ-ViT has no integer GELU)");
+            let unit_desc = format!("dB ({})", o.convention);
+            charts::sqnr_bars(
+                &tmp.join(format!("sqnr_{bits}b")),
+                &SqnrBars { title: &title, layers: &labels, methods: &mnames, diff: &diff, out: &outv, unit: &unit_desc },
+            )?;
+            // Figure 2: layers where the methods' output ASQNR spreads most.
+            let mut spread: Vec<(usize, f64)> = table
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let v: Vec<f64> = l.cells.iter().map(|c| c.asqnr_out_db).collect();
+                    (i, v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min))
+                })
+                .collect();
+            spread.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let mut hist_layers = Vec::new();
+            for &(i, sp) in spread.iter().take(3) {
+                let l = &layers[i];
+                let mut series = vec![("float".to_string(), sens[0].samples[i].0.clone())];
+                for (k, meth) in METHODS.iter().enumerate() {
+                    series.push((unit_for(l.op, *meth).name().to_string(), sens[k].samples[i].1.clone()));
+                }
+                let t = format!("{name}, {bits}-bit: output of {} ({}), first {HIST_IMAGES} images", l.name, l.label());
+                let stem = format!("hist_{bits}b_{}", l.label().replace('.', "_"));
+                charts::output_histograms(&tmp.join(&stem), &OutputHistograms { title: &t, series: &series })?;
+                hist_layers.push(json!({"layer": l.name, "label": l.label(), "spread_db": sp, "figure": stem}));
+            }
+            // 3. Rules.
+            let mut rules = Vec::new();
+            for c in Criterion::ALL {
+                let a = table.rule(c);
+                let ma = to_model_assignment(&name, bits, &a);
+                ma.resolve(&layers, c.name())?; // every rule's assignment is valid for the model
+                let mut s = serde_json::to_string_pretty(&ma).expect("serialises");
+                s.push('\n');
+                files.push((format!("assignment_{}_{bits}b.json", c.name()), s.into_bytes()));
+                rules.push((c, a));
+            }
+            // 4. Cost-aware part: layers and candidates with known cost only.
+            let chosen = rules[0].1.clone();
+            let (problem, skipped) = cost_problem(&table, &costs, bits, Criterion::SqnrDiff);
+            let mut fronts = serde_json::Map::new();
+            let mut pareto_assign: Vec<(String, assign::Assignment, Solution)> = Vec::new();
+            let mut budget_solution = None;
+            let have_area = costs.area_source.is_some();
+            if let Some(p) = &problem {
+                let budget = Budget { area: o.area_budget, latency: o.latency_budget };
+                if budget.area.is_some() || budget.latency.is_some() {
+                    let sol = assign::optimise(p, o.arch, &budget)?;
+                    budget_solution = Some(sol.clone());
+                    pareto_assign.push(("budget".into(), complete(&chosen, &sol.assignment), sol));
+                }
+                let mut axes = vec![Axis::Latency];
+                if have_area {
+                    axes.insert(0, Axis::Area);
+                }
+                for axis in axes {
+                    let ax = if axis == Axis::Area { "area" } else { "latency" };
+                    let front = assign::pareto(p, o.arch, axis, &Budget::none())?;
+                    files.push((format!("pareto_{ax}_{bits}b.csv"), assign::solutions_csv(p, &front).into_bytes()));
+                    files.push((format!("pareto_{ax}_{bits}b.md"), assign::solutions_markdown(p, &front).into_bytes()));
+                    // Evaluate at most `max_pareto_eval`, spread evenly over the front.
+                    let n = front.len();
+                    let k = o.max_pareto_eval.min(n);
+                    let picks: Vec<usize> = if k == 0 {
+                        vec![]
+                    } else if k == n {
+                        (0..n).collect()
+                    } else {
+                        let mut v: Vec<usize> = (0..k).map(|i| i * (n - 1) / (k - 1).max(1)).collect();
+                        v.dedup();
+                        v
+                    };
+                    for &i in &picks {
+                        pareto_assign.push((format!("pareto_{ax}_{i}"), complete(&chosen, &front[i].assignment), front[i].clone()));
+                    }
+                    fronts.insert(ax.into(), json!({"points": front, "evaluated": picks, "total": n, "capped": k < n}));
+                }
+            }
+            // 5. End-to-end accuracy.
+            let mut to_eval: Vec<(String, String, assign::Assignment)> = Vec::new();
+            for meth in METHODS {
+                let a = Assignment::single(&layers, &name, bits, meth);
+                to_eval.push((format!("single_{}", meth.name()), "single".into(), assign::Assignment(a.layers.0)));
+            }
+            for (c, a) in &rules {
+                to_eval.push((format!("rule_{}", c.name()), "rule".into(), a.clone()));
+            }
+            for (n, a, _) in &pareto_assign {
+                to_eval.push((n.clone(), "pareto".into(), a.clone()));
+            }
+            let mut acc: Vec<Accuracy> = Vec::new();
+            let mut cache: BTreeMap<Vec<(String, String)>, Accuracy> = BTreeMap::new();
+            for (n, kind, a) in &to_eval {
+                let r = if let Some(r) = cache.get(&a.0) {
+                    r.clone()
+                } else {
+                    let ma = to_model_assignment(&name, bits, a);
+                    let qm = build(ma.resolve(&layers, n)?)?;
+                    let b = bar(o.progress, eval.len() as u64, format!("{bits}-bit: accuracy, {n}"));
+                    let rep = evaluate::<f32>(&model, &qm, &eval, &|| b.inc(1))?;
+                    b.finish();
+                    if float_top1.is_none() {
+                        float_top1 = rep.float_top1;
+                    }
+                    let r = Accuracy {
+                        name: n.clone(),
+                        kind: kind.clone(),
+                        top1: rep.int_top1,
+                        agreement: rep.agreement,
+                        logits_asqnr_db: rep.logits_asqnr_db,
+                        assignment: a.0.iter().cloned().collect(),
+                    };
+                    cache.insert(a.0.clone(), r.clone());
+                    r
+                };
+                acc.push(Accuracy { name: n.clone(), kind: kind.clone(), ..r });
+            }
+            // Pareto plots: accuracy against cost of the evaluated points, criterion against cost of all.
+            for (ax, key) in [("area", Axis::Area), ("latency", Axis::Latency)] {
+                let Some(f) = fronts.get(ax) else { continue };
+                let pts: Vec<Solution> = serde_json::from_value(f["points"].clone()).expect("front serialises");
+                let cost = |s: &Solution| if key == Axis::Area { s.area } else { s.latency as f64 };
+                let sp: Vec<ScatterPoint> = pts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| ScatterPoint { x: cost(s), y: s.criterion, pareto: true, label: format!("{i}") })
+                    .collect();
+                let xd = if key == Axis::Area {
+                    "area of the costed units (NAND2-eq)".to_string()
+                } else {
+                    "cycles per image over the costed layers".to_string()
+                };
+                let t = format!("{name}, {bits}-bit: Σ SQNR diff against {ax} ({} model)", o.arch);
+                charts::pareto_scatter(
+                    &tmp.join(format!("pareto_criterion_{ax}_{bits}b")),
+                    &ParetoScatter { title: &t, x_desc: &xd, y_desc: "Σ SQNR diff (dB, lower is better)", points: &sp },
+                )?;
+                let ap: Vec<ScatterPoint> = acc
+                    .iter()
+                    .filter(|a| a.name.starts_with(&format!("pareto_{ax}_")))
+                    .filter_map(|a| {
+                        let i: usize = a.name.rsplit('_').next()?.parse().ok()?;
+                        Some(ScatterPoint { x: cost(&pts[i]), y: 100.0 * a.top1.unwrap_or(0.0), pareto: true, label: format!("{i}") })
+                    })
+                    .collect();
+                let t = format!("{name}, {bits}-bit: top-1 of evaluated Pareto points against {ax}");
+                charts::pareto_scatter(
+                    &tmp.join(format!("pareto_accuracy_{ax}_{bits}b")),
+                    &ParetoScatter { title: &t, x_desc: &xd, y_desc: "top-1 (%)", points: &ap },
+                )?;
+            }
+            // Verilog of the unit set the SQNR-diff rule's assignment needs.
+            let mut hw = Vec::new();
+            let mut no_hw = Vec::new();
+            for (u, _) in chosen.counts() {
+                if crate::hdl::RTL_UNITS.contains(&u.as_str()) {
+                    let cfg = crate::hdl::RtlConfig::new(&u, bits, 1).map_err(|e| RunError::Input(format!("{u} at {bits} bits: {e}")))?;
+                    files.push((format!("verilog_{bits}b/{}.v", cfg.name()), crate::hdl::verilog(&cfg).into_bytes()));
+                    hw.push(cfg.name());
+                } else {
+                    no_hw.push(u);
+                }
+            }
+            for (c, a) in &rules {
+                let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
+                lines.push(format!(
+                    "{bits}-bit rule {:<14} top-1 {}  agreement {}  ({:?})",
+                    c.name(),
+                    pct(r.top1),
+                    pct(Some(r.agreement)),
+                    a.counts()
+                ));
+            }
+            for r in acc.iter().filter(|a| a.kind == "single") {
+                lines.push(format!("{bits}-bit {:<20} top-1 {}  agreement {}", r.name, pct(r.top1), pct(Some(r.agreement))));
+            }
+            per_bits.push((bits, table, rules, acc, fronts, budget_solution, hw, no_hw, hist_layers, skipped, problem.is_some()));
+        }
+        // Tables 2, 3, 4 and the index.
+        let ft = float_top1;
+        let mut t2 = String::from("# Table 2: decision rule against accuracy\n\n| bits | rule | top-1 | agreement with float | logits ASQNR (dB) |\n|---:|---|---:|---:|---:|\n");
+        let mut t3 = String::from("# Table 3: layers of each op per method, by rule\n\n| bits | rule | op | ibert | fqvit | ivit |\n|---:|---|---|---:|---:|---:|\n");
+        let mut t4 = String::from(
+            "# Table 4: single methods against mixed (rules)\n\n| bits | model | top-1 | agreement with float |\n|---:|---|---:|---:|\n",
+        );
+        let _ = writeln!(t4, "| — | float | {} | — |", pct(ft));
+        let mut jbits = Vec::new();
+        for (bits, table, rules, acc, fronts, bsol, hw, no_hw, hist, skipped, costed) in &per_bits {
+            for (c, a) in rules {
+                let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
+                let _ = writeln!(
+                    t2,
+                    "| {bits} | {} | {} | {} | {} |",
+                    c.name(),
+                    pct(r.top1),
+                    pct(Some(r.agreement)),
+                    fmt_opt(r.logits_asqnr_db, 2)
+                );
+                for op in [Op::Softmax, Op::Gelu, Op::LayerNorm] {
+                    let count = |meth: Method| {
+                        table.layers.iter().filter(|l| l.info.op == op && a.get(&l.info.name) == Some(unit_for(op, meth).name())).count()
+                    };
+                    let _ = writeln!(
+                        t3,
+                        "| {bits} | {} | {} | {} | {} | {} |",
+                        c.name(),
+                        op.name(),
+                        count(Method::IBert),
+                        count(Method::FqVit),
+                        count(Method::IVit)
+                    );
+                }
+            }
+            for r in acc.iter().filter(|a| a.kind != "pareto") {
+                let _ = writeln!(t4, "| {bits} | {} | {} | {} |", r.name, pct(r.top1), pct(Some(r.agreement)));
+            }
+            jbits.push(json!({
+                "bits": bits,
+                "table": table,
+                "rules": rules.iter().map(|(c, a)| json!({"rule": c.name(), "description": c.describe(), "assignment": a, "counts": a.counts()})).collect::<Vec<_>>(),
+                "accuracy": acc,
+                "pareto": fronts,
+                "costed_problem": costed,
+                "cost_unknown_layers": skipped,
+                "budget_solution": bsol,
+                "verilog": hw,
+                "units_without_hardware": no_hw,
+                "histogram_layers": hist,
+            }));
+        }
+        files.push(("table2_rules.md".into(), t2.clone().into_bytes()));
+        files.push(("table3_mapping.md".into(), t3.clone().into_bytes()));
+        files.push(("table4_single_vs_mixed.md".into(), t4.clone().into_bytes()));
+        let secs = t0.elapsed().as_secs_f64();
+        results.insert("model".into(), json!(name));
+        results.insert("model_dir".into(), json!(o.model_dir));
+        results.insert("float_top1".into(), json!(ft));
+        results.insert("eval_images".into(), json!(eval.len()));
+        results.insert("eval_split".into(), json!(o.eval_images));
+        results.insert("sensitivity_images".into(), json!(sens_imgs.len()));
+        results.insert("sensitivity_split".into(), json!(format!("first {} of {}", sens_imgs.len(), o.calib_images.display())));
+        results.insert("scales".into(), json!(if calibrated { format!("calibrated here on {} images of {} (manifest has no quant section), weights and activations at the run's bits, min/max ranges", calib.len(), o.calib_images.display()) } else { "from the manifest's quant section".to_string() }));
+        results.insert("convention".into(), json!(o.convention.describe()));
+        results.insert("arch".into(), json!(o.arch.describe()));
+        results.insert("cost_notes".into(), json!(costs.notes));
+        results.insert("area_source".into(), json!(costs.area_source));
+        results.insert("fallback".into(), json!("FQ-ViT has no integer GELU: gelu_fqvit is the float GELU on the dequantised input with the output quantised (not an integer unit, no hardware)"));
+        results.insert("pareto_eval_cap".into(), json!(o.max_pareto_eval));
+        results.insert("seconds".into(), json!(secs));
+        results.insert("threads".into(), json!(rayon::current_num_threads()));
+        results.insert("bits".into(), json!(jbits));
+        let idx = index_md(&name, o, &per_bits_summary(&per_bits), ft, &costs, calibrated, &sens_imgs, &eval, secs);
+        let _ = write!(index, "{idx}");
+        files.push(("index.md".into(), index.into_bytes()));
+        files.push((
+            "results.json".into(),
+            (serde_json::to_string_pretty(&serde_json::Value::Object(results.clone())).expect("json") + "\n").into_bytes(),
+        ));
+        for (p, bytes) in &files {
+            write_atomic(&tmp.join(p), bytes)?;
+        }
+        let mut all: Vec<String> = Vec::new();
+        list_files(&tmp, &tmp, &mut all);
+        all.sort();
+        lines.insert(0, format!("float top-1 {}", pct(ft)));
+        lines.push(format!("run time {secs:.1} s on {} threads", rayon::current_num_threads()));
+        Ok(RunSummary { out: o.out.clone(), files: all, lines })
+    })();
+    match result {
+        Ok(s) => {
+            // Swap the finished folder into place.
+            let old = tmp.with_extension("old");
+            if o.out.exists() {
+                std::fs::rename(&o.out, &old).map_err(|e| RunError::Input(format!("{}: cannot move aside ({e})", o.out.display())))?;
+            }
+            std::fs::rename(&tmp, &o.out).map_err(|e| RunError::Input(format!("{}: cannot rename into place ({e})", o.out.display())))?;
+            if old.exists() {
+                let _ = std::fs::remove_dir_all(&old);
+            }
+            Ok(s)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            list_files(root, &p, out);
+        } else if let Ok(r) = p.strip_prefix(root) {
+            out.push(r.display().to_string());
+        }
+    }
+}
+
+/// The cost-aware problem for `criterion`: layers with at least one costed candidate, costed
+/// candidates only. Returns the layers left out (no unit with hardware).
+fn cost_problem(table: &Table, costs: &Costs, bits: u32, criterion: Criterion) -> (Option<Problem>, Vec<String>) {
+    let mut layers = Vec::new();
+    let mut skipped = Vec::new();
+    let have_area = costs.area_source.is_some();
+    for l in &table.layers {
+        let options: Vec<Choice> = l
+            .cells
+            .iter()
+            .filter_map(|c| {
+                let lat = costs.layer_latency(&c.unit, bits, l.info.rows_per_image, l.info.row_len)?;
+                let area = if have_area { costs.area(&c.unit, bits)? } else { 0.0 };
+                Some(Choice { unit: c.unit.clone(), criterion: criterion.value(c), area, latency: lat })
+            })
+            .collect();
+        if options.is_empty() {
+            skipped.push(l.info.name.clone());
+        } else {
+            layers.push(assign::Layer { name: l.info.name.clone(), options });
+        }
+    }
+    let p = (!layers.is_empty()).then(|| Problem {
+        criterion: format!("{} [{}], layers with hardware only", criterion.describe(), table.convention),
+        sense: match criterion.sense() {
+            Sense::Minimise => Sense::Minimise,
+            Sense::Maximise => Sense::Maximise,
+        },
+        layers,
+    });
+    (p, skipped)
+}
+
+/// A full assignment: the costed layers from `part`, the others from `base`.
+fn complete(base: &assign::Assignment, part: &assign::Assignment) -> assign::Assignment {
+    assign::Assignment(base.0.iter().map(|(l, u)| (l.clone(), part.get(l).unwrap_or(u).to_string())).collect())
+}
+
+fn table_text(t: &Table, costs: &Costs, bits: u32) -> (String, String) {
+    let mut md = format!(
+        "# Sensitivity table, {bits}-bit\n\nASQNR in {}. Latency: cycles per image of the layer on the single-lane unit; area: {}. '—' = no hardware for this unit, cost unknown.\n\n| layer | label | unit | ASQNR in (dB) | ASQNR out (dB) | SQNR diff (dB) | area | latency (cycles) |\n|---|---|---|---:|---:|---:|---:|---:|\n",
+        t.convention.describe(),
+        costs.area_source.as_deref().unwrap_or("unknown (no cost table)")
+    );
+    let mut csv = String::from("layer,label,op,unit,asqnr_in_db,asqnr_out_db,sqnr_diff_db,area,latency_cycles\n");
+    for l in &t.layers {
+        for c in &l.cells {
+            let lat = costs.layer_latency(&c.unit, bits, l.info.rows_per_image, l.info.row_len);
+            let area = costs.area(&c.unit, bits);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                l.info.name,
+                l.info.label(),
+                c.unit,
+                c.asqnr_in_db,
+                c.asqnr_out_db,
+                c.sqnr_diff_db,
+                fmt_opt(area, 0),
+                lat.map_or("—".into(), |v| v.to_string())
+            );
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{},{},{},{},{}",
+                l.info.name,
+                l.info.label(),
+                l.info.op.name(),
+                c.unit,
+                c.asqnr_in_db,
+                c.asqnr_out_db,
+                c.sqnr_diff_db,
+                area.map_or(String::new(), |v| v.to_string()),
+                lat.map_or(String::new(), |v| v.to_string())
+            );
+        }
+    }
+    (md, csv)
+}
+
+struct BitsSummary {
+    bits: u32,
+    singles: Vec<(String, Option<f64>, f64)>,
+    rules: Vec<(String, Option<f64>, f64, String)>,
+    front_len: Vec<(String, usize, bool)>,
+    hw: Vec<String>,
+    no_hw: Vec<String>,
+    skipped: Vec<String>,
+    hist: Vec<String>,
+    budget: Option<String>,
+}
+
+type PerBits = (
+    u32,
+    Table,
+    Vec<(Criterion, assign::Assignment)>,
+    Vec<Accuracy>,
+    serde_json::Map<String, serde_json::Value>,
+    Option<Solution>,
+    Vec<String>,
+    Vec<String>,
+    Vec<serde_json::Value>,
+    Vec<String>,
+    bool,
+);
+
+fn per_bits_summary(v: &[PerBits]) -> Vec<BitsSummary> {
+    v.iter()
+        .map(|(bits, _t, rules, acc, fronts, bsol, hw, no_hw, hist, skipped, _)| BitsSummary {
+            bits: *bits,
+            singles: acc.iter().filter(|a| a.kind == "single").map(|a| (a.name.clone(), a.top1, a.agreement)).collect(),
+            rules: rules
+                .iter()
+                .map(|(c, a)| {
+                    let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
+                    let counts: Vec<String> = a.counts().iter().map(|(u, n)| format!("{u}×{n}")).collect();
+                    (c.name().to_string(), r.top1, r.agreement, counts.join(", "))
+                })
+                .collect(),
+            front_len: fronts
+                .iter()
+                .map(|(k, f)| (k.clone(), f["total"].as_u64().unwrap_or(0) as usize, f["capped"].as_bool().unwrap_or(false)))
+                .collect(),
+            hw: hw.clone(),
+            no_hw: no_hw.clone(),
+            skipped: skipped.clone(),
+            hist: hist.iter().filter_map(|h| h["figure"].as_str().map(String::from)).collect(),
+            budget: bsol.as_ref().map(|s| {
+                let acc = acc.iter().find(|a| a.name == "budget");
+                format!(
+                    "within the budget the best assignment has Σ SQNR diff {:.2} dB, area {}, latency {} cycles, top-1 {}",
+                    s.criterion,
+                    s.area,
+                    s.latency,
+                    pct(acc.and_then(|a| a.top1))
+                )
+            }),
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn index_md(
+    name: &str,
+    o: &RunOptions,
+    bs: &[BitsSummary],
+    ft: Option<f64>,
+    costs: &Costs,
+    calibrated: bool,
+    sens: &Images,
+    eval: &Images,
+    secs: f64,
+) -> String {
+    let mut s = format!("# mnq run: {name}\n\n");
+    let bits_arg: Vec<String> = o.bits.iter().map(|b| b.to_string()).collect();
+    let _ = writeln!(
+        s,
+        "Command: `mnq run --model {} --bits {} --sens-images {} --images {} --arch {}{}{}` ({secs:.1} s).\n",
+        o.model_dir.display(),
+        bits_arg.join(","),
+        sens.len(),
+        eval.len(),
+        o.arch,
+        o.area_budget.map_or(String::new(), |a| format!(" --area-budget {a}")),
+        o.latency_budget.map_or(String::new(), |a| format!(" --latency-budget {a}"))
+    );
+    // The reading, generated from the numbers.
+    let mut reading = format!("The float model reaches {} top-1 on {} evaluation images. ", pct(ft), eval.len());
+    for b in bs {
+        let best_single = b.singles.iter().max_by(|x, y| x.1.unwrap_or(0.0).total_cmp(&y.1.unwrap_or(0.0)));
+        let best_rule = b.rules.iter().max_by(|x, y| x.1.unwrap_or(0.0).total_cmp(&y.1.unwrap_or(0.0)));
+        let singles: Vec<String> = b.singles.iter().map(|(n, t, _)| format!("{} {}", n.trim_start_matches("single_"), pct(*t))).collect();
+        let _ = write!(reading, "At {} bits the single-method models reach {}", b.bits, singles.join(", "));
+        if let (Some(bs1), Some(br)) = (best_single, best_rule) {
+            let d = 100.0 * (br.1.unwrap_or(0.0) - bs1.1.unwrap_or(0.0));
+            let _ = write!(
+                reading,
+                "; the best rule ({}) reaches {}, {} the best single method ({}) by {:.2} points. ",
+                br.0,
+                pct(br.1),
+                if d >= 0.0 { "above" } else { "below" },
+                bs1.0.trim_start_matches("single_"),
+                d.abs()
+            );
+        }
+    }
+    let _ = write!(
+        reading,
+        "Sensitivity used {} calibration (train-split) images, disjoint from the evaluation images; scales were {}. ",
+        sens.len(),
+        if calibrated { "calibrated here (the manifest has no quant section)" } else { "taken from the manifest" }
+    );
+    if costs.area_source.is_none() {
+        reading.push_str("No cost table was present, so areas are unknown and only latency fronts are drawn. ");
+    }
+    let no_hw: std::collections::BTreeSet<&str> = bs.iter().flat_map(|b| b.skipped.iter().map(|s| s.as_str())).collect();
+    if no_hw.is_empty() {
+        reading.push_str("Every candidate unit has hardware, so the cost-aware part covers every layer.");
+    } else {
+        let _ = write!(reading, "Layers whose candidates lack hardware ({} layer(s), listed below) keep the SQNR-diff rule's choice outside the cost-aware part; FQ-ViT's float GELU fallback is never a candidate of a rule.", no_hw.len());
+    }
+    let _ = writeln!(s, "## Reading\n\n{reading}\n");
+    let _ = writeln!(s, "## Method and conventions\n\n- ASQNR: {}\n- Architecture model: {}\n- {}\n- Area: {}\n- FQ-ViT GELU: float fallback (not an integer unit, no hardware).\n- Pareto points evaluated end to end: at most {} per front, spread evenly along it.\n", o.convention.describe(), o.arch.describe(), costs.notes.join("\n- "), costs.area_source.as_deref().unwrap_or("unknown"), o.max_pareto_eval);
+    let _ = writeln!(s, "## Tables\n\n- [Table 2: rule against accuracy](table2_rules.md)\n- [Table 3: mapping per op](table3_mapping.md)\n- [Table 4: single against mixed](table4_single_vs_mixed.md)\n- [results.json](results.json): everything above in one file\n");
+    for b in bs {
+        let bb = b.bits;
+        let _ = writeln!(s, "## {bb}-bit\n");
+        let _ =
+            writeln!(s, "- Sensitivity table: [md](sensitivity_{bb}b.md), [csv](sensitivity_{bb}b.csv), [json](sensitivity_{bb}b.json)");
+        let _ = writeln!(s, "- Figure 1: ![SQNR diff and output ASQNR](sqnr_{bb}b.png) ([svg](sqnr_{bb}b.svg))");
+        for h in &b.hist {
+            let _ = writeln!(s, "- Figure 2: ![{h}]({h}.png) ([svg]({h}.svg))");
+        }
+        for (r, t, a, c) in &b.rules {
+            let _ = writeln!(
+                s,
+                "- Rule {r}: top-1 {}, agreement {}, units {c}: [assignment_{r}_{bb}b.json](assignment_{r}_{bb}b.json)",
+                pct(*t),
+                pct(Some(*a))
+            );
+        }
+        for (ax, n, capped) in &b.front_len {
+            let _ = writeln!(
+                s,
+                "- Pareto front, Σ SQNR diff against {ax}: {n} points{} ([md](pareto_{ax}_{bb}b.md), [csv](pareto_{ax}_{bb}b.csv)); ![criterion](pareto_criterion_{ax}_{bb}b.png) ![accuracy](pareto_accuracy_{ax}_{bb}b.png)",
+                if *capped { format!(", at most {} evaluated end to end", o.max_pareto_eval) } else { String::new() }
+            );
+        }
+        if let Some(bu) = &b.budget {
+            let _ = writeln!(s, "- Budget: {bu}");
+        }
+        if !b.skipped.is_empty() {
+            let _ = writeln!(s, "- Layers without hardware (cost unknown, left out of the cost-aware part): {}", b.skipped.join(", "));
+        }
+        let _ = writeln!(
+            s,
+            "- Verilog of the SQNR-diff rule's unit set: {}; without hardware: {}\n",
+            if b.hw.is_empty() {
+                "none".into()
+            } else {
+                b.hw.iter().map(|h| format!("[{h}](verilog_{bb}b/{h}.v)")).collect::<Vec<_>>().join(", ")
+            },
+            if b.no_hw.is_empty() { "none".into() } else { b.no_hw.join(", ") }
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_evaluate() {
+        assert_eq!(formula("2*ceil(N/LANES) + 36", 10, 4), Some(42));
+        assert_eq!(formula("33", 10, 1), Some(33));
+        assert_eq!(formula("ceil(N/LANES)", 10, 1), Some(10));
+        assert_eq!(formula("N^2", 10, 1), None);
+    }
+}
