@@ -19,6 +19,9 @@ pub struct CostArgs {
     /// Also place and route with nextpnr-ice40 (iCE40HX8K) and report fmax, ns per row and rows/s.
     #[arg(long)]
     fmax: bool,
+    /// No ASIC/iCE40 synthesis: timing and accuracy only (plus place and route with --fmax); the table keeps its synthesis figures where the Verilog is unchanged.
+    #[arg(long)]
+    no_synth: bool,
     /// Parallel synthesis runs (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -50,7 +53,7 @@ pub fn run(a: &CostArgs) -> Result<i32> {
         Some(j) => j,
         None => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let mut targets = a.target.clone();
+    let mut targets = if a.no_synth { Vec::new() } else { a.target.clone() };
     targets.sort();
     targets.dedup();
     let opts = Options {
@@ -68,7 +71,9 @@ pub fn run(a: &CostArgs) -> Result<i32> {
 
     let steps = configs.len() * (1 + opts.targets.len() + usize::from(opts.fmax));
     let pb = ProgressBar::new(steps as u64);
-    pb.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}").map_err(|e| anyhow!("{e}"))?.progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}").map_err(|e| anyhow!("{e}"))?.progress_chars("=> "),
+    );
     pb.set_message(format!("{} configurations, {} parallel synthesis runs", configs.len(), jobs));
     let t0 = Instant::now();
     let rows = cost::measure(&configs, &opts, &|d| {
@@ -89,11 +94,7 @@ pub fn run(a: &CostArgs) -> Result<i32> {
         .iter()
         .flat_map(|r| {
             let f = |what: &str, o: Option<(&str, &str)>| o.map(|(why, log)| format!("{} ({what}): {why}; log kept at {log}", r.name));
-            [
-                f("asic", outcome_failure(&r.asic)),
-                f("ice40", outcome_failure(&r.ice40)),
-                f("fmax", outcome_failure(&r.fmax)),
-            ]
+            [f("asic", outcome_failure(&r.asic)), f("ice40", outcome_failure(&r.ice40)), f("fmax", outcome_failure(&r.fmax))]
         })
         .flatten()
         .collect();

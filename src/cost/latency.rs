@@ -129,7 +129,10 @@ pub fn measure(cfg: &RtlConfig, n: usize) -> Result<RowTiming, CostError> {
     let max_cycles = 10_000 + 200 * total as u64;
     let tr = cycle::run(cycle::model(cfg).as_mut(), &stim, total, max_cycles);
     if tr.beats.len() < total {
-        return Err(cerr(format!("row length {n}: the cycle model gave {} of {total} output beats in {max_cycles} cycles", tr.beats.len())));
+        return Err(cerr(format!(
+            "row length {n}: the cycle model gave {} of {total} output beats in {max_cycles} cycles",
+            tr.beats.len()
+        )));
     }
     let first_in = tr.first_in.ok_or_else(|| cerr("no input beat moved".into()))?;
     let t = cycle::timing(&tr).ok_or_else(|| cerr("no output".into()))?;
@@ -145,9 +148,20 @@ pub fn measure(cfg: &RtlConfig, n: usize) -> Result<RowTiming, CostError> {
     }
     let first_row_cycles = ends[0] - first_in + 1;
     if ends[ROWS - 1] - first_in + 1 != first_row_cycles + (ROWS as u64 - 1) * period {
-        return Err(cerr(format!("row length {n}: {ROWS} rows take {} cycles, not first row + {} periods", ends[ROWS - 1] - first_in + 1, ROWS - 1)));
+        return Err(cerr(format!(
+            "row length {n}: {ROWS} rows take {} cycles, not first row + {} periods",
+            ends[ROWS - 1] - first_in + 1,
+            ROWS - 1
+        )));
     }
-    Ok(RowTiming { row_len: n, beats: nb, latency: t.latency, row_period: period, first_row_cycles, elements_per_cycle: n as f64 / period as f64 })
+    Ok(RowTiming {
+        row_len: n,
+        beats: nb,
+        latency: t.latency,
+        row_period: period,
+        first_row_cycles,
+        elements_per_cycle: n as f64 / period as f64,
+    })
 }
 
 /// Fit the affine model through measurements at two or more distinct beat counts and check it
@@ -192,10 +206,25 @@ pub fn fit(name: &str, ms: &[RowTiming]) -> Result<TimingModel, CostError> {
     })
 }
 
-/// Evaluate a manifest formula such as `2*ceil(N/LANES) + 34` (a sum of products of integers,
-/// `ceil(N/LANES)`, `N` and `LANES`).
+/// Evaluate a manifest formula such as `2*ceil(N/LANES) + 34`: a sum of products of integers,
+/// `ceil(N/LANES)`, `N`, `LANES`, and constants bound in a trailing note such as
+/// `2*ceil(N/LANES) + 26*S + 55 (S = 10: 2*ceil(N/LANES) + 315)`.
 pub fn eval_formula(f: &str, n: usize, lanes: usize) -> Result<i64, String> {
-    let s: String = f.chars().filter(|c| !c.is_whitespace()).collect();
+    let (expr, note) = match f.split_once(" (") {
+        Some((e, rest)) => (e, Some(rest)),
+        None => (f, None),
+    };
+    // `(S = 10: …)` binds S; the text after the colon is the same formula with S filled in.
+    let mut vars: Vec<(String, i64)> = Vec::new();
+    if let Some(note) = note {
+        let binds = note.split(':').next().unwrap_or("");
+        for b in binds.split(',') {
+            let (k, v) = b.split_once('=').ok_or_else(|| format!("'{b}' in '{f}' is not a binding"))?;
+            let v = v.trim().trim_end_matches(')').parse::<i64>().map_err(|_| format!("'{b}' in '{f}' is not a binding"))?;
+            vars.push((k.trim().to_string(), v));
+        }
+    }
+    let s: String = expr.chars().filter(|c| !c.is_whitespace()).collect();
     if s.is_empty() {
         return Err("empty formula".into());
     }
@@ -206,7 +235,11 @@ pub fn eval_formula(f: &str, n: usize, lanes: usize) -> Result<i64, String> {
                     "ceil(N/LANES)" => Ok(n.div_ceil(lanes) as i64),
                     "N" => Ok(n as i64),
                     "LANES" => Ok(lanes as i64),
-                    v => v.parse::<i64>().map_err(|_| format!("'{v}' in '{f}' is not understood")),
+                    v => v
+                        .parse::<i64>()
+                        .ok()
+                        .or_else(|| vars.iter().find(|(k, _)| k == v).map(|(_, x)| *x))
+                        .ok_or_else(|| format!("'{v}' in '{f}' is not understood")),
                 })
                 .product::<Result<i64, String>>()
         })
@@ -238,11 +271,21 @@ mod tests {
         assert_eq!(eval_formula("33", 197, 4), Ok(33));
         assert_eq!(eval_formula("ceil(N/LANES)", 197, 1), Ok(197));
         assert!(eval_formula("log2(N)", 197, 1).is_err());
+        let ln = "2*ceil(N/LANES) + 26*S + 55 (S = 10: 2*ceil(N/LANES) + 315)";
+        assert_eq!(eval_formula(ln, 384, 4), Ok(2 * 96 + 315));
+        assert!(eval_formula("2*ceil(N/LANES) + 26*T + 55 (S = 10: x)", 384, 4).is_err());
     }
 
     #[test]
     fn fit_rejects_non_affine() {
-        let t = |n: usize, lat: u64| RowTiming { row_len: n, beats: n, latency: lat, row_period: n as u64, first_row_cycles: lat + n as u64, elements_per_cycle: 1.0 };
+        let t = |n: usize, lat: u64| RowTiming {
+            row_len: n,
+            beats: n,
+            latency: lat,
+            row_period: n as u64,
+            first_row_cycles: lat + n as u64,
+            elements_per_cycle: 1.0,
+        };
         let m = fit("x", &[t(1, 3), t(10, 3), t(100, 3)]).unwrap();
         assert_eq!(m.latency, Affine { a: 3, b: 0 });
         assert_eq!(m.row_period, Affine { a: 0, b: 1 });

@@ -218,7 +218,14 @@ fn run_yosys(name: &str, target: &str, script: &str, dir: &Path, stem: &str) -> 
     let log = dir.join(format!("{stem}.log"));
     std::fs::write(&ys, script).map_err(io(&ys))?;
     let _ = std::fs::remove_file(&log);
-    let out = Command::new("yosys").arg("-q").arg("-l").arg(&log).arg("-s").arg(&ys).output().map_err(|_| CostError::Tool { tool: "yosys", package: "yosys" })?;
+    let out = Command::new("yosys")
+        .arg("-q")
+        .arg("-l")
+        .arg(&log)
+        .arg("-s")
+        .arg(&ys)
+        .output()
+        .map_err(|_| CostError::Tool { tool: "yosys", package: "yosys" })?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     if !out.status.success() {
         // yosys -q prints the error on stderr; keep it in the log too.
@@ -242,7 +249,10 @@ pub fn synth_asic(cfg: &RtlConfig, file: &Path, dir: &Path) -> Result<AsicCost, 
     if !exact || ours != Some(transistors) {
         return Err(CostError::Parse {
             log,
-            why: format!("the transistor estimate {transistors}{} does not match the CMOS gate counts ({ours:?}): a cell outside the gate set", if exact { "" } else { "+" }),
+            why: format!(
+                "the transistor estimate {transistors}{} does not match the CMOS gate counts ({ours:?}): a cell outside the gate set",
+                if exact { "" } else { "+" }
+            ),
         });
     }
     Ok(AsicCost {
@@ -262,7 +272,14 @@ pub fn synth_ice40(cfg: &RtlConfig, file: &Path, dir: &Path) -> Result<Ice40Cost
     let text = run_yosys(&name, "ice40", &yosys::script(yosys::ICE40_SCRIPT, file, &name, None), dir, "ice40")?;
     let st = yosys::parse_stat(&text, "ice40", &dir.join("ice40.log"))?;
     let sum = |p: &str| st.cells.iter().filter(|(k, _)| k.starts_with(p)).map(|(_, v)| v).sum::<u64>();
-    Ok(Ice40Cost { lut4: sum("SB_LUT4"), carry: sum("SB_CARRY"), dff: sum("SB_DFF"), bram: sum("SB_RAM40"), dsp: sum("SB_MAC16"), cells: st.cells })
+    Ok(Ice40Cost {
+        lut4: sum("SB_LUT4"),
+        carry: sum("SB_CARRY"),
+        dff: sum("SB_DFF"),
+        bram: sum("SB_RAM40"),
+        dsp: sum("SB_MAC16"),
+        cells: st.cells,
+    })
 }
 
 /// Synthesise for iCE40HX8K and place and route with nextpnr-ice40 in `dir`.
@@ -399,9 +416,24 @@ pub fn measure(configs: &[RtlConfig], opts: &Options, progress: &(dyn Fn(&Done) 
                 });
                 let (what, line, failed) = match (&w, &r) {
                     (_, Err(e)) => (work_name(w), format!("FAILED: {e}"), true),
-                    (_, Ok(Res::Asic(a))) => ("asic".into(), format!("{} cells, {} flip-flops, {:.0} NAND2-eq, {} memory bits", a.cells_total, a.flip_flops, a.nand2_eq, a.memory_bits), false),
-                    (_, Ok(Res::Ice40(c))) => ("ice40".into(), format!("{} LUT4, {} carry, {} DFF, {} BRAM, {} DSP", c.lut4, c.carry, c.dff, c.bram, c.dsp), false),
-                    (_, Ok(Res::Fmax(f))) => ("fmax".into(), f.mhz.map_or_else(|| format!("no fmax: {}", f.note.as_deref().unwrap_or("?")), |m| format!("{m:.2} MHz")), false),
+                    (_, Ok(Res::Asic(a))) => (
+                        "asic".into(),
+                        format!(
+                            "{} cells, {} flip-flops, {:.0} NAND2-eq, {} memory bits",
+                            a.cells_total, a.flip_flops, a.nand2_eq, a.memory_bits
+                        ),
+                        false,
+                    ),
+                    (_, Ok(Res::Ice40(c))) => (
+                        "ice40".into(),
+                        format!("{} LUT4, {} carry, {} DFF, {} BRAM, {} DSP", c.lut4, c.carry, c.dff, c.bram, c.dsp),
+                        false,
+                    ),
+                    (_, Ok(Res::Fmax(f))) => (
+                        "fmax".into(),
+                        f.mhz.map_or_else(|| format!("no fmax: {}", f.note.as_deref().unwrap_or("?")), |m| format!("{m:.2} MHz")),
+                        false,
+                    ),
                 };
                 progress(&Done { name: cfg.name(), what: what.clone(), seconds: t0.elapsed().as_secs_f64(), line, failed });
                 results.lock().unwrap().push((i, w, r));

@@ -9,7 +9,8 @@ use super::CostError;
 use std::path::Path;
 
 /// Arguments of nextpnr-ice40 after `--json FILE`.
-pub const NEXTPNR_ARGS: &[&str] = &["--hx8k", "--package", "ct256", "--seed", "1", "--freq", "100", "--timing-allow-fail", "--pcf-allow-unconstrained"];
+pub const NEXTPNR_ARGS: &[&str] =
+    &["--hx8k", "--package", "ct256", "--seed", "1", "--freq", "100", "--timing-allow-fail", "--pcf-allow-unconstrained"];
 
 /// What a place-and-route log says.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +31,10 @@ pub fn parse(log: &str, log_path: &Path) -> Result<PnrResult, CostError> {
         if let Some(i) = t.find("Max frequency for clock") {
             // "Info: Max frequency for clock 'clock$SB_IO_IN_$glb_clk': 61.86 MHz (PASS at 12.00 MHz)"
             let rest = &t[i..];
-            let after = rest.split("': ").nth(1).ok_or_else(|| CostError::Parse { log: log_path.to_path_buf(), why: format!("unreadable line '{t}'") })?;
+            let after = rest
+                .split("': ")
+                .nth(1)
+                .ok_or_else(|| CostError::Parse { log: log_path.to_path_buf(), why: format!("unreadable line '{t}'") })?;
             let mhz = after
                 .split_whitespace()
                 .next()

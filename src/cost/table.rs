@@ -105,7 +105,8 @@ impl Row {
         let unit = units::build(&cfg.unit, Preset::Reference).map_err(|e| CostError::Cycle { name: cfg.name(), why: e.to_string() })?;
         let lens = row_lengths.map_or_else(|| latency::default_row_lengths(unit.op()), <[usize]>::to_vec);
         let timing = lens.iter().map(|&n| latency::measure(cfg, n)).collect::<Result<Vec<_>, _>>()?;
-        let probes = latency::PROBES.iter().filter(|n| !lens.contains(n)).map(|&n| latency::measure(cfg, n)).collect::<Result<Vec<_>, _>>()?;
+        let probes =
+            latency::PROBES.iter().filter(|n| !lens.contains(n)).map(|&n| latency::measure(cfg, n)).collect::<Result<Vec<_>, _>>()?;
         let all: Vec<RowTiming> = timing.iter().chain(&probes).copied().collect();
         let timing_model = latency::fit(&cfg.name(), &all)?;
         let m = cfg.manifest();
@@ -124,7 +125,12 @@ impl Row {
             timing,
             timing_model,
             max_row_len: longest_row(cfg),
-            manifest: ManifestCheck { latency: m.latency_cycles, row_period: m.row_period_cycles, agrees: check.is_ok(), note: check.err() },
+            manifest: ManifestCheck {
+                latency: m.latency_cycles,
+                row_period: m.row_period_cycles,
+                agrees: check.is_ok(),
+                note: check.err(),
+            },
             accuracy: accuracy::measure(cfg)?,
         })
     }
@@ -189,7 +195,8 @@ impl Table {
     pub fn load(path: &Path) -> Result<Table, CostError> {
         let text = std::fs::read_to_string(path).map_err(|source| CostError::Io { path: path.to_path_buf(), source })?;
         let bad = |why: String| CostError::Table { path: path.to_path_buf(), why };
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e}); is it truncated? regenerate it with `mnq cost`")))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("not valid JSON ({e}); is it truncated? regenerate it with `mnq cost`")))?;
         if v.get("schema").and_then(serde_json::Value::as_u64) != Some(u64::from(SCHEMA)) {
             return Err(bad(format!("not a cost table of schema {SCHEMA}: regenerate it with `mnq cost`")));
         }
@@ -221,7 +228,9 @@ impl Table {
     /// The row of a configuration.
     pub fn row(&self, unit: &str, bits: u32, lanes: usize) -> Result<&Row, CostError> {
         self.rows.iter().find(|r| r.unit == unit && r.bits == bits && r.lanes == lanes).ok_or_else(|| {
-            CostError::Lookup(format!("no row for {unit} at {bits} bits, {lanes} lanes: run `mnq cost --unit {unit} --bits {bits} --lanes {lanes}`"))
+            CostError::Lookup(format!(
+                "no row for {unit} at {bits} bits, {lanes} lanes: run `mnq cost --unit {unit} --bits {bits} --lanes {lanes}`"
+            ))
         })
     }
 
@@ -230,7 +239,9 @@ impl Table {
         let r = self.row(unit, bits, lanes)?;
         let a = match &r.asic {
             Some(Outcome::Ok(a)) => a,
-            Some(Outcome::Failed { why, log }) => return Err(CostError::Lookup(format!("{}: synthesis failed ({why}; log {log})", r.name))),
+            Some(Outcome::Failed { why, log }) => {
+                return Err(CostError::Lookup(format!("{}: synthesis failed ({why}; log {log})", r.name)))
+            }
             None => return Err(CostError::Lookup(format!("{}: not synthesised for the ASIC target", r.name))),
         };
         let ice = r.ice40.as_ref().and_then(Outcome::ok);
@@ -272,9 +283,32 @@ impl Table {
     pub fn csv(&self) -> String {
         let lens = self.row_lengths();
         let mut head: Vec<String> = [
-            "name", "unit", "op", "method", "bits", "lanes", "sqnr_db", "sqnr_unit_db", "asic_status", "asic_cells", "asic_flip_flops", "asic_transistors",
-            "asic_nand2_eq", "memories", "memory_bits", "ice40_status", "ice40_lut4", "ice40_carry", "ice40_dff", "ice40_bram", "ice40_dsp", "fmax_status",
-            "fmax_mhz", "fmax_device", "max_row_len", "manifest_agrees",
+            "name",
+            "unit",
+            "op",
+            "method",
+            "bits",
+            "lanes",
+            "sqnr_db",
+            "sqnr_unit_db",
+            "asic_status",
+            "asic_cells",
+            "asic_flip_flops",
+            "asic_transistors",
+            "asic_nand2_eq",
+            "memories",
+            "memory_bits",
+            "ice40_status",
+            "ice40_lut4",
+            "ice40_carry",
+            "ice40_dff",
+            "ice40_bram",
+            "ice40_dsp",
+            "fmax_status",
+            "fmax_mhz",
+            "fmax_device",
+            "max_row_len",
+            "manifest_agrees",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -347,7 +381,9 @@ impl Table {
 
     /// Tables for people: area and accuracy, then timing per row length.
     pub fn markdown(&self) -> String {
-        let mut s = String::from("# Unit costs\n\nGenerated by `mnq cost`; every figure is measured (see `cost.json` for the scripts and tool versions).\n\n");
+        let mut s = String::from(
+            "# Unit costs\n\nGenerated by `mnq cost`; every figure is measured (see `cost.json` for the scripts and tool versions).\n\n",
+        );
         for n in &self.notes {
             let _ = writeln!(s, "- {n}");
         }
@@ -355,7 +391,9 @@ impl Table {
         let fail = |log: &str| format!("FAILED (log {log})");
         for r in &self.rows {
             let asic = match &r.asic {
-                Some(Outcome::Ok(a)) => format!("{} | {} | {} | {:.0} | {}", a.cells_total, a.flip_flops, a.transistors, a.nand2_eq, a.memory_bits),
+                Some(Outcome::Ok(a)) => {
+                    format!("{} | {} | {} | {:.0} | {}", a.cells_total, a.flip_flops, a.transistors, a.nand2_eq, a.memory_bits)
+                }
                 Some(Outcome::Failed { log, .. }) => format!("{} | | | | ", fail(log)),
                 None => "not run | | | | ".into(),
             };
@@ -369,7 +407,12 @@ impl Table {
                 Some(Outcome::Failed { log, .. }) => fail(log),
                 None => "—".into(),
             };
-            let _ = writeln!(s, "| {} | {} | {asic} | {ice} | {fmax} |", r.name, r.accuracy.sqnr_db.map_or("exact".into(), |x| format!("{x:.2}")));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {asic} | {ice} | {fmax} |",
+                r.name,
+                r.accuracy.sqnr_db.map_or("exact".into(), |x| format!("{x:.2}"))
+            );
         }
         s.push_str("\n## Timing (cycle model)\n\n| configuration | N | latency (cycles) | cycles per row | elements per cycle | ns per row | rows/s |\n|---|---|---|---|---|---|---|\n");
         for r in &self.rows {

@@ -176,7 +176,8 @@ pub struct Stat {
 pub fn parse_stat(log: &str, section: &str, log_path: &Path) -> Result<Stat, CostError> {
     let marker = format!("mnq-section: {section}");
     let bad = |why: String| CostError::Parse { log: log_path.to_path_buf(), why };
-    let start = log.lines().position(|l| l.trim() == marker).ok_or_else(|| bad(format!("no '{marker}' line: the script did not get there")))?;
+    let start =
+        log.lines().position(|l| l.trim() == marker).ok_or_else(|| bad(format!("no '{marker}' line: the script did not get there")))?;
     let mut st = Stat::default();
     let mut seen_cells = false;
     let mut in_block = false;

@@ -82,7 +82,10 @@ pub fn plots(table: &Table, dir: &Path) -> Result<Vec<PathBuf>, IoError> {
         }
         let fig = Tradeoff {
             title: format!("{}: accuracy against cost (one point per method × bits × lanes; Pareto points ringed)", display(op)),
-            panels: [(area, "area (NAND2-equivalents, logic + flip-flops; row buffers apart)".to_string()), (time, format!("cycles per row at N = {n} (row period)"))],
+            panels: [
+                (area, "area (NAND2-equivalents, logic + flip-flops; row buffers apart)".to_string()),
+                (time, format!("cycles per row at N = {n} (row period)")),
+            ],
         };
         files.extend(render(&dir.join(format!("tradeoff_{}", op.name())), (1400, 560), &fig)?);
     }
@@ -93,6 +96,21 @@ pub fn plots(table: &Table, dir: &Path) -> Result<Vec<PathBuf>, IoError> {
 struct Tradeoff {
     title: String,
     panels: [(Vec<Point>, String); 2],
+}
+
+/// Tick values 1, 2, 5 × 10^k inside `r`, so that a log axis is labelled at readable numbers.
+fn key_points(r: &std::ops::Range<f64>) -> Vec<f64> {
+    let mut v = Vec::new();
+    let mut p = 10f64.powf(r.start.max(1e-9).log10().floor());
+    while p <= r.end {
+        for m in [1.0, 2.0, 5.0] {
+            if (r.start..=r.end).contains(&(m * p)) {
+                v.push(m * p);
+            }
+        }
+        p *= 10.0;
+    }
+    v
 }
 
 fn log_range(v: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> {
@@ -116,9 +134,15 @@ impl Figure for Tradeoff {
                 .margin(15)
                 .x_label_area_size(45)
                 .y_label_area_size(55)
-                .build_cartesian_2d(xr.log_scale(), ylo..yhi)
+                .build_cartesian_2d(xr.clone().log_scale().with_key_points(key_points(&xr)), ylo..yhi)
                 .map_err(|e| e.to_string())?;
-            chart.configure_mesh().x_desc(xdesc.as_str()).y_desc("SQNR vs float (dB)").x_label_formatter(&|v| format!("{v:.0}")).draw().map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc(xdesc.as_str())
+                .y_desc("SQNR vs float (dB)")
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .draw()
+                .map_err(|e| e.to_string())?;
             let front = pareto(pts);
             let mut line: Vec<(f64, f64)> = front.iter().map(|&i| (pts[i].cost, pts[i].sqnr_db)).collect();
             line.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -140,13 +164,25 @@ impl Figure for Tradeoff {
                 .label("Pareto")
                 .legend(|(x, y)| Circle::new((x, y), 7, BLACK.stroke_width(2)));
             chart
-                .draw_series(pts.iter().map(|p| EmptyElement::at((p.cost, p.sqnr_db)) + Text::new(p.label.clone(), (8, -12), ("sans-serif", 11).into_font().color(&BLACK.mix(0.7)))))
+                .draw_series(pts.iter().map(|p| {
+                    EmptyElement::at((p.cost, p.sqnr_db))
+                        + Text::new(p.label.clone(), (8, -12), ("sans-serif", 11).into_font().color(&BLACK.mix(0.7)))
+                }))
                 .map_err(|e| e.to_string())?;
-            chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 }
+
+/// One area figure of a row, when measured.
+type AreaOf = dyn Fn(&Row) -> Option<f64>;
 
 struct AreaBits<'a> {
     rows: Vec<&'a Row>,
@@ -154,11 +190,12 @@ struct AreaBits<'a> {
 
 impl Figure for AreaBits<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        let root = root.titled("Area against input bits (one line per unit and lane count)", ("sans-serif", 20)).map_err(|e| e.to_string())?;
+        let root =
+            root.titled("Area against input bits (one line per unit and lane count)", ("sans-serif", 20)).map_err(|e| e.to_string())?;
         let halves = root.split_evenly((1, 2));
         let asic = |r: &Row| r.asic.as_ref().and_then(Outcome::ok).map(|a| a.nand2_eq);
         let lut = |r: &Row| r.ice40.as_ref().and_then(Outcome::ok).map(|c| c.lut4 as f64);
-        let panels: [(&dyn Fn(&Row) -> Option<f64>, &str); 2] = [(&asic, "NAND2-equivalents (ASIC-like)"), (&lut, "iCE40 LUT4")];
+        let panels: [(&AreaOf, &str); 2] = [(&asic, "NAND2-equivalents (ASIC-like)"), (&lut, "iCE40 LUT4")];
         let (bmin, bmax) = self.rows.iter().fold((u32::MAX, 0), |(a, b), r| (a.min(r.bits), b.max(r.bits)));
         let (bmin, bmax) = if bmin > bmax { (4, 16) } else { (bmin, bmax) };
         let mut series: Vec<(String, String, usize)> = self.rows.iter().map(|r| (r.unit.clone(), r.method.clone(), r.lanes)).collect();
@@ -170,7 +207,7 @@ impl Figure for AreaBits<'_> {
                 .margin(15)
                 .x_label_area_size(45)
                 .y_label_area_size(60)
-                .build_cartesian_2d(f64::from(bmin) - 0.5..f64::from(bmax) + 0.5, yr.log_scale())
+                .build_cartesian_2d(f64::from(bmin) - 0.5..f64::from(bmax) + 0.5, yr.clone().log_scale().with_key_points(key_points(&yr)))
                 .map_err(|e| e.to_string())?;
             chart
                 .configure_mesh()
@@ -179,10 +216,15 @@ impl Figure for AreaBits<'_> {
                 .x_labels((bmax - bmin + 2) as usize)
                 .x_label_formatter(&|v| format!("{v:.0}"))
                 .y_label_formatter(&|v| format!("{v:.0}"))
-                .draw().map_err(|e| e.to_string())?;
+                .draw()
+                .map_err(|e| e.to_string())?;
             for (k, (unit, method, lanes)) in series.iter().enumerate() {
-                let mut pts: Vec<(f64, f64)> =
-                    self.rows.iter().filter(|r| &r.unit == unit && r.lanes == *lanes).filter_map(|r| f(r).map(|y| (f64::from(r.bits), y))).collect();
+                let mut pts: Vec<(f64, f64)> = self
+                    .rows
+                    .iter()
+                    .filter(|r| &r.unit == unit && r.lanes == *lanes)
+                    .filter_map(|r| f(r).map(|y| (f64::from(r.bits), y)))
+                    .collect();
                 if pts.is_empty() {
                     continue;
                 }
@@ -198,7 +240,14 @@ impl Figure for AreaBits<'_> {
                     .label(format!("{unit} L{lanes}"))
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
             }
-            chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 11)).draw().map_err(|e| e.to_string())?;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 11))
+                .draw()
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! Plots (SVG and PNG, via plotters) and tables (Markdown, CSV, JSON) for people and tools.
 //! Every file is written atomically: a failed run leaves no partial file.
 
-pub mod cost;
 pub mod charts;
+pub mod cost;
 pub mod model;
 
 use crate::io::{write_atomic, IoError};
