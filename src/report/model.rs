@@ -912,8 +912,24 @@ fn index_md(
         reading.push_str("No cost table was present, so areas are unknown and only latency fronts are drawn. ");
     }
     let no_hw: std::collections::BTreeSet<&str> = bs.iter().flat_map(|b| b.skipped.iter().map(|s| s.as_str())).collect();
-    if no_hw.is_empty() {
-        reading.push_str("Every candidate unit has hardware, so the cost-aware part covers every layer.");
+    let uncosted: std::collections::BTreeSet<String> = bs
+        .iter()
+        .flat_map(|b| {
+            [Op::Softmax, Op::Gelu, Op::LayerNorm]
+                .into_iter()
+                .flat_map(crate::model::manifest::units_for)
+                .filter(|u| u != crate::model::manifest::FLOAT_GELU && costs.get(u, b.bits).is_none())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if no_hw.is_empty() && uncosted.is_empty() {
+        reading.push_str("Every candidate unit has hardware, so the cost-aware part covers every layer and every candidate.");
+    } else if no_hw.is_empty() {
+        let _ = write!(
+            reading,
+            "Candidates without hardware ({}) are left out of the cost-aware part (fronts and budgets); every layer keeps at least one candidate with hardware.",
+            uncosted.into_iter().collect::<Vec<_>>().join(", ")
+        );
     } else {
         let _ = write!(reading, "Layers whose candidates lack hardware ({} layer(s), listed below) keep the SQNR-diff rule's choice outside the cost-aware part; FQ-ViT's float GELU fallback is never a candidate of a rule.", no_hw.len());
     }
