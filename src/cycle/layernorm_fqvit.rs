@@ -502,7 +502,9 @@ pub fn config(
     for i in 0..c {
         let (hq, bq, gq) = (k.hq[i], k.bq[i], k.gq[i]);
         if hq.abs() >= lim || bq.abs() >= lim {
-            return Err(format!("channel {i}: gamma/out_scale or beta/out_scale times 2^{FRAC} does not fit 32 bits (|gamma|, |beta| < 2048·out_scale)"));
+            return Err(format!(
+                "channel {i}: gamma/out_scale or beta/out_scale times 2^{FRAC} does not fit 32 bits (|gamma|, |beta| < 2048·out_scale)"
+            ));
         }
         let delta = gq - cc * hq;
         assert!(delta.abs() <= (cc + 1) / 2, "RNE(C·t) − C·RNE(t) is at most (C+1)/2");
@@ -555,7 +557,8 @@ mod tests {
         let unit = fqvit::LayerNorm::preset(Preset::Adapted);
         let config = config(bits, &unit, &sc, &g, &b, &so, zp).unwrap();
         let scale = if per_channel { Scale::PerChannel(sc) } else { Scale::PerTensor(s) };
-        let aux = Aux { gamma: Some(g), beta: Some(b), zero_point: zp, out_scale: Some(Scale::PerTensor(STANDARD_OUT_SCALE)), identity: None };
+        let aux =
+            Aux { gamma: Some(g), beta: Some(b), zero_point: zp, out_scale: Some(Scale::PerTensor(STANDARD_OUT_SCALE)), identity: None };
         Layer { scale, aux, config }
     }
 
