@@ -1755,41 +1755,39 @@ module layernorm_fqvit_8b_l4(clock,reset,cfg_we,cfg_addr,cfg_data,in_valid,in_re
                 phase$d = ph_p1;
             end
         end
-        else if (phase$q == ph_xfer) begin
-            if (~ov$q | out_ready) begin
-                if (lane_no$0 < vl) begin
-                    odata$0$d = stg$0$q;
-                end
-                else begin
-                    odata$0$d = zero32;
-                end
-                if (lane_no$1 < vl) begin
-                    odata$1$d = stg$1$q;
-                end
-                else begin
-                    odata$1$d = zero32;
-                end
-                if (lane_no$2 < vl) begin
-                    odata$2$d = stg$2$q;
-                end
-                else begin
-                    odata$2$d = zero32;
-                end
-                if (lane_no$3 < vl) begin
-                    odata$3$d = stg$3$q;
-                end
-                else begin
-                    odata$3$d = zero32;
-                end
-                ov$d = 1'b1;
-                olast$d = rlast;
-                if (rlast) begin
-                    phase$d = ph_load;
-                    wptr$d = zero11;
-                end
-                else begin
-                    phase$d = ph_rd;
-                end
+        else if ((phase$q == ph_xfer) & (~ov$q | out_ready)) begin
+            if (lane_no$0 < vl) begin
+                odata$0$d = stg$0$q;
+            end
+            else begin
+                odata$0$d = zero32;
+            end
+            if (lane_no$1 < vl) begin
+                odata$1$d = stg$1$q;
+            end
+            else begin
+                odata$1$d = zero32;
+            end
+            if (lane_no$2 < vl) begin
+                odata$2$d = stg$2$q;
+            end
+            else begin
+                odata$2$d = zero32;
+            end
+            if (lane_no$3 < vl) begin
+                odata$3$d = stg$3$q;
+            end
+            else begin
+                odata$3$d = zero32;
+            end
+            ov$d = 1'b1;
+            olast$d = rlast;
+            if (rlast) begin
+                phase$d = ph_load;
+                wptr$d = zero11;
+            end
+            else begin
+                phase$d = ph_rd;
             end
         end
     end

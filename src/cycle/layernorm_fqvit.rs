@@ -499,7 +499,7 @@ pub fn config(
     };
     let q = q_bits(bits);
     let mut v = vec![(7, c as u32), (8, zero_point as u32)];
-    for i in 0..c {
+    for (i, &ei) in e.iter().enumerate() {
         let (hq, bq, gq) = (k.hq[i], k.bq[i], k.gq[i]);
         if hq.abs() >= lim || bq.abs() >= lim {
             return Err(format!(
@@ -521,7 +521,7 @@ pub fn config(
         }
         v.push((1024 + i as u32, hq as u32));
         v.push((2048 + i as u32, bq as u32));
-        v.push((3072 + i as u32, (e[i] << DELTA_BITS) | (delta as u32 & ((1 << DELTA_BITS) - 1))));
+        v.push((3072 + i as u32, (ei << DELTA_BITS) | (delta as u32 & ((1 << DELTA_BITS) - 1))));
     }
     Ok(v)
 }

@@ -836,23 +836,21 @@ impl<
                 self.lane.d.next = self.lane.q.val() + self.one5.val();
                 self.phase.d.next = self.ph_p1.val();
             }
-        } else if self.phase.q.val() == self.ph_xfer.val() {
-            if !self.ov.q.val() | self.out_ready.val() {
-                for i in 0..L {
-                    if self.lane_no[i].val() < self.vl.val() {
-                        self.odata[i].d.next = self.stg[i].q.val();
-                    } else {
-                        self.odata[i].d.next = self.zero32.val();
-                    }
-                }
-                self.ov.d.next = true;
-                self.olast.d.next = self.rlast.val();
-                if self.rlast.val() {
-                    self.phase.d.next = self.ph_load.val();
-                    self.wptr.d.next = self.zero11.val();
+        } else if (self.phase.q.val() == self.ph_xfer.val()) & (!self.ov.q.val() | self.out_ready.val()) {
+            for i in 0..L {
+                if self.lane_no[i].val() < self.vl.val() {
+                    self.odata[i].d.next = self.stg[i].q.val();
                 } else {
-                    self.phase.d.next = self.ph_rd.val();
+                    self.odata[i].d.next = self.zero32.val();
                 }
+            }
+            self.ov.d.next = true;
+            self.olast.d.next = self.rlast.val();
+            if self.rlast.val() {
+                self.phase.d.next = self.ph_load.val();
+                self.wptr.d.next = self.zero11.val();
+            } else {
+                self.phase.d.next = self.ph_rd.val();
             }
         }
     }

@@ -40,13 +40,24 @@ pub enum HdlError {
     #[error("LANES = {0} is not supported: use a power of two in {LANES:?}")]
     Lanes(usize),
     /// Input width not in the supported set.
-    #[error("{bits}-bit inputs are not generated for {unit}: supported widths {BITS:?}")]
+    #[error("{bits}-bit inputs are not generated for {unit}: supported widths {supported:?}", supported = supported_bits(unit))]
     Bits {
         /// Unit.
         unit: String,
         /// Requested width.
         bits: u32,
     },
+}
+
+/// Input widths generated for a unit: the softmax exponent datapath is bits + 20 wide and must
+/// stay within 32; layernorm_fqvit is generated for 6 and 8 bits only (each width is a large
+/// monomorphised block, and compile time is part of CI's budget).
+pub fn supported_bits(unit: &str) -> Vec<u32> {
+    match unit {
+        "layernorm_fqvit" => vec![6, 8],
+        u if u.starts_with("softmax") || u == "gelu_ivit" => BITS.iter().copied().filter(|&b| b <= 12).collect(),
+        _ => BITS.to_vec(),
+    }
 }
 
 /// One generated configuration.
@@ -69,12 +80,7 @@ impl RtlConfig {
         if !LANES.contains(&lanes) {
             return Err(HdlError::Lanes(lanes));
         }
-        // The softmax exponent datapath is bits + 20 wide and must stay within 32.
-        // layernorm_fqvit is generated for 6- and 8-bit inputs only (each width is a large monomorphised block).
-        if !BITS.contains(&bits)
-            || ((unit.starts_with("softmax") || unit == "gelu_ivit") && bits > 12)
-            || (unit == "layernorm_fqvit" && !matches!(bits, 6 | 8))
-        {
+        if !supported_bits(unit).contains(&bits) {
             return Err(HdlError::Bits { unit: unit.to_string(), bits });
         }
         Ok(RtlConfig { unit: unit.to_string(), bits, lanes })
