@@ -643,6 +643,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Any layer the configuration accepts (random γ, β, per-channel factors, zero point,
+        /// row length) streams to the golden model's values.
+        #[test]
+        fn any_accepted_layer_equals_golden(seed in 0u64..1 << 40, b8 in proptest::bool::ANY, li in 0usize..5, c in 1usize..48, pc in proptest::bool::ANY) {
+            let bits = if b8 { 8 } else { 6 };
+            let lanes = 1usize << li;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let half = 1i64 << (bits - 1);
+            let zp = rng.gen_range(-half..half);
+            let l = layer(bits, c, seed, pc, zp);
+            let r = rows(&mut rng, bits, c, 3);
+            let (got, _) = stream(bits, lanes, l.config.clone(), &r, true);
+            proptest::prop_assert_eq!(got, golden(bits, &l, &r));
+        }
+    }
+
     #[test]
     fn engine_pieces_equal_the_golden_rules() {
         // n and the saturation flag against the golden bit-length rule, over many (g, D).
