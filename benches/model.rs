@@ -46,15 +46,19 @@ struct Setup {
     qm: IntModel,
     scales: ActScales,
     images: Vec<Vec<f32>>,
+    all: Images,
 }
 
 fn setup() -> Setup {
+    setup_n(8)
+}
+
+fn setup_n(n: usize) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let m = deit_tiny();
     write_random_model(dir.path(), &m, 7).expect("write model");
     let model = Model::load(dir.path()).expect("load model");
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-    let n = 8;
     let px: Vec<u8> = (0..n * m.image_len()).map(|_| rng.gen()).collect();
     let arr = ndarray::Array4::from_shape_vec([n, 3, 224, 224], px).expect("shape");
     let p = dir.path().join("imgs.npy");
@@ -68,7 +72,7 @@ fn setup() -> Setup {
     let qm =
         IntModel::new(&model, &scales, QuantConfig { weight_bits: 8, act_bits: 8, preset: Preset::Adapted, units }).expect("integer model");
     let images = (0..n).map(|i| imgs.image(i)).collect();
-    Setup { model, qm, scales, images }
+    Setup { model, qm, scales, images, all: imgs }
 }
 
 /// The exact i16 GEMM alone on DeiT-Tiny's shapes (qkv 197×192→576, fc2 197×768→192).
@@ -192,7 +196,33 @@ fn cpu_time_report() {
     }
 }
 
-criterion_group!(benches, bench_gemm, bench);
+/// The sensitivity analysis of `mnq run` (issue goal: under 2 minutes on 2 cores): the float
+/// model beside each of the three single-method integer models, every tap into the ASQNRs,
+/// over 32 images on the default (all-core) rayon pool.
+fn bench_sensitivity(c: &mut Criterion) {
+    let s = setup_n(32);
+    let models: Vec<IntModel> = [Method::IBert, Method::FqVit, Method::IVit]
+        .into_iter()
+        .map(|m| {
+            let units = Assignment::single(&s.model.layers, "x", 8, m).resolve(&s.model.layers, "bench").expect("assignment");
+            IntModel::new(&s.model, &s.scales, QuantConfig { units, ..s.qm.config.clone() }).expect("integer model")
+        })
+        .collect();
+    let bar = indicatif::ProgressBar::hidden();
+    let mut g = c.benchmark_group("sensitivity_pass");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(s.all.len() as u64));
+    g.bench_function("deit_tiny_32_images_float_and_3_methods", |b| {
+        b.iter(|| {
+            for qm in &models {
+                mnq::report::model::sensitivity(&s.model, qm, &s.all, &bar).expect("sensitivity");
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench, bench_sensitivity);
 
 fn main() {
     cpu_time_report();

@@ -173,6 +173,51 @@ pub fn golden_unit(cfg: &RtlConfig, preset: Preset) -> Result<Box<dyn units::Uni
     Ok(u)
 }
 
+/// The configuration writes of one layer with rows of `row` elements, and the input scale
+/// they were computed for: the scale of the operation's standard input distribution
+/// (attention logits drawn with `seed` for softmax, [−8, 8] for GELU, LayerNorm inputs drawn
+/// with `seed` and per-channel γ/β from `seed` for LayerNorm), constants from `preset`.
+pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> Result<(Vec<(u32, u32)>, f64), CosimError> {
+    let bits = cfg.bits;
+    let hi = (1i64 << (bits - 1)) - 1;
+    let config = match cfg.unit.as_str() {
+        "gelu_ibert" | "gelu_ivit" => {
+            let s = f64::from((8.0 / hi as f64) as f32);
+            let c = if cfg.unit == "gelu_ibert" {
+                cycle::gelu_ibert::config(bits, &ibert::Gelu::preset(preset).consts(s))
+            } else {
+                cycle::gelu_ivit::config(bits, &ivit::Gelu::preset(preset), s)
+            };
+            (c, s)
+        }
+        "softmax_ivit" | "softmax_ibert" | "softmax_fqvit" => {
+            let s = crate::sensitivity::symmetric_scale(&draw(Dist::Attention, 64, seed), bits);
+            let c = if cfg.unit == "softmax_ivit" {
+                let golden = ivit::Softmax::preset(preset);
+                let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
+                cycle::softmax::shift_config(bits, cfg.lanes, s, up, golden.n, row)
+            } else if cfg.unit == "softmax_ibert" {
+                cycle::softmax::poly_config(bits, cfg.lanes, &ibert::Softmax::preset(preset), s, row)
+            } else {
+                cycle::softmax::log_config(bits, cfg.lanes, &crate::units::fqvit::Softmax::preset(preset), s, row)
+            };
+            (c, s)
+        }
+        "layernorm_ivit" | "layernorm_ibert" => {
+            let s = crate::sensitivity::symmetric_scale(&draw(Dist::Layernorm, 16, seed), bits);
+            let (g, b) = crate::sensitivity::affine_params(row, seed);
+            let c = if cfg.unit == "layernorm_ivit" {
+                cycle::layernorm::ivit_config(bits, &ivit::LayerNorm::preset(preset), &g, &b)
+            } else {
+                cycle::layernorm::ibert_config(bits, &ibert::LayerNorm::preset(preset), &g, &b)
+            };
+            (c, s)
+        }
+        other => return Err(CosimError::Config(format!("no layer configuration for {other}"))),
+    };
+    Ok((config.0.map_err(CosimError::Config)?, config.1))
+}
+
 /// The streams of a co-simulation: realistic rows plus corner rows, and for row-wise units
 /// further streams reconfigured for the longest and the shortest row.
 pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, CosimError> {
@@ -202,7 +247,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
     };
     match cfg.unit.as_str() {
         "gelu_ibert" | "gelu_ivit" => {
-            let s = f64::from((8.0 / hi as f64) as f32);
+            let (config, s) = layer_config(cfg, opts.preset, opts.seed, Dist::Gelu.row_len())?;
             let mut rows: Vec<Vec<i64>> = vec![
                 vec![0; 7],
                 vec![hi; 13],
@@ -218,28 +263,11 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                 rows.extend(quantise_rows(&draw(Dist::Gelu, 1, opts.seed.wrapping_add(k))[..len], len, s, bits));
                 k += 1;
             }
-            let config = if cfg.unit == "gelu_ibert" {
-                cycle::gelu_ibert::config(bits, &ibert::Gelu::preset(opts.preset).consts(s))
-            } else {
-                cycle::gelu_ivit::config(bits, &ivit::Gelu::preset(opts.preset), s)
-            };
-            push(rows, config.map_err(CosimError::Config)?, s, units::Aux::default());
+            push(rows, config, s, units::Aux::default());
         }
         "softmax_ivit" | "softmax_ibert" | "softmax_fqvit" => {
-            let probe = draw(Dist::Attention, 64, opts.seed);
-            let s = crate::sensitivity::symmetric_scale(&probe, bits);
-            let cfgw = |row: usize| -> Result<Vec<(u32, u32)>, CosimError> {
-                if cfg.unit == "softmax_ivit" {
-                    let golden = ivit::Softmax::preset(opts.preset);
-                    let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
-                    cycle::softmax::shift_config(bits, cfg.lanes, s, up, golden.n, row)
-                } else if cfg.unit == "softmax_ibert" {
-                    cycle::softmax::poly_config(bits, cfg.lanes, &ibert::Softmax::preset(opts.preset), s, row)
-                } else {
-                    cycle::softmax::log_config(bits, cfg.lanes, &crate::units::fqvit::Softmax::preset(opts.preset), s, row)
-                }
-                .map_err(CosimError::Config)
-            };
+            let cfgw = |row: usize| layer_config(cfg, opts.preset, opts.seed, row).map(|c| c.0);
+            let s = layer_config(cfg, opts.preset, opts.seed, 1)?.1;
             let row = Dist::Attention.row_len();
             let mut rows: Vec<Vec<i64>> = vec![
                 vec![0; row],

@@ -2,10 +2,11 @@
 //! decision rules on hand-made tables, and the exact optimiser and Pareto fronts against brute
 //! force on random small instances (proptest), under both architecture models.
 
+use mnq::model::Assignment as ModelAssignment;
 use mnq::sensitivity::asqnr::{sqnr_diff, Asqnr, Convention, RATIO_CAP};
 use mnq::sensitivity::assign::{
-    optimise, pareto, solutions_csv, solutions_markdown, Arch, AssignError, Assignment, AssignmentFile, Axis, Budget, Choice, Layer,
-    Problem, Sense, Solution,
+    optimise, pareto, solutions_csv, solutions_markdown, Arch, AssignError, Assignment, Axis, Budget, Choice, Layer, Problem, Sense,
+    Solution,
 };
 use mnq::sensitivity::table::{Cell, Criterion, LayerInfo, Table, TableLayer};
 use mnq::units::Op;
@@ -200,36 +201,39 @@ fn assignment_file_round_trips_in_layer_order_and_checks_the_model() {
     let a = t.rule(Criterion::SqnrDiff);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("assignment.json");
-    AssignmentFile::new("deit_tiny_fmnist", 8, a.clone()).write(&path).unwrap();
+    let file =
+        |layers: mnq::sensitivity::assign::Assignment| ModelAssignment { format: 1, model: "deit_tiny_fmnist".into(), bits: 8, layers };
+    file(a.clone()).save(&path).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let (n, s) = (text.find("blocks.0.norm1").unwrap(), text.find("blocks.0.attn.softmax").unwrap());
     assert!(n < s, "layers keep execution order: {text}");
-    let back = AssignmentFile::read(&path).unwrap();
+    let back = ModelAssignment::load(&path).unwrap();
     assert_eq!(back.layers, a);
-    back.check(&t.layer_ops()).unwrap();
+    let ops = t.layer_ops();
+    let units = back.check(&ops, "f").unwrap();
+    assert_eq!(units.iter().map(|u| u.name().to_string()).collect::<Vec<_>>(), a.0.iter().map(|(_, u)| u.clone()).collect::<Vec<_>>());
 
     let mut extra = a.clone();
     extra.0.push(("blocks.9.norm1".into(), "layernorm_ivit".into()));
-    let e = AssignmentFile::new("m", 8, extra).check(&t.layer_ops()).unwrap_err();
-    assert!(matches!(e, AssignError::UnknownLayer { .. }), "{e}");
+    assert!(file(extra).check(&ops, "f").unwrap_err().to_string().contains("'blocks.9.norm1' does not exist"));
     let mut short = a.clone();
-    short.0.pop();
-    assert!(matches!(AssignmentFile::new("m", 8, short).check(&t.layer_ops()), Err(AssignError::MissingLayer { .. })));
+    let gone = short.0.pop().unwrap().0;
+    assert!(file(short).check(&ops, "f").unwrap_err().to_string().contains(&format!("missing: {gone}")));
     let mut wrong = a.clone();
     wrong.0[0].1 = "softmax_ivit".into();
-    let e = AssignmentFile::new("m", 8, wrong).check(&t.layer_ops()).unwrap_err();
-    assert!(e.to_string().contains("not a layernorm unit"), "{e}");
+    let e = file(wrong).check(&ops, "f").unwrap_err().to_string();
+    assert!(e.contains("is a layernorm layer but unit 'softmax_ivit' computes softmax"), "{e}");
     let mut unknown = a.clone();
     unknown.0[0].1 = "layernorm_magic".into();
-    assert!(AssignmentFile::new("m", 8, unknown).check(&t.layer_ops()).unwrap_err().to_string().contains("a unit mnq has"));
+    assert!(file(unknown).check(&ops, "f").unwrap_err().to_string().contains("unknown unit 'layernorm_magic'"));
 
     std::fs::write(&path, r#"{"format": 1, "model": "m", "bits": 8, "layers": {"a": "x", "a": "y"}}"#).unwrap();
-    assert!(AssignmentFile::read(&path).unwrap_err().to_string().contains("appears twice"));
+    assert!(ModelAssignment::load(&path).unwrap_err().to_string().contains("appears twice"));
     std::fs::write(&path, r#"{"format": 2, "model": "m", "bits": 8, "layers": {}}"#).unwrap();
-    assert!(AssignmentFile::read(&path).unwrap_err().to_string().contains("format 2"));
+    assert!(ModelAssignment::load(&path).unwrap_err().to_string().contains("format 2"));
     std::fs::write(&path, r#"{"format": 1, "model": "m", "bits": 8, "layers": {"#).unwrap();
-    assert!(matches!(AssignmentFile::read(&path), Err(AssignError::Format { .. })));
-    assert!(matches!(AssignmentFile::read(&dir.path().join("none.json")), Err(AssignError::Io(_))));
+    assert!(ModelAssignment::load(&path).unwrap_err().to_string().contains("not a valid assignment"));
+    assert!(ModelAssignment::load(&dir.path().join("none.json")).unwrap_err().to_string().contains("none.json"));
 
     // Evaluating an assignment by name checks it against the problem's candidates.
     let p = t.problem(Criterion::SqnrDiff);

@@ -111,3 +111,85 @@ fn bad_input_writes_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("mnq cost"));
     assert!(!out.exists());
 }
+
+/// Area of one instance of `unit` at `bits` as the run computes it from the committed cost
+/// table: logic and flip-flops plus the row buffers at 1.5 NAND2-eq per SRAM bit.
+fn unit_area(t: &mnq::cost::Table, unit: &str, bits: u32) -> f64 {
+    let a = t.area(unit, bits, 1).unwrap();
+    a.nand2_eq + mnq::report::model::SRAM_NAND2_EQ_PER_BIT * a.memory_bits as f64
+}
+
+#[test]
+fn dataflow_area_budget_uses_the_committed_cost_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let t = mnq::cost::Table::load(&root.join("reports/cost/cost.json")).unwrap();
+    let model = mnq::model::Model::load(&root.join("sim/models/deit_tiny_fmnist")).unwrap();
+    // Dataflow: one unit per layer, so the smallest area is the cheapest hardware unit of each layer's op.
+    let hw = |op: mnq::units::Op| -> Vec<String> {
+        t.rows.iter().filter(|r| r.bits == 8 && r.lanes == 1 && r.op == op.name()).map(|r| r.unit.clone()).collect()
+    };
+    let cheapest: f64 = model.layers.iter().map(|l| hw(l.op).iter().map(|u| unit_area(&t, u, 8)).fold(f64::INFINITY, f64::min)).sum();
+    let budget = (cheapest * 1.05).ceil();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let b = budget.to_string();
+    let o = mnq(&[
+        "run",
+        "--quiet",
+        "--bits",
+        "8",
+        "--sens-images",
+        "8",
+        "--images",
+        "8",
+        "--arch",
+        "dataflow",
+        "--area-budget",
+        &b,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["pareto_area_8b.csv", "pareto_area_8b.md", "pareto_criterion_area_8b.svg", "pareto_criterion_area_8b.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let s = &r["bits"][0]["budget_solution"];
+    let area = s["area"].as_f64().unwrap();
+    assert!(area <= budget && area >= cheapest, "{area} outside [{cheapest}, {budget}]");
+    // The area is the sum over layers of the chosen units' areas in the cost table.
+    let a = s["assignment"].as_object().unwrap();
+    assert_eq!(a.len(), model.layers.len());
+    let sum: f64 = a.values().map(|u| unit_area(&t, u.as_str().unwrap(), 8)).sum();
+    assert!((sum - area).abs() < 1e-6, "dataflow area {area}, cost table sum {sum}");
+    // Every point of the area front is non-dominated: area up, criterion strictly down.
+    let pts = r["bits"][0]["pareto"]["area"]["points"].as_array().unwrap();
+    assert!(pts.len() >= 2);
+    for w in pts.windows(2) {
+        assert!(w[0]["area"].as_f64() < w[1]["area"].as_f64());
+        assert!(w[0]["criterion"].as_f64() > w[1]["criterion"].as_f64());
+    }
+    // A budget below the cheapest assignment is refused, naming the smallest achievable area; nothing written.
+    let out2 = dir.path().join("r2");
+    let low = (cheapest * 0.9).floor().to_string();
+    let o = mnq(&[
+        "run",
+        "--quiet",
+        "--bits",
+        "8",
+        "--sens-images",
+        "4",
+        "--images",
+        "4",
+        "--arch",
+        "dataflow",
+        "--area-budget",
+        &low,
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("smallest achievable area"), "{err}");
+    assert!(!out2.exists());
+}

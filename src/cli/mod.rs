@@ -1,5 +1,7 @@
 //! The `mnq` command line: argument parsing and calls into the library, nothing more.
 
+mod cost;
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mnq::fixed::{QTensor, Scale};
@@ -46,6 +48,8 @@ pub enum Command {
     Rtl(RtlArgs),
     /// Co-simulate generated Verilog under Verilator against the cycle model, cycle by cycle.
     Cosim(CosimArgs),
+    /// Area (yosys: ASIC-like gates, iCE40), timing (cycle models) and accuracy of hardware configurations; trade-off plots.
+    Cost(cost::CostArgs),
     /// Float and integer inference of a model directory: top-1, agreement, per-layer ASQNR.
     Infer(infer::InferArgs),
     /// Activation scales (and PTF parameters) from calibration images, into the manifest.
@@ -227,6 +231,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Error(a) => cmd_error(&a).map(|_| 0),
         Command::Rtl(a) => cmd_rtl(&a),
         Command::Cosim(a) => cmd_cosim(&a),
+        Command::Cost(a) => cost::run(&a),
         Command::Infer(a) => infer::cmd_infer(&a),
         Command::Calibrate(a) => infer::cmd_calibrate(&a),
         Command::Run(a) => run::cmd_run(&a),

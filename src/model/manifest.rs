@@ -336,8 +336,27 @@ pub fn unit_for(op: Op, method: units::Method) -> LayerUnit {
 }
 
 /// Layer names in execution order, kept as a map that serialises in that order.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OrderedLayers(pub Vec<(String, String)>);
+
+impl OrderedLayers {
+    /// The unit assigned to `layer`.
+    pub fn get(&self, layer: &str) -> Option<&str> {
+        self.0.iter().find(|(l, _)| l == layer).map(|(_, u)| u.as_str())
+    }
+
+    /// Number of layers per unit, in order of first use.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for (_, u) in &self.0 {
+            match out.iter_mut().find(|(n, _)| n == u) {
+                Some(e) => e.1 += 1,
+                None => out.push((u.clone(), 1)),
+            }
+        }
+        out
+    }
+}
 
 impl Serialize for OrderedLayers {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -422,29 +441,37 @@ impl Assignment {
     /// Errors name the unknown layer, the unknown unit, the unit of the wrong operation, or the
     /// missing layers. `source` names the file or flag the assignment came from.
     pub fn resolve(&self, layers: &[super::Layer], source: &str) -> Result<Vec<LayerUnit>, ModelError> {
+        let ops: Vec<(String, Op)> = layers.iter().map(|l| (l.name.clone(), l.op)).collect();
+        self.check(&ops, source)
+    }
+
+    /// [`Assignment::resolve`] against (layer name, op) pairs in execution order, for callers
+    /// that have a sensitivity table rather than a loaded model.
+    pub fn check(&self, layers: &[(String, Op)], source: &str) -> Result<Vec<LayerUnit>, ModelError> {
         let err = |what: String| ModelError::Assignment { origin: source.to_string(), what };
         let mut out: Vec<Option<LayerUnit>> = vec![None; layers.len()];
         for (name, unit) in &self.layers.0 {
-            let Some(layer) = layers.iter().find(|l| l.name == *name) else {
+            let Some(index) = layers.iter().position(|(l, _)| l == name) else {
                 return Err(err(format!(
                     "layer '{name}' does not exist in this model (its non-linear layers are {} … {}, {} in all)",
-                    layers.first().map(|l| l.name.as_str()).unwrap_or(""),
-                    layers.last().map(|l| l.name.as_str()).unwrap_or(""),
+                    layers.first().map(|l| l.0.as_str()).unwrap_or(""),
+                    layers.last().map(|l| l.0.as_str()).unwrap_or(""),
                     layers.len()
                 )));
             };
+            let op = layers[index].1;
             let u = LayerUnit::parse(unit).map_err(|w| err(format!("layer '{name}': {w}")))?;
-            if u.op() != layer.op {
+            if u.op() != op {
                 return Err(err(format!(
                     "layer '{name}' is a {} layer but unit '{unit}' computes {}; use one of {}",
-                    layer.op.name(),
+                    op.name(),
                     u.op().name(),
-                    units_for(layer.op).join(", ")
+                    units_for(op).join(", ")
                 )));
             }
-            out[layer.index] = Some(u);
+            out[index] = Some(u);
         }
-        let missing: Vec<&str> = layers.iter().zip(&out).filter(|(_, u)| u.is_none()).map(|(l, _)| l.name.as_str()).collect();
+        let missing: Vec<&str> = layers.iter().zip(&out).filter(|(_, u)| u.is_none()).map(|(l, _)| l.0.as_str()).collect();
         if !missing.is_empty() {
             return Err(err(format!("every non-linear layer needs a unit; missing: {}", missing.join(", "))));
         }

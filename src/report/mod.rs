@@ -2,6 +2,7 @@
 //! Every file is written atomically: a failed run leaves no partial file.
 
 pub mod charts;
+pub mod cost;
 pub mod model;
 
 use crate::io::{write_atomic, IoError};

@@ -89,11 +89,17 @@ pub struct RunOptions {
 
 // ---------------------------------------------------------------- costs
 
+/// Area of one SRAM bit in NAND2-equivalents: a 6-transistor cell against the 4 of a NAND2
+/// (array periphery not counted), so that row buffers weigh in the area the optimiser sees.
+pub const SRAM_NAND2_EQ_PER_BIT: f64 = 1.5;
+
 /// Cost of one unit configuration as the run uses it: area per instance when known, and the
 /// cycle formulas of the single-lane configuration.
 #[derive(Debug, Clone)]
 struct UnitCost {
     area: Option<f64>,
+    /// Timing measured by `mnq cost`, when the cost table has the configuration.
+    timing: Option<crate::cost::Row>,
     latency: String,
     row_period: String,
 }
@@ -106,25 +112,9 @@ struct Costs {
     notes: Vec<String>,
 }
 
-/// Evaluate a manifest cycle formula (`2*ceil(N/LANES) + 36`, `33`, `ceil(N/LANES)`) at row length `n`.
+/// Evaluate a manifest cycle formula at row length `n` (see [`crate::cost::latency::eval_formula`]).
 fn formula(f: &str, n: u64, lanes: u64) -> Option<u64> {
-    let mut total = 0u64;
-    for term in f.split('+') {
-        let t = term.trim();
-        let (k, rest) = match t.split_once('*') {
-            Some((k, r)) => (k.trim().parse::<u64>().ok()?, r.trim()),
-            None => (1, t),
-        };
-        let v = if rest == "ceil(N/LANES)" {
-            n.div_ceil(lanes)
-        } else if rest == "N" {
-            n
-        } else {
-            rest.parse::<u64>().ok()?
-        };
-        total += k * v;
-    }
-    Some(total)
+    crate::cost::latency::eval_formula(f, n as usize, lanes as usize).ok().and_then(|v| u64::try_from(v).ok())
 }
 
 impl Costs {
@@ -144,37 +134,40 @@ impl Costs {
             else {
                 continue;
             };
-            c.units.insert((unit.to_string(), bits as u32), UnitCost { area: None, latency: lat.to_string(), row_period: rp.to_string() });
+            c.units.insert(
+                (unit.to_string(), bits as u32),
+                UnitCost { area: None, timing: None, latency: lat.to_string(), row_period: rp.to_string() },
+            );
         }
         c.notes.push(format!(
             "latency: cycle-model formulas of the single-lane configurations in {} (layer cycles per image = latency(N) + rows × row_period(N), N = row length)",
             rtl_manifest.display()
         ));
-        match std::fs::read_to_string(cost_table) {
-            Ok(t) => {
-                let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| {
-                    RunError::Input(format!("{}: not valid JSON ({e}); regenerate it with `mnq cost`", cost_table.display()))
-                })?;
-                let mut found = 0;
-                for r in v["rows"].as_array().into_iter().flatten() {
-                    if r["lanes"].as_u64() != Some(1) {
-                        continue;
-                    }
-                    let (Some(unit), Some(bits)) = (r["unit"].as_str(), r["bits"].as_u64()) else { continue };
-                    // `asic` is an outcome: the figures sit under its success variant.
-                    let asic = &r["asic"];
-                    let nand = ["Ok", "ok"].iter().map(|k| &asic[k]["nand2_eq"]).find_map(|x| x.as_f64()).or(asic["nand2_eq"].as_f64());
-                    if let (Some(a), Some(uc)) = (nand, c.units.get_mut(&(unit.to_string(), bits as u32))) {
-                        uc.area = Some(a);
-                        found += 1;
-                    }
+        if cost_table.is_file() {
+            let t = crate::cost::Table::load(cost_table).map_err(|e| RunError::Input(e.to_string()))?;
+            let mut found = 0;
+            for ((unit, bits), uc) in c.units.iter_mut() {
+                if let Ok(a) = t.area(unit, *bits, 1) {
+                    uc.area = Some(a.nand2_eq + SRAM_NAND2_EQ_PER_BIT * a.memory_bits as f64);
+                    found += 1;
                 }
-                c.area_source = Some(format!("{} (yosys NAND2-equivalents, {found} configurations)", cost_table.display()));
+                if let Ok(r) = t.row(unit, *bits, 1) {
+                    uc.timing = Some(r.clone());
+                }
             }
-            Err(_) => c.notes.push(format!(
+            c.area_source = Some(format!(
+                "{} (yosys NAND2-equivalents of logic and flip-flops, plus row-buffer SRAM at {SRAM_NAND2_EQ_PER_BIT} NAND2-eq per bit, a 6-transistor cell; {found} configurations)",
+                cost_table.display()
+            ));
+            c.notes[0] = format!(
+                "latency: cycles measured on the single-lane cycle models by `mnq cost` ({}): layer cycles per image = cycles of its rows streamed back to back, first input to last output",
+                cost_table.display()
+            );
+        } else {
+            c.notes.push(format!(
                 "area: no cost table at {} (`mnq cost` writes it), so no area is known and the area-aware part is skipped",
                 cost_table.display()
-            )),
+            ));
         }
         Ok(c)
     }
@@ -186,6 +179,9 @@ impl Costs {
     /// Cycles of one image's rows of a layer on `unit`, when the unit has hardware.
     fn layer_latency(&self, unit: &str, bits: u32, rows: usize, row_len: usize) -> Option<u64> {
         let c = self.get(unit, bits)?;
+        if let Some(r) = &c.timing {
+            return r.timing_at(row_len).ok().map(|t| t.cycles(rows as u64));
+        }
         let n = row_len as u64;
         Some(formula(&c.latency, n, 1)? + rows as u64 * formula(&c.row_period, n, 1)?)
     }
@@ -199,17 +195,21 @@ impl Costs {
 
 /// Float and one single-method integer model over the sensitivity images: ASQNR of every
 /// layer's input and output, plus the outputs of the first images for the histograms.
-struct Sens {
-    input: Vec<Asqnr>,
-    output: Vec<Asqnr>,
+pub struct Sens {
+    /// ASQNR of every non-linear layer's input, in execution order.
+    pub input: Vec<Asqnr>,
+    /// ASQNR of every non-linear layer's output, in execution order.
+    pub output: Vec<Asqnr>,
     /// `samples[layer]` = (float outputs, quantised outputs) of the first images.
-    samples: Vec<(Vec<f64>, Vec<f64>)>,
+    pub samples: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
 const HIST_IMAGES: usize = 4;
 const CHUNK: usize = 16;
 
-fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &ProgressBar) -> Result<Sens, RunError> {
+/// One sensitivity pass of `mnq run`: the float model and the integer model `qm` side by side
+/// over `images` (parallel over images, accumulated in image order), every tap into the ASQNRs.
+pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &ProgressBar) -> Result<Sens, RunError> {
     let nl = model.layers.len();
     let mut s = Sens {
         input: model.layers.iter().map(|l| Asqnr::new(format!("{} input", l.name))).collect(),
@@ -912,8 +912,24 @@ fn index_md(
         reading.push_str("No cost table was present, so areas are unknown and only latency fronts are drawn. ");
     }
     let no_hw: std::collections::BTreeSet<&str> = bs.iter().flat_map(|b| b.skipped.iter().map(|s| s.as_str())).collect();
-    if no_hw.is_empty() {
-        reading.push_str("Every candidate unit has hardware, so the cost-aware part covers every layer.");
+    let uncosted: std::collections::BTreeSet<String> = bs
+        .iter()
+        .flat_map(|b| {
+            [Op::Softmax, Op::Gelu, Op::LayerNorm]
+                .into_iter()
+                .flat_map(crate::model::manifest::units_for)
+                .filter(|u| u != crate::model::manifest::FLOAT_GELU && costs.get(u, b.bits).is_none())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if no_hw.is_empty() && uncosted.is_empty() {
+        reading.push_str("Every candidate unit has hardware, so the cost-aware part covers every layer and every candidate.");
+    } else if no_hw.is_empty() {
+        let _ = write!(
+            reading,
+            "Candidates without hardware ({}) are left out of the cost-aware part (fronts and budgets); every layer keeps at least one candidate with hardware.",
+            uncosted.into_iter().collect::<Vec<_>>().join(", ")
+        );
     } else {
         let _ = write!(reading, "Layers whose candidates lack hardware ({} layer(s), listed below) keep the SQNR-diff rule's choice outside the cost-aware part; FQ-ViT's float GELU fallback is never a candidate of a rule.", no_hw.len());
     }

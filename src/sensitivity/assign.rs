@@ -38,15 +38,10 @@
 //! Areas are summed in f64 (integer or quarter-integer areas such as NAND2-equivalents sum
 //! exactly); latencies are integer cycles.
 
-use crate::io::{write_atomic, IoError};
-use crate::units::{self, Op, Preset};
-use serde::de::{MapAccess, Visitor};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::path::Path;
 use thiserror::Error;
 
 /// Most unit types one component of the shared model may hold (2^16 subsets are enumerated).
@@ -159,61 +154,10 @@ impl Budget {
     }
 }
 
-/// An ordered map layer → unit, serialised as a JSON object in layer order.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Assignment(pub Vec<(String, String)>);
-
-impl Assignment {
-    /// The unit assigned to `layer`.
-    pub fn get(&self, layer: &str) -> Option<&str> {
-        self.0.iter().find(|(l, _)| l == layer).map(|(_, u)| u.as_str())
-    }
-
-    /// Number of layers per unit, in order of first use.
-    pub fn counts(&self) -> Vec<(String, usize)> {
-        let mut out: Vec<(String, usize)> = Vec::new();
-        for (_, u) in &self.0 {
-            match out.iter_mut().find(|(n, _)| n == u) {
-                Some(e) => e.1 += 1,
-                None => out.push((u.clone(), 1)),
-            }
-        }
-        out
-    }
-}
-
-impl Serialize for Assignment {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (l, u) in &self.0 {
-            m.serialize_entry(l, u)?;
-        }
-        m.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Assignment {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Assignment;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object mapping layer names to unit names")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Assignment, A::Error> {
-                let mut v: Vec<(String, String)> = Vec::new();
-                while let Some((l, u)) = m.next_entry::<String, String>()? {
-                    if v.iter().any(|(k, _)| *k == l) {
-                        return Err(serde::de::Error::custom(format!("layer '{l}' appears twice")));
-                    }
-                    v.push((l, u));
-                }
-                Ok(Assignment(v))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
+/// Layer → unit in execution order: the `layers` map of `assignment.json`
+/// ([`crate::model::Assignment`], the one file type the inference engine, `mnq rtl` and the
+/// optimiser share).
+pub use crate::model::manifest::OrderedLayers as Assignment;
 
 /// One assignment with its costs under an architecture model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -350,17 +294,6 @@ pub enum AssignError {
         /// Number of candidates.
         n: usize,
     },
-    /// A malformed assignment.json.
-    #[error("{path}: {what}")]
-    Format {
-        /// File.
-        path: String,
-        /// What is wrong.
-        what: String,
-    },
-    /// Reading or writing a file failed.
-    #[error(transparent)]
-    Io(#[from] IoError),
 }
 
 /// A candidate after validation: type index and the criterion turned into "smaller is better".
@@ -903,78 +836,6 @@ pub fn solutions_markdown(problem: &Problem, sols: &[Solution]) -> String {
         );
     }
     s
-}
-
-/// The `assignment.json` file read by `mnq infer --assign` and `mnq rtl` (model contract).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssignmentFile {
-    /// File format version, 1.
-    pub format: u32,
-    /// Model name from its manifest.
-    pub model: String,
-    /// Activation bit width the assignment was made for.
-    pub bits: u32,
-    /// Layer → unit, in execution order.
-    pub layers: Assignment,
-}
-
-impl AssignmentFile {
-    /// A format-1 file.
-    pub fn new(model: impl Into<String>, bits: u32, layers: Assignment) -> Self {
-        AssignmentFile { format: 1, model: model.into(), bits, layers }
-    }
-
-    /// Pretty JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("an assignment always serialises") + "\n"
-    }
-
-    /// Parse JSON text; `path` names the source in errors.
-    pub fn from_json(text: &str, path: &str) -> Result<Self, AssignError> {
-        let f: AssignmentFile = serde_json::from_str(text).map_err(|e| AssignError::Format { path: path.into(), what: e.to_string() })?;
-        if f.format != 1 {
-            return Err(AssignError::Format {
-                path: path.into(),
-                what: format!("format {} is not supported; this mnq reads format 1", f.format),
-            });
-        }
-        Ok(f)
-    }
-
-    /// Read and parse a file.
-    pub fn read(path: &Path) -> Result<Self, AssignError> {
-        let text = std::fs::read_to_string(path).map_err(|source| IoError::Io { path: path.to_path_buf(), source })?;
-        Self::from_json(&text, &path.display().to_string())
-    }
-
-    /// Write atomically (a temporary file, then a rename).
-    pub fn write(&self, path: &Path) -> Result<(), AssignError> {
-        Ok(write_atomic(path, self.to_json().as_bytes())?)
-    }
-
-    /// Check against the model's non-linear layers (name, op): every layer present, no other,
-    /// every unit known to mnq and of its layer's op.
-    pub fn check(&self, layers: &[(String, Op)]) -> Result<(), AssignError> {
-        for (l, _) in &self.layers.0 {
-            if !layers.iter().any(|(n, _)| n == l) {
-                return Err(AssignError::UnknownLayer { layer: l.clone() });
-            }
-        }
-        let known = units::unit_names();
-        for (name, op) in layers {
-            let u = self.layers.get(name).ok_or_else(|| AssignError::MissingLayer { layer: name.clone() })?;
-            let wrong = |expected: String| AssignError::UnknownUnit { layer: name.clone(), unit: u.to_string(), expected };
-            if !known.contains(&u) {
-                return Err(wrong(format!("a unit mnq has (known: {})", known.join(", "))));
-            }
-            let unit_op = units::build(u, Preset::Reference).map_err(|e| wrong(e.to_string()))?.op();
-            if unit_op != *op {
-                return Err(wrong(format!("a {} unit (it computes {})", op.name(), unit_op.name())));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

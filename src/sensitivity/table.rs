@@ -356,7 +356,7 @@ impl Table {
         s
     }
 
-    /// Layer names and ops, in execution order (what [`super::assign::AssignmentFile::check`] takes).
+    /// Layer names and ops, in execution order (what [`crate::model::Assignment::check`] takes).
     pub fn layer_ops(&self) -> Vec<(String, Op)> {
         self.layers.iter().map(|l| (l.info.name.clone(), l.info.op)).collect()
     }
