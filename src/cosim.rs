@@ -203,11 +203,15 @@ pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> R
             };
             (c, s)
         }
-        "layernorm_ivit" | "layernorm_ibert" => {
+        "layernorm_ivit" | "layernorm_ibert" | "layernorm_fqvit" => {
             let s = crate::sensitivity::symmetric_scale(&draw(Dist::Layernorm, 16, seed), bits);
             let (g, b) = crate::sensitivity::affine_params(row, seed);
             let c = if cfg.unit == "layernorm_ivit" {
                 cycle::layernorm::ivit_config(bits, &ivit::LayerNorm::preset(preset), &g, &b)
+            } else if cfg.unit == "layernorm_fqvit" {
+                // Per-tensor input scale, zero point 0, the standard output scale (as in `sessions`).
+                let so = vec![cycle::layernorm_fqvit::STANDARD_OUT_SCALE; row];
+                cycle::layernorm_fqvit::config(bits, &crate::units::fqvit::LayerNorm::preset(preset), &vec![s; row], &g, &b, &so, 0)
             } else {
                 cycle::layernorm::ibert_config(bits, &ibert::LayerNorm::preset(preset), &g, &b)
             };
