@@ -15,7 +15,7 @@
 //!        D = ⌊√V⌋, two radicand bits a cycle.                                 1 + (B+13) + 1 cycles
 //!  per beat b:
 //!   RD   read word b of every RAM.                                                       1 cycle
-//!   per valid lane (serial), Q + 3 cycles:
+//!   per lane (serial; padded lanes of the last beat too, their outputs dropped), Q + 3 cycles:
 //!    P1  g = |gq| with gq = N·hq + δ; n from bit lengths of g and D and one compare of their
 //!        normalised mantissas (the golden model's rule); P = bq·D − S·hq.           1 cycle
 //!    P2  G = g≪n and X = |P|≪n (barrel shifters); the dividers start from
@@ -28,8 +28,8 @@
 //! ```
 //! One row at a time, one element at a time: with Q = 2B + 24, no input gaps and no
 //! back-pressure, latency (first input beat to first output beat) is
-//! 2·nb + min(N, LANES)·(Q + 3) + B + 18 cycles and the row period
-//! 4·nb + N·(Q + 3) + B + 16 cycles (checked below and against the RTL by `mnq cosim`).
+//! 2·nb + LANES·(Q + 3) + B + 18 cycles and the row period
+//! nb·(LANES·(Q + 3) + 4) + B + 16 cycles (checked below and against the RTL by `mnq cosim`).
 //!
 //! Widths for B-bit inputs, F = 20, N ≤ 1024 and e_c ≤ 3 (k_c ∈ {1, 2, 4, 8}), zp a B-bit code:
 //! q − zp B+1 bits, xq B+4, S B+14 (signed); SS 2B+16, V 2B+26, D B+13 (unsigned);
@@ -386,7 +386,9 @@ impl Clocked for LayerNormFqvit {
                         crate::fixed::shift_round(m * i128::from(cur.xq) + bb, cur.n, crate::fixed::Rounding::HalfEven)
                     };
                     nx.stg[cur.lane] = sext(out as u64, OUT_BITS);
-                    if cur.lane + 1 == self.valid_lanes(cur.rdi) {
+                    // Every lane takes its turn, padded ones too (their outputs are dropped at
+                    // XFER), so that latency and row period are affine in the beats per row.
+                    if cur.lane + 1 == self.lanes {
                         nx.phase = Phase::Xfer;
                     } else {
                         nx.lane = cur.lane + 1;
@@ -688,8 +690,9 @@ mod tests {
             let (_, t) = stream(bits, lanes, l.config, &r, false);
             let tm = timing(&t).unwrap();
             let (nb, q, b, n) = (c.div_ceil(lanes) as u64, u64::from(q_bits(bits)), u64::from(bits), c as u64);
-            assert_eq!(tm.latency, 2 * nb + n.min(lanes as u64) * (q + 3) + b + 18, "{bits}b L{lanes} C{c}");
-            assert_eq!(tm.row_period, (4 * nb + n * (q + 3) + b + 16) as f64, "{bits}b L{lanes} C{c}");
+            let l = lanes as u64;
+            assert_eq!(tm.latency, 2 * nb + l * (q + 3) + b + 18, "{bits}b L{lanes} C{c} N {n}");
+            assert_eq!(tm.row_period, (nb * (l * (q + 3) + 4) + b + 16) as f64, "{bits}b L{lanes} C{c}");
         }
     }
 

@@ -710,7 +710,7 @@ impl<
         self.outr.a.next = self.rne.y.val();
         self.zrne.a.next = self.bq.q.val();
         self.zrne.s.next = self.f5.val();
-        self.lastlane.next = (self.lane.q.val() + self.one5.val()) == self.vl.val();
+        self.lastlane.next = (self.lane.q.val() + self.one5.val()) == self.lanes5.val();
         for i in 0..L {
             self.pack.lane[i].next = self.odata[i].q.val();
         }

@@ -235,10 +235,10 @@ impl RtlConfig {
                         "2048+c: bq[c] = RNE(beta_c/so_c*2^20) (32 bits, two's complement)".into(),
                         "3072+c: e_c in bits 12:11 (input factor 2^e_c, e_c <= 3), delta_c = gq[c] - N*hq[c] in bits 10:0 (two's complement)".into(),
                     ],
-                    format!("2*ceil(N/LANES) + min(N, LANES)*{} + {}", q + 3, b + 18),
-                    format!("4*ceil(N/LANES) + N*{} + {}", q + 3, b + 16),
+                    format!("2*ceil(N/LANES) + {}", self.lanes as u32 * (q + 3) + b + 18),
+                    format!("{}*ceil(N/LANES) + {}", self.lanes as u32 * (q + 3) + 4, b + 16),
                     format!(
-                        "one row at a time, one element at a time: LOAD ceil(N/LANES), STAT ceil(N/LANES)+1, SQRT {}, then per beat 2 + per element {} (two restoring dividers by D, {q} and 8 quotient bits)",
+                        "one row at a time, one element at a time: LOAD ceil(N/LANES), STAT ceil(N/LANES)+1, SQRT {}, then per beat 2 + LANES*{} (per lane, padded ones too: two restoring dividers by D, {q} and 8 quotient bits)",
                         b + 15,
                         q + 3
                     ),
