@@ -494,6 +494,16 @@ pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dy
     Ok(bad)
 }
 
+/// Cycles a beat spends in a serial element engine beyond the handshakes: the PTF LayerNorm
+/// takes LANES·(Q + 3) cycles a beat; the other units keep pace with the stream.
+pub fn engine_cycles_per_beat(cfg: &RtlConfig) -> u64 {
+    if cfg.unit == "layernorm_fqvit" {
+        cfg.lanes as u64 * (u64::from(cycle::layernorm_fqvit::q_bits(cfg.bits)) + 3)
+    } else {
+        0
+    }
+}
+
 /// Co-simulate one configuration.
 pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimError> {
     let name = cfg.name();
@@ -520,10 +530,8 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
     for (si, ses) in sessions(cfg, opts)?.iter().enumerate() {
         let st = &ses.stim;
         // 80 cycles a beat for the handshakes, plus the per-row fixed phases of the row-wise units.
-        // The PTF LayerNorm's serial element engine adds Q + 3 cycles an element.
-        let per_elem = if cfg.unit == "layernorm_fqvit" { u64::from(cycle::layernorm_fqvit::q_bits(cfg.bits)) + 3 } else { 0 };
-        let elems: u64 = ses.rows.iter().map(|r| r.len() as u64).sum();
-        let max_cycles = 64 + st.config.len() as u64 + 80 * st.beats.len() as u64 + 1024 * ses.rows.len() as u64 + per_elem * elems;
+        let max_cycles =
+            64 + st.config.len() as u64 + (80 + engine_cycles_per_beat(cfg)) * st.beats.len() as u64 + 1024 * ses.rows.len() as u64;
         let t0 = Instant::now();
         let mt = cycle::run(cycle::model(cfg).as_mut(), st, st.beats.len(), max_cycles);
         model_s += t0.elapsed().as_secs_f64();
