@@ -141,6 +141,8 @@ pub struct Session {
     pub scale: f64,
     /// LayerNorm affine parameters of the rows (empty for the other units).
     pub aux: units::Aux,
+    /// Per-channel input scales, where they differ by channel (PTF LayerNorm); else `scale`.
+    pub channel_scales: Option<Vec<f64>>,
 }
 
 fn quantise_rows(x: &[f64], row: usize, s: f64, bits: u32) -> Vec<Vec<i64>> {
@@ -201,11 +203,15 @@ pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> R
             };
             (c, s)
         }
-        "layernorm_ivit" | "layernorm_ibert" => {
+        "layernorm_ivit" | "layernorm_ibert" | "layernorm_fqvit" => {
             let s = crate::sensitivity::symmetric_scale(&draw(Dist::Layernorm, 16, seed), bits);
             let (g, b) = crate::sensitivity::affine_params(row, seed);
             let c = if cfg.unit == "layernorm_ivit" {
                 cycle::layernorm::ivit_config(bits, &ivit::LayerNorm::preset(preset), &g, &b)
+            } else if cfg.unit == "layernorm_fqvit" {
+                // Per-tensor input scale, zero point 0, the standard output scale (as in `sessions`).
+                let so = vec![cycle::layernorm_fqvit::STANDARD_OUT_SCALE; row];
+                cycle::layernorm_fqvit::config(bits, &crate::units::fqvit::LayerNorm::preset(preset), &vec![s; row], &g, &b, &so, 0)
             } else {
                 cycle::layernorm::ibert_config(bits, &ibert::LayerNorm::preset(preset), &g, &b)
             };
@@ -240,6 +246,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             rows,
             scale,
             aux,
+            channel_scales: None,
         });
     };
     match cfg.unit.as_str() {
@@ -283,22 +290,30 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             push(vec![long, vec![lo; cycle::softmax::NMAX]], cfgw(cycle::softmax::NMAX)?, s, units::Aux::default());
             push(vec![vec![hi], vec![lo], vec![0]], cfgw(1)?, s, units::Aux::default());
         }
-        "layernorm_ivit" | "layernorm_ibert" => {
+        "layernorm_ivit" | "layernorm_ibert" | "layernorm_fqvit" => {
             let probe = draw(Dist::Layernorm, 16, opts.seed);
             let s = crate::sensitivity::symmetric_scale(&probe, bits);
+            let fq = cfg.unit == "layernorm_fqvit";
+            // The PTF LayerNorm also needs the next quantiser's scale: the documented standard one.
+            let so = cycle::layernorm_fqvit::STANDARD_OUT_SCALE;
             let affine = |c: usize, seed: u64| {
                 let (g, b) = crate::sensitivity::affine_params(c, seed);
-                units::Aux { gamma: Some(g), beta: Some(b), ..units::Aux::default() }
+                let out_scale = fq.then_some(Scale::PerTensor(so));
+                units::Aux { gamma: Some(g), beta: Some(b), out_scale, ..units::Aux::default() }
             };
-            let cfgw = |aux: &units::Aux| -> Result<Vec<(u32, u32)>, CosimError> {
+            let cfg_sc = |aux: &units::Aux, sc: &[f64]| -> Result<Vec<(u32, u32)>, CosimError> {
                 let (g, b) = (aux.gamma.as_deref().unwrap_or(&[]), aux.beta.as_deref().unwrap_or(&[]));
                 if cfg.unit == "layernorm_ivit" {
                     cycle::layernorm::ivit_config(bits, &ivit::LayerNorm::preset(opts.preset), g, b)
+                } else if fq {
+                    let unit = crate::units::fqvit::LayerNorm::preset(opts.preset);
+                    cycle::layernorm_fqvit::config(bits, &unit, sc, g, b, &vec![so; g.len()], aux.zero_point)
                 } else {
                     cycle::layernorm::ibert_config(bits, &ibert::LayerNorm::preset(opts.preset), g, b)
                 }
                 .map_err(CosimError::Config)
             };
+            let cfgw = |aux: &units::Aux| cfg_sc(aux, &vec![s; aux.gamma.as_ref().map_or(0, Vec::len)]);
             let row = Dist::Layernorm.row_len();
             let mut rows: Vec<Vec<i64>> = vec![
                 vec![0; row],
@@ -326,6 +341,15 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                 let rows: Vec<Vec<i64>> = (0..4).map(|_| (0..c).map(|_| rng.gen_range(lo..=hi)).collect()).collect();
                 let aux = affine(c, opts.seed + c as u64);
                 push(rows, cfgw(&aux)?, s, aux);
+            }
+            if fq {
+                // PTF: per-channel input factors 2^e (e ≤ 3) and a nonzero zero point.
+                let c = 96;
+                let sc: Vec<f64> = (0..c).map(|i| s * f64::from(1u32 << (i % 4))).collect();
+                let rows: Vec<Vec<i64>> = (0..16).map(|_| (0..c).map(|_| rng.gen_range(lo..=hi)).collect()).collect();
+                let aux = units::Aux { zero_point: lo / 3, ..affine(c, opts.seed + 7) };
+                push(rows, cfg_sc(&aux, &sc)?, s, aux);
+                out.last_mut().expect("just pushed").channel_scales = Some(sc);
             }
         }
         other => return Err(CosimError::Config(format!("no stimulus for {other}"))),
@@ -451,8 +475,8 @@ pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dy
     // Element-wise units see each row alone; row-wise units see a layer's rows as one tensor.
     for group in ses.rows.chunk_by(|a, b| a.len() == b.len() && !cfg.unit.starts_with("gelu")) {
         let len = group[0].len();
-        let x = QTensor::new(group.concat(), &[group.len(), len], Scale::PerTensor(ses.scale), cfg.bits, true)
-            .map_err(|e| CosimError::Config(e.to_string()))?;
+        let scale = ses.channel_scales.clone().map_or(Scale::PerTensor(ses.scale), Scale::PerChannel);
+        let x = QTensor::new(group.concat(), &[group.len(), len], scale, cfg.bits, true).map_err(|e| CosimError::Config(e.to_string()))?;
         let want = golden.run(&x, &ses.aux, Mode::Integer).map_err(|e| CosimError::Config(e.to_string()))?.values;
         for (r, w) in group.iter().zip(want.chunks(len)) {
             let mut got = Vec::with_capacity(r.len());
@@ -468,6 +492,16 @@ pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dy
         }
     }
     Ok(bad)
+}
+
+/// Cycles a beat spends in a serial element engine beyond the handshakes: the PTF LayerNorm
+/// takes LANES·(Q + 3) cycles a beat; the other units keep pace with the stream.
+pub fn engine_cycles_per_beat(cfg: &RtlConfig) -> u64 {
+    if cfg.unit == "layernorm_fqvit" {
+        cfg.lanes as u64 * (u64::from(cycle::layernorm_fqvit::q_bits(cfg.bits)) + 3)
+    } else {
+        0
+    }
 }
 
 /// Co-simulate one configuration.
@@ -496,7 +530,8 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
     for (si, ses) in sessions(cfg, opts)?.iter().enumerate() {
         let st = &ses.stim;
         // 80 cycles a beat for the handshakes, plus the per-row fixed phases of the row-wise units.
-        let max_cycles = 64 + st.config.len() as u64 + 80 * st.beats.len() as u64 + 1024 * ses.rows.len() as u64;
+        let max_cycles =
+            64 + st.config.len() as u64 + (80 + engine_cycles_per_beat(cfg)) * st.beats.len() as u64 + 1024 * ses.rows.len() as u64;
         let t0 = Instant::now();
         let mt = cycle::run(cycle::model(cfg).as_mut(), st, st.beats.len(), max_cycles);
         model_s += t0.elapsed().as_secs_f64();

@@ -36,7 +36,9 @@ fn cycle_models_equal_golden_models() {
                             cycle::model(&cfg).as_mut(),
                             &ses.stim,
                             ses.stim.beats.len(),
-                            100 * ses.stim.beats.len() as u64 + 1024 * ses.rows.len() as u64 + 2000,
+                            (100 + mnq::cosim::engine_cycles_per_beat(&cfg)) * ses.stim.beats.len() as u64
+                                + 1024 * ses.rows.len() as u64
+                                + 2000,
                         );
                         assert_eq!(t.beats.len(), ses.stim.beats.len(), "{} {preset}: stalled", cfg.name());
                         let bad = golden_mismatches(&cfg, &ses, &t, golden.as_ref()).unwrap();

@@ -130,6 +130,7 @@ fn impossible_configurations_are_refused() {
         (vec!["rtl", "--unit", "gelu_ibert", "--lanes", "3", "--out", out], "LANES = 3 is not supported"),
         (vec!["rtl", "--unit", "gelu_ibert", "--bits", "7", "--out", out], "7-bit inputs are not generated"),
         (vec!["rtl", "--unit", "softmax_tanh", "--out", out], "has no hardware model yet"),
+        (vec!["rtl", "--unit", "layernorm_fqvit", "--bits", "4", "--out", out], "supported widths [6, 8]"),
     ] {
         let o = mnq(&args);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));

@@ -83,6 +83,10 @@ impl HwSelect {
         let mut v = Vec::new();
         for u in &units {
             for &b in &bits {
+                // Without --unit, each unit takes the widths it is generated for.
+                if self.unit.is_none() && !mnq::hdl::supported_bits(u).contains(&b) {
+                    continue;
+                }
                 for &l in &lanes {
                     v.push(mnq::hdl::RtlConfig::new(u, b, l)?);
                 }

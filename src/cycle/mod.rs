@@ -10,6 +10,7 @@
 pub mod gelu_ibert;
 pub mod gelu_ivit;
 pub mod layernorm;
+pub mod layernorm_fqvit;
 pub mod softmax;
 
 /// Most lanes a unit may have.
@@ -180,6 +181,7 @@ pub fn model(cfg: &crate::hdl::RtlConfig) -> Box<dyn Clocked> {
         "layernorm_ibert" => {
             Box::new(layernorm::RowLayerNorm::new(cfg.bits, cfg.lanes, layernorm::Digit::new(layernorm::var_bits(cfg.bits))))
         }
+        "layernorm_fqvit" => Box::new(layernorm_fqvit::LayerNormFqvit::new(cfg.bits, cfg.lanes)),
         other => unreachable!("RtlConfig::new admits only units with hardware, not {other}"),
     }
 }

@@ -5,6 +5,7 @@
 pub mod gelu_ibert;
 pub mod gelu_ivit;
 pub mod layernorm;
+pub mod layernorm_fqvit;
 pub mod layernorm_ibert;
 pub mod layernorm_ivit;
 pub mod prims;
@@ -23,7 +24,7 @@ use thiserror::Error;
 
 /// Units that have hardware so far (the others are golden models only).
 pub const RTL_UNITS: &[&str] =
-    &["gelu_ibert", "gelu_ivit", "softmax_ivit", "softmax_ibert", "softmax_fqvit", "layernorm_ivit", "layernorm_ibert"];
+    &["gelu_ibert", "gelu_ivit", "softmax_ivit", "softmax_ibert", "softmax_fqvit", "layernorm_ivit", "layernorm_ibert", "layernorm_fqvit"];
 /// Supported lane counts.
 pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// Supported input widths of the generated hardware.
@@ -39,13 +40,24 @@ pub enum HdlError {
     #[error("LANES = {0} is not supported: use a power of two in {LANES:?}")]
     Lanes(usize),
     /// Input width not in the supported set.
-    #[error("{bits}-bit inputs are not generated for {unit}: supported widths {BITS:?}")]
+    #[error("{bits}-bit inputs are not generated for {unit}: supported widths {supported:?}", supported = supported_bits(unit))]
     Bits {
         /// Unit.
         unit: String,
         /// Requested width.
         bits: u32,
     },
+}
+
+/// Input widths generated for a unit: the softmax exponent datapath is bits + 20 wide and must
+/// stay within 32; layernorm_fqvit is generated for 6 and 8 bits only (each width is a large
+/// monomorphised block, and compile time is part of CI's budget).
+pub fn supported_bits(unit: &str) -> Vec<u32> {
+    match unit {
+        "layernorm_fqvit" => vec![6, 8],
+        u if u.starts_with("softmax") || u == "gelu_ivit" => BITS.iter().copied().filter(|&b| b <= 12).collect(),
+        _ => BITS.to_vec(),
+    }
 }
 
 /// One generated configuration.
@@ -68,8 +80,7 @@ impl RtlConfig {
         if !LANES.contains(&lanes) {
             return Err(HdlError::Lanes(lanes));
         }
-        // The softmax exponent datapath is bits + 20 wide and must stay within 32.
-        if !BITS.contains(&bits) || ((unit.starts_with("softmax") || unit == "gelu_ivit") && bits > 12) {
+        if !supported_bits(unit).contains(&bits) {
             return Err(HdlError::Bits { unit: unit.to_string(), bits });
         }
         Ok(RtlConfig { unit: unit.to_string(), bits, lanes })
@@ -209,6 +220,27 @@ impl RtlConfig {
                     format!(
                         "one row at a time: LOAD ceil(N/LANES), MEAN {}, VAR ceil(N/LANES)+1, {sq}, FACT 32, OUT ceil(N/LANES)+1 cycles",
                         crate::cycle::layernorm::mean_len(b)
+                    ),
+                )
+            }
+            "layernorm_fqvit" => {
+                let (b, q) = (self.bits, crate::cycle::layernorm_fqvit::q_bits(self.bits));
+                (
+                    crate::cycle::layernorm_fqvit::OUT_BITS,
+                    vec![
+                        "7: row length N, the channels (11 bits, 1..=1024; ceil(N/LANES) and the last beat's valid lanes are derived on the write)"
+                            .to_string(),
+                        format!("8: zero point zp ({b} bits, two's complement)"),
+                        "1024+c: hq[c] = RNE(gamma_c/so_c*2^20) (32 bits, two's complement)".into(),
+                        "2048+c: bq[c] = RNE(beta_c/so_c*2^20) (32 bits, two's complement)".into(),
+                        "3072+c: e_c in bits 12:11 (input factor 2^e_c, e_c <= 3), delta_c = gq[c] - N*hq[c] in bits 10:0 (two's complement)".into(),
+                    ],
+                    format!("2*ceil(N/LANES) + {}", self.lanes as u32 * (q + 3) + b + 18),
+                    format!("{}*ceil(N/LANES) + {}", self.lanes as u32 * (q + 3) + 4, b + 16),
+                    format!(
+                        "one row at a time, one element at a time: LOAD ceil(N/LANES), STAT ceil(N/LANES)+1, SQRT {}, then per beat 2 + LANES*{} (per lane, padded ones too: two restoring dividers by D, {q} and 8 quotient bits)",
+                        b + 15,
+                        q + 3
                     ),
                 )
             }
@@ -446,6 +478,39 @@ macro_rules! ln_table {
     };
 }
 
+/// One `layernorm_fqvit` configuration; the widths follow from B (see `hdl::layernorm_fqvit`).
+macro_rules! ln_fqvit {
+    ($b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(
+            &mut layernorm_fqvit::LayerNormFqvit::<
+                $b,
+                $l,
+                { $b * $l },
+                { $b + 4 },
+                { 2 * ($b + 4) },
+                { $b + 14 },
+                { 2 * $b + 16 },
+                { 2 * $b + 17 },
+                { 2 * $b + 29 },
+                { 2 * ($b + 14) },
+                { 2 * $b + 26 },
+                { $b + 13 },
+                { $b + 16 },
+                { $b + 14 },
+                { $b + 46 },
+                { 3 * $b + 58 },
+                { $b + 22 },
+                { 2 * $b + 24 },
+                { 2 * $b + 26 },
+                { 32 * $l },
+                $aw,
+            >::default(),
+            $name,
+            $h,
+        )
+    };
+}
+
 /// The Verilog of one configuration (deterministic: regenerating gives the same bytes).
 pub fn verilog(cfg: &RtlConfig) -> String {
     let m = cfg.manifest();
@@ -469,6 +534,7 @@ pub fn verilog(cfg: &RtlConfig) -> String {
         "softmax_fqvit" => row_softmax_table!(SoftmaxFqvit, 30, 5, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
         "layernorm_ivit" => ln_table!(ln_ivit, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
         "layernorm_ibert" => ln_table!(ln_ibert, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
+        "layernorm_fqvit" => ln_table!(ln_fqvit, cfg.bits, cfg.lanes, &name, &header; 6, 8),
         _ => unreachable!("RtlConfig::new checked the unit"),
     }
 }

@@ -241,3 +241,68 @@ impl<const I: usize, const O: usize> Logic for Resize<I, O> {
         Verilog::Wrapper(Wrapper { code, cores: String::new() })
     }
 }
+
+/// Signed round-half-to-even right shift `y = RNE(a / 2^s)` of a two's-complement value
+/// (`fixed::shift_round` with `Rounding::HalfEven`); `s = 0` passes `a` through.
+#[derive(LogicBlock, Default)]
+pub struct SRneShr<const W: usize, const S: usize> {
+    /// Value (two's complement).
+    pub a: Signal<In, Bits<W>>,
+    /// Shift amount.
+    pub s: Signal<In, Bits<S>>,
+    /// Rounded quotient.
+    pub y: Signal<Out, Bits<W>>,
+}
+
+impl<const W: usize, const S: usize> Logic for SRneShr<W, S> {
+    fn update(&mut self) {}
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        // q = a >>> s (floor); the remainder a − q·2^s is in [0, 2^s) and is compared with half = 2^(s−1).
+        Verilog::Wrapper(Wrapper {
+            code: format!(
+                "    wire [{w1}:0] q = $signed(a) >>> s;\n    wire [{w1}:0] half = {{{{{w1}{{1'b0}}}}, 1'b1}} << (s - 1'b1);\n    wire [{w1}:0] rem = a - (q << s);\n    assign y = (s == {sw}'d0) ? a : q + {{{{{w1}{{1'b0}}}}, (rem > half) | ((rem == half) & q[0])}};\n",
+                w1 = W - 1,
+                sw = S
+            ),
+            cores: String::new(),
+        })
+    }
+}
+
+/// Bits `[LO+O−1 : LO]` of `a << s` (s < 2^S): a barrel shift followed by a fixed slice.
+#[derive(LogicBlock, Default)]
+pub struct ShlSlice<const I: usize, const S: usize, const O: usize, const LO: usize> {
+    /// Value (unsigned).
+    pub a: Signal<In, Bits<I>>,
+    /// Shift amount.
+    pub s: Signal<In, Bits<S>>,
+    /// The selected bits of the shifted value.
+    pub y: Signal<Out, Bits<O>>,
+}
+
+impl<const I: usize, const S: usize, const O: usize, const LO: usize> Logic for ShlSlice<I, S, O, LO> {
+    fn update(&mut self) {
+        assert!(LO + O < I + (1 << S), "ShlSlice: slice beyond the shifted value");
+    }
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        // The bits below LO are dropped by design (the caller floors by 2^LO) and the caller's
+        // bounds guarantee the bits above the slice are zero whenever the result is used.
+        let fw = I + (1 << S) - 1;
+        Verilog::Wrapper(Wrapper {
+            code: format!(
+                "    /* verilator lint_off UNUSEDSIGNAL */\n    wire [{f1}:0] full = {{{{{pad}{{1'b0}}}}, a}} << s;\n    /* verilator lint_on UNUSEDSIGNAL */\n    assign y = full[{hi}:{lo}];\n",
+                f1 = fw - 1,
+                pad = fw - I,
+                hi = LO + O - 1,
+                lo = LO
+            ),
+            cores: String::new(),
+        })
+    }
+}

@@ -573,7 +573,8 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             let mut hw = Vec::new();
             let mut no_hw = Vec::new();
             for (u, _) in chosen.counts() {
-                if crate::hdl::RTL_UNITS.contains(&u.as_str()) {
+                // A unit with hardware at other widths only (layernorm_fqvit: 6 and 8 bits) has none here.
+                if crate::hdl::RTL_UNITS.contains(&u.as_str()) && crate::hdl::supported_bits(&u).contains(&bits) {
                     let cfg = crate::hdl::RtlConfig::new(&u, bits, 1).map_err(|e| RunError::Input(format!("{u} at {bits} bits: {e}")))?;
                     files.push((format!("verilog_{bits}b/{}.v", cfg.name()), crate::hdl::verilog(&cfg).into_bytes()));
                     hw.push(cfg.name());

@@ -201,6 +201,19 @@ fn get_mn(a: f64) -> (f64, f64) {
     (m, n)
 }
 
+/// Per-channel constants of the PTF LayerNorm's Integer mode (`frac_bits` F fractional bits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntConsts {
+    /// Input factors k_c = RNE(s_c / min s) (powers of two for PTF scales).
+    pub kf: Vec<i64>,
+    /// RNE(C·γ_c/so_c·2^F).
+    pub gq: Vec<i128>,
+    /// RNE(γ_c/so_c·2^F).
+    pub hq: Vec<i128>,
+    /// RNE(β_c/so_c·2^F).
+    pub bq: Vec<i128>,
+}
+
 /// PTF integer LayerNorm of FQ-ViT (`kernels.md` §3.3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerNorm {
@@ -212,6 +225,22 @@ impl LayerNorm {
     /// Build from a preset (both presets share the reference constants; only `frac_bits` is tunable).
     pub fn preset(_p: Preset) -> LayerNorm {
         LayerNorm { frac_bits: 20 }
+    }
+
+    /// The Integer mode's offline per-channel constants from the input scales `sc`, (γ, β) and
+    /// the output scales `so` (also what the hardware's configuration loads).
+    pub fn integer_consts(&self, sc: &[f64], gamma: &[f32], beta: &[f32], so: &[f64]) -> IntConsts {
+        let c = sc.len();
+        let cf = c as f64;
+        let s1 = sc.iter().cloned().fold(f64::INFINITY, f64::min);
+        let one = 2f64.powi(self.frac_bits as i32);
+        // Power-of-two input factors, C·γ/so, γ/so, β/so.
+        IntConsts {
+            kf: sc.iter().map(|s| round_half_even_f64(s / s1) as i64).collect(),
+            gq: (0..c).map(|i| round_half_even_f64(cf * f64::from(gamma[i]) / so[i] * one) as i128).collect(),
+            hq: (0..c).map(|i| round_half_even_f64(f64::from(gamma[i]) / so[i] * one) as i128).collect(),
+            bq: (0..c).map(|i| round_half_even_f64(f64::from(beta[i]) / so[i] * one) as i128).collect(),
+        }
     }
 
     fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
@@ -272,12 +301,7 @@ impl LayerNorm {
             }
             Mode::Integer => {
                 let f = self.frac_bits;
-                let one = 2f64.powi(f as i32);
-                // Offline per-channel constants: power-of-two input factors, C·γ/so, β/so, γ/so.
-                let kf: Vec<i64> = sc.iter().map(|s| round_half_even_f64(s / s1) as i64).collect();
-                let gq: Vec<i128> = (0..c).map(|i| round_half_even_f64(cf * f64::from(gamma[i]) / so[i] * one) as i128).collect();
-                let hq: Vec<i128> = (0..c).map(|i| round_half_even_f64(f64::from(gamma[i]) / so[i] * one) as i128).collect();
-                let bq: Vec<i128> = (0..c).map(|i| round_half_even_f64(f64::from(beta[i]) / so[i] * one) as i128).collect();
+                let IntConsts { kf, gq, hq, bq } = self.integer_consts(&sc, gamma, beta, &so);
                 for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
                     let mut sum: i128 = 0;
                     let mut ssq: i128 = 0;
