@@ -1,6 +1,6 @@
 //! Hardware chain: the committed Verilog is what the generator writes, it lints clean under
 //! `verilator -Wall` (with the justified waivers of `testbenches/lint.vlt`), yosys synthesises
-//! it with no combinational loop (`check -assert`), and under Verilator it equals the cycle model on every beat and every cycle, which in
+//! it with no combinational loop (`check -assert`) to the committed cost table's figures, and under Verilator it equals the cycle model on every beat and every cycle, which in
 //! turn equals the golden model. Needs verilator and yosys (installed by `.ci/run`).
 
 use std::path::PathBuf;
@@ -50,34 +50,23 @@ fn verilator_lint_wall_is_clean() {
 }
 
 #[test]
-fn yosys_synthesises_every_file() {
-    // Two workers: synthesis of the softmax files takes up to a minute each on this machine.
-    let files = rtl_files();
-    let failures: Vec<String> = std::thread::scope(|sc| {
-        let handles: Vec<_> = files
-            .chunks(files.len().div_ceil(2))
-            .map(|chunk| {
-                sc.spawn(move || {
-                    let mut bad = Vec::new();
-                    for f in chunk {
-                        let top = f.file_stem().unwrap().to_str().unwrap().to_string();
-                        let o = Command::new("yosys")
-                            .arg("-q")
-                            .arg("-p")
-                            .arg(format!("read_verilog {}; synth -top {top}; check -assert; stat", f.display()))
-                            .output()
-                            .expect("yosys is required: apt-get install -y yosys");
-                        if !o.status.success() {
-                            bad.push(format!("{}: {}", f.display(), text(&o)));
-                        }
-                    }
-                    bad
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+fn yosys_synthesises_every_file_to_the_committed_areas() {
+    // The ASIC-like script of `mnq cost` (word-level synthesis with `check -assert` against
+    // combinational loops, then gates): every committed file synthesises, and to exactly the
+    // figures of the committed cost table.
+    let d = tempfile::tempdir().unwrap();
+    let (out, work) = (d.path().join("out"), d.path().join("work"));
+    let o =
+        mnq(&["cost", "--target", "asic", "--no-plots", "--jobs", "2", "--out", out.to_str().unwrap(), "--work", work.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fresh = mnq::cost::Table::load(&out.join("cost.json")).unwrap();
+    let committed = mnq::cost::Table::load(&root().join("reports/cost/cost.json")).unwrap();
+    assert_eq!(fresh.rows.len(), rtl_files().len());
+    for r in &fresh.rows {
+        assert!(matches!(r.asic, Some(mnq::cost::Outcome::Ok(_))), "{}: {:?}", r.name, r.asic);
+        let c = committed.row(&r.unit, r.bits, r.lanes).unwrap();
+        assert_eq!(r.asic, c.asic, "{}: synthesis differs from reports/cost/cost.json: rerun `mnq cost`", r.name);
+    }
 }
 
 #[test]
