@@ -139,10 +139,6 @@ impl Costs {
                 UnitCost { area: None, timing: None, latency: lat.to_string(), row_period: rp.to_string() },
             );
         }
-        c.notes.push(format!(
-            "latency: cycle-model formulas of the single-lane configurations in {} (layer cycles per image = latency(N) + rows × row_period(N), N = row length)",
-            rtl_manifest.display()
-        ));
         if cost_table.is_file() {
             let t = crate::cost::Table::load(cost_table).map_err(|e| RunError::Input(e.to_string()))?;
             let mut found = 0;
@@ -159,11 +155,15 @@ impl Costs {
                 "{} (yosys NAND2-equivalents of logic and flip-flops, plus row-buffer SRAM at {SRAM_NAND2_EQ_PER_BIT} NAND2-eq per bit, a 6-transistor cell; {found} configurations)",
                 cost_table.display()
             ));
-            c.notes[0] = format!(
+            c.notes.push(format!(
                 "latency: cycles measured on the single-lane cycle models by `mnq cost` ({}): layer cycles per image = cycles of its rows streamed back to back, first input to last output",
                 cost_table.display()
-            );
+            ));
         } else {
+            c.notes.push(format!(
+                "latency: cycle-model formulas of the single-lane configurations in {} (layer cycles per image = latency(N) + rows × row_period(N), N = row length)",
+                rtl_manifest.display()
+            ));
             c.notes.push(format!(
                 "area: no cost table at {} (`mnq cost` writes it), so no area is known and the area-aware part is skipped",
                 cost_table.display()
