@@ -150,19 +150,6 @@ fn quantise_rows(x: &[f64], row: usize, s: f64, bits: u32) -> Vec<Vec<i64>> {
     x.chunks(row).map(|r| r.iter().map(|v| (v / s).round_ties_even().clamp((-hi - 1) as f64, hi as f64) as i64).collect()).collect()
 }
 
-fn beats_of(rows: &[Vec<i64>], lanes: usize) -> Vec<(Vec<i64>, bool)> {
-    let mut beats = Vec::new();
-    for r in rows {
-        let n = r.len().div_ceil(lanes);
-        for b in 0..n {
-            let mut d: Vec<i64> = r[b * lanes..((b + 1) * lanes).min(r.len())].to_vec();
-            d.resize(lanes, 0);
-            beats.push((d, b + 1 == n));
-        }
-    }
-    beats
-}
-
 /// The golden unit the hardware implements for a preset.
 pub fn golden_unit(cfg: &RtlConfig, preset: Preset) -> Result<Box<dyn units::Unit>, CosimError> {
     let mut u = units::build(&cfg.unit, preset).map_err(|e| CosimError::Config(e.to_string()))?;
@@ -239,7 +226,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             stim: Stimulus {
                 lanes: cfg.lanes,
                 config,
-                beats: beats_of(&rows, cfg.lanes),
+                beats: cycle::beats_of(&rows, cfg.lanes),
                 in_allow: in_allow.clone(),
                 out_ready: out_ready.clone(),
             },

@@ -116,14 +116,8 @@ pub fn measure(cfg: &RtlConfig, n: usize) -> Result<RowTiming, CostError> {
     let x = draw(dist, need.div_ceil(dist.row_len()), 7);
     let q = quantise(&x[..need], s, cfg.bits);
     let nb = n.div_ceil(cfg.lanes);
-    let mut beats = Vec::with_capacity(ROWS * nb);
-    for row in q.chunks(n) {
-        for b in 0..nb {
-            let mut d = row[b * cfg.lanes..((b + 1) * cfg.lanes).min(n)].to_vec();
-            d.resize(cfg.lanes, 0);
-            beats.push((d, b + 1 == nb));
-        }
-    }
+    let rows: Vec<&[i64]> = q.chunks(n).collect();
+    let beats = cycle::beats_of(&rows, cfg.lanes);
     let total = beats.len();
     let stim = Stimulus { lanes: cfg.lanes, config, beats, in_allow: vec![true], out_ready: vec![true] };
     let max_cycles = 10_000 + 200 * total as u64;

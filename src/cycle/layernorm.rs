@@ -612,15 +612,7 @@ mod tests {
         rows: &[Vec<i64>],
         gaps: bool,
     ) -> (Vec<i64>, crate::cycle::Trace) {
-        let mut beats = Vec::new();
-        for r in rows {
-            let nb = r.len().div_ceil(lanes);
-            for b in 0..nb {
-                let mut d: Vec<i64> = r[b * lanes..((b + 1) * lanes).min(r.len())].to_vec();
-                d.resize(lanes, 0);
-                beats.push((d, b + 1 == nb));
-            }
-        }
+        let beats = crate::cycle::beats_of(rows, lanes);
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let (in_allow, out_ready) = if gaps {
             ((0..101).map(|_| rng.gen_bool(0.7)).collect(), (0..97).map(|_| rng.gen_bool(0.6)).collect())

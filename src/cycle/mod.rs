@@ -64,6 +64,21 @@ pub trait Clocked {
     }
 }
 
+/// Rows as input beats of `lanes` elements, the last beat of each row zero-padded and flagged.
+pub fn beats_of<R: AsRef<[i64]>>(rows: &[R], lanes: usize) -> Vec<(Vec<i64>, bool)> {
+    let mut beats = Vec::new();
+    for r in rows {
+        let r = r.as_ref();
+        let n = r.len().div_ceil(lanes);
+        for b in 0..n {
+            let mut d: Vec<i64> = r[b * lanes..((b + 1) * lanes).min(r.len())].to_vec();
+            d.resize(lanes, 0);
+            beats.push((d, b + 1 == n));
+        }
+    }
+    beats
+}
+
 /// What to stream through a unit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stimulus {
