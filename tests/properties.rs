@@ -161,7 +161,7 @@ proptest! {
         let s = 0.05;
         let x = QTensor::new(q.clone(), &[2, c], Scale::PerTensor(s), bits, !ptf).unwrap();
         let out_scale = 4.0 / 127.0;
-        let aux = Aux { gamma: Some(vec![1.0; c]), beta: Some(vec![0.0; c]), zero_point: if ptf { centre } else { 0 }, out_scale: Some(Scale::PerTensor(out_scale)), identity: None };
+        let aux = Aux { gamma: Some(vec![1.0; c]), beta: Some(vec![0.0; c]), zero_point: if ptf { centre } else { 0 }, out_scale: Some(Scale::PerTensor(out_scale)), identity: None, mask: None };
         let out = unit.run(&x, &aux, Mode::Integer).unwrap();
         let y = out.dequantize();
         let broken = name == "layernorm_ivit" && preset == Preset::Reference; // 10 Newton steps from 2^16 (kernels.md §2.4)
@@ -205,6 +205,7 @@ proptest! {
             zero_point: if ptf { 1 << (bits - 1) } else { 0 },
             out_scale: Some(Scale::PerTensor(f64::from(r.gen_range(0.005f32..0.1)))),
             identity: None,
+            mask: None,
         };
         let declared = unit.declared_width(&x, &aux).unwrap();
         let mut probe = WidthProbe::default();
@@ -223,4 +224,82 @@ fn lis_codes_read_as_powers_of_two() {
     assert_eq!(out.encoding, Encoding::Log2 { bits: 4 });
     assert_eq!(out.values[0], 0, "the dominant token gets code 0 (p ≈ 1)");
     assert_eq!(out.values[3], -1, "a token at e^-12.7 is below 2^-15: zero flag");
+}
+
+/// A masked row's outputs: zero probability (0, or the zero flag −1 of log2 codes) at masked
+/// positions, and at the others exactly what the unit gives on the row with the masked entries
+/// removed (the definition of a softmax mask, README "Swin"). I-ViT's adapted sum width depends
+/// on the row length, so both runs fix it.
+fn check_masked(name: &str, preset: Preset, mode: Mode, bits: u32, c: usize, q: &[i64], flags: &[bool], s: f64) -> Result<(), TestCaseError> {
+    let mut unit = units::build(name, preset).unwrap();
+    if name == "softmax_ivit" {
+        unit.set_param("sum_bits", "44").unwrap();
+    }
+    let rows = q.len() / c;
+    let x = QTensor::new(q.to_vec(), &[rows, c], Scale::PerTensor(s), bits, true).unwrap();
+    let aux = Aux { mask: Some(flags.to_vec().into()), ..Aux::default() };
+    let out = unit.run(&x, &aux, mode).unwrap();
+    let zero = if matches!(out.encoding, Encoding::Log2 { .. }) { -1 } else { 0 };
+    for r in 0..rows {
+        let row = &q[r * c..(r + 1) * c];
+        let f = &flags[r * c..(r + 1) * c];
+        let got = &out.values[r * c..(r + 1) * c];
+        let kept: Vec<i64> = row.iter().zip(f).filter(|(_, &m)| !m).map(|(&v, _)| v).collect();
+        for (g, &m) in got.iter().zip(f) {
+            if m {
+                prop_assert_eq!(*g, zero);
+            }
+        }
+        if kept.is_empty() {
+            prop_assert!(got.iter().all(|&g| g == zero));
+            prop_assert!(out.conditions.iter().any(|(k, _)| *k == units::Condition::MaskedRow));
+            continue;
+        }
+        let xr = QTensor::new(kept.clone(), &[1, kept.len()], Scale::PerTensor(s), bits, true).unwrap();
+        let alone = unit.run(&xr, &Aux::default(), mode).unwrap();
+        let got_kept: Vec<i64> = got.iter().zip(f).filter(|(_, &m)| !m).map(|(&v, _)| v).collect();
+        prop_assert_eq!(got_kept, alone.values, "{} {:?} {:?} row {}", name, preset, mode, r);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn softmax_mask_is_a_shorter_row(
+        which in 0usize..3,
+        preset in presets(),
+        integer in any::<bool>(),
+        (bits, c, q) in rows(3..=10, 64),
+        sf in 0.05f64..2.0,
+        density in 0.0f64..1.0,
+        seed in any::<u64>(),
+    ) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let flags: Vec<bool> = (0..q.len()).map(|_| rng.gen::<f64>() < density).collect();
+        let s = f64::from((sf * 8.0 / (1u64 << (bits - 1)) as f64) as f32);
+        let mode = if integer { Mode::Integer } else { Mode::Reference };
+        check_masked(SOFTMAX[which], preset, mode, bits, c, &q, &flags, s)?;
+    }
+}
+
+#[test]
+fn only_softmax_units_take_a_mask_of_the_right_length() {
+    let q: Vec<i64> = (0..12).map(|i| i - 6).collect();
+    let x = QTensor::new(q, &[2, 6], Scale::PerTensor(0.1), 8, true).unwrap();
+    for name in units::unit_names() {
+        let unit = units::build(name, Preset::Adapted).unwrap();
+        let aux = Aux { mask: Some(vec![false; 12].into()), ..Aux::default() };
+        if SOFTMAX.contains(&name) {
+            unit.run(&x, &aux, Mode::Integer).unwrap();
+            let short = Aux { mask: Some(vec![false; 11].into()), ..Aux::default() };
+            let e = unit.run(&x, &short, Mode::Integer).unwrap_err().to_string();
+            assert!(e.contains("11 flags") && e.contains("12 elements"), "{e}");
+        } else {
+            let e = unit.run(&x, &aux, Mode::Integer).unwrap_err().to_string();
+            assert!(e.contains("only softmax units take a mask"), "{name}: {e}");
+        }
+    }
 }

@@ -452,6 +452,7 @@ fn cmd_eval(a: &EvalArgs) -> Result<()> {
         zero_point: a.zero_point.or(f.zero_point).unwrap_or(0),
         out_scale: a.out_scale.or(f.out_scale).map(Scale::PerTensor),
         identity: None,
+        mask: None,
     };
     let out = unit.run(&x, &aux, a.unit.mode)?;
     let doc = json!({

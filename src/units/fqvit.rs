@@ -9,6 +9,7 @@
 
 use super::ibert::ExpConsts;
 use super::{
+    mask_row, masked, no_mask, row_max, softmax_mask,
     affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
     Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
@@ -63,8 +64,9 @@ impl Softmax {
         Ok(ExpConsts::new(s, self.n, up))
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
         let k = self.consts(x)?;
+        let mask = softmax_mask("softmax_fqvit", x, aux)?;
         let (c, _) = rows(x);
         let data = x.data();
         let mut out = vec![-1i64; data.len()];
@@ -89,11 +91,17 @@ impl Softmax {
             let span = (hi - lo) as usize;
             let table: Vec<i64> =
                 if lut && data.len() > span { (0..=span as i64).map(|d| k.exp(-d, &mut NoProbe)).collect() } else { Vec::new() };
-            for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-                let m = *row.iter().max().unwrap();
+            for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+                let mrow = mask_row(mask, r, c);
+                let Some(m) = row_max(row, mrow) else {
+                    cond.add(Condition::MaskedRow);
+                    continue;
+                };
                 let mut sum: i128 = 0;
-                for (ei, &q) in e.iter_mut().zip(row) {
-                    *ei = if table.is_empty() { k.exp(q - m, p) } else { table[(m - q) as usize] };
+                for (j, (ei, &q)) in e.iter_mut().zip(row).enumerate() {
+                    *ei = if masked(mrow, j) {
+                        0
+                    } else if table.is_empty() { k.exp(q - m, p) } else { table[(m - q) as usize] };
                     sum += *ei as i128;
                 }
                 p.see(sum);
@@ -186,11 +194,11 @@ impl Unit for Softmax {
         let (lo, hi) = int_range(x.bits, x.signed);
         Ok(k.widths(hi - lo).max(signed_width(2 * k.e_max() * x.row_len() as i128)))
     }
-    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, mode, &mut NoProbe, true)
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, mode, &mut NoProbe, true)
     }
-    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, Mode::Integer, probe, false)
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, Mode::Integer, probe, false)
     }
 }
 
@@ -419,9 +427,11 @@ impl Unit for LayerNorm {
         .unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, mode, &mut NoProbe)
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, Mode::Integer, probe)
     }
 }
@@ -503,10 +513,12 @@ impl Unit for Log2Quant {
     fn declared_width(&self, x: &QTensor, _aux: &Aux) -> Result<u32, UnitError> {
         Ok(2 * x.bits + 2)
     }
-    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_probed_mode(x, mode, &mut NoProbe)
     }
-    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_probed_mode(x, Mode::Integer, probe)
     }
 }

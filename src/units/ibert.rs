@@ -11,6 +11,7 @@
 
 use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
 use super::{
+    mask_row, masked, no_mask, row_max, softmax_mask,
     affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
     Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
@@ -167,8 +168,9 @@ impl Softmax {
         Ok(ExpConsts::new(s, self.n, up))
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
         let k = self.consts(x)?;
+        let mask = softmax_mask("softmax_ibert", x, aux)?;
         let (c, _) = rows(x);
         let data = x.data();
         let mut out = vec![0i64; data.len()];
@@ -210,11 +212,17 @@ impl Softmax {
                     Vec::new()
                 };
                 let mut e16 = vec![0i64; c];
-                for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-                    let m = *row.iter().max().unwrap();
+                for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+                    let mrow = mask_row(mask, r, c);
+                    let Some(m) = row_max(row, mrow) else {
+                        cond.add(Condition::MaskedRow);
+                        continue;
+                    };
                     let mut sum = 0i64;
-                    for (ei, &q) in e16.iter_mut().zip(row) {
-                        *ei = if table.is_empty() { req(k.exp_parts(q - m, p), d, p) } else { table[(m - q) as usize] };
+                    for (j, (ei, &q)) in e16.iter_mut().zip(row).enumerate() {
+                        *ei = if masked(mrow, j) {
+                            0
+                        } else if table.is_empty() { req(k.exp_parts(q - m, p), d, p) } else { table[(m - q) as usize] };
                         sum += *ei;
                     }
                     p.see(sum as i128);
@@ -233,10 +241,18 @@ impl Softmax {
                 let act_sf = (e_max as f64).max(1e-8) / 32767.0;
                 let d = Dyadic::from_ratio(exp_sf / f64::from(act_sf as f32));
                 let mut e16 = vec![0f64; c];
-                for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-                    let m = *row.iter().max().unwrap();
+                for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+                    let mrow = mask_row(mask, r, c);
+                    let Some(m) = row_max(row, mrow) else {
+                        cond.add(Condition::MaskedRow);
+                        continue;
+                    };
                     let mut sum = 0f64;
-                    for (ei, &q) in e16.iter_mut().zip(row) {
+                    for (j, (ei, &q)) in e16.iter_mut().zip(row).enumerate() {
+                        if masked(mrow, j) {
+                            *ei = 0.0;
+                            continue;
+                        }
                         let e = k.exp(q - m, p);
                         if e as f64 >= 2f64.powi(53) {
                             cond.add(Condition::InexactFloat);
@@ -308,11 +324,11 @@ impl Unit for Softmax {
             .max()
             .unwrap())
     }
-    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, mode, &mut NoProbe, true)
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, mode, &mut NoProbe, true)
     }
-    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, Mode::Integer, probe, false)
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, Mode::Integer, probe, false)
     }
 }
 
@@ -484,10 +500,12 @@ impl Unit for Gelu {
             .max()
             .unwrap())
     }
-    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, mode, &mut NoProbe)
     }
-    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, Mode::Integer, probe)
     }
 }
@@ -655,9 +673,11 @@ impl Unit for LayerNorm {
             .unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, mode, &mut NoProbe)
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, Mode::Integer, probe)
     }
 }

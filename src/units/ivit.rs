@@ -8,6 +8,7 @@
 //! (float64 product rounded) and where the reference casts its output to float32.
 
 use super::{
+    mask_row, masked, no_mask, row_max, softmax_mask,
     affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
     Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
@@ -135,8 +136,9 @@ impl Softmax {
         x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "softmax_ivit", what: "softmax needs a per-tensor input scale".into() })
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
         let s = self.check(x)?;
+        let mask = softmax_mask("softmax_ivit", x, aux)?;
         let (c, _) = rows(x);
         let (x0, up, k) = self.constants(s, c);
         let k = k.min(62);
@@ -164,11 +166,17 @@ impl Softmax {
         let mut out = vec![0i64; data.len()];
         let mut e = vec![0i64; c];
         let mut cond = Conditions::default();
-        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-            let m = *row.iter().max().unwrap();
+        for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+            let mrow = mask_row(mask, r, c);
+            let Some(m) = row_max(row, mrow) else {
+                cond.add(Condition::MaskedRow);
+                continue;
+            };
             let mut sum: i64 = 0;
-            for (ei, &q) in e.iter_mut().zip(row) {
-                *ei = if table.is_empty() {
+            for (j, (ei, &q)) in e.iter_mut().zip(row).enumerate() {
+                *ei = if masked(mrow, j) {
+                    0
+                } else if table.is_empty() {
                     let xv = (q - m) << up;
                     p.see(xv as i128);
                     exp_shift(xv, x0, n, cap, p)
@@ -256,11 +264,11 @@ impl Unit for Softmax {
         ];
         Ok(widths.into_iter().max().unwrap())
     }
-    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, mode, &mut NoProbe, true)
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, mode, &mut NoProbe, true)
     }
-    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, Mode::Integer, probe, false)
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        self.run_with(x, aux, Mode::Integer, probe, false)
     }
 }
 
@@ -469,10 +477,12 @@ impl Unit for Gelu {
         ];
         Ok(widths.into_iter().max().unwrap())
     }
-    fn run(&self, x: &QTensor, _aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+    fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, mode, &mut NoProbe, true)
     }
-    fn run_probed(&self, x: &QTensor, _aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+    fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, Mode::Integer, probe, false)
     }
 }
@@ -660,9 +670,11 @@ impl Unit for LayerNorm {
         Ok(widths.into_iter().max().unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, mode, &mut NoProbe)
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, Mode::Integer, probe)
     }
 }
@@ -826,9 +838,11 @@ impl Unit for Requant {
         Ok(signed_width(-zmax * mmax).max(idw) + 1)
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, mode, &mut NoProbe)
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        no_mask(self.name(), aux)?;
         self.run_with(x, aux, Mode::Integer, probe)
     }
 }

@@ -109,6 +109,10 @@ pub struct Aux {
     pub out_scale: Option<Scale>,
     /// Residual branch added by the requantiser.
     pub identity: Option<QTensor>,
+    /// Softmax mask (Swin's shifted windows): one flag per input element, `true` = masked.
+    /// A masked element is left out of its row's maximum and sum and gets probability zero.
+    /// Only softmax units accept one.
+    pub mask: Option<std::sync::Arc<[bool]>>,
 }
 
 /// How output integers are to be read.
@@ -140,6 +144,8 @@ pub enum Condition {
     SumSaturated,
     /// A float64 intermediate of the reference exceeded 2^53 and was rounded.
     InexactFloat,
+    /// A softmax row whose every element is masked; output all zero probabilities.
+    MaskedRow,
 }
 
 /// Output of a unit.
@@ -382,6 +388,47 @@ pub(crate) fn unknown_param(unit: &'static str, name: &str, params: &[ParamInfo]
 pub(crate) fn rows(x: &QTensor) -> (usize, usize) {
     let c = x.row_len();
     (c, x.data().len().checked_div(c).unwrap_or(0))
+}
+
+/// The softmax mask of `aux`, checked against `x`: one flag per element (`true` = masked).
+pub(crate) fn softmax_mask<'a>(unit: &'static str, x: &QTensor, aux: &'a Aux) -> Result<Option<&'a [bool]>, UnitError> {
+    match aux.mask.as_deref() {
+        None => Ok(None),
+        Some(m) if m.len() == x.data().len() => Ok(Some(m)),
+        Some(m) => Err(UnitError::Aux {
+            unit,
+            what: format!("the softmax mask has {} flags but the input has {} elements (one flag per element)", m.len(), x.data().len()),
+        }),
+    }
+}
+
+/// Refuse a mask on a unit that has none (only softmax units mask), so it is never dropped silently.
+pub(crate) fn no_mask(unit: &'static str, aux: &Aux) -> Result<(), UnitError> {
+    if aux.mask.is_some() {
+        return Err(UnitError::Aux { unit, what: "only softmax units take a mask".into() });
+    }
+    Ok(())
+}
+
+/// The flags of row `r` of length `c` of a mask.
+#[inline]
+pub(crate) fn mask_row(mask: Option<&[bool]>, r: usize, c: usize) -> Option<&[bool]> {
+    mask.map(|m| &m[r * c..(r + 1) * c])
+}
+
+/// Maximum over the unmasked elements of a row; None when every element is masked.
+#[inline]
+pub(crate) fn row_max(row: &[i64], mask: Option<&[bool]>) -> Option<i64> {
+    match mask {
+        None => row.iter().copied().max(),
+        Some(m) => row.iter().zip(m).filter(|(_, &k)| !k).map(|(&q, _)| q).max(),
+    }
+}
+
+/// Whether element `j` of a row is masked.
+#[inline(always)]
+pub(crate) fn masked(mask: Option<&[bool]>, j: usize) -> bool {
+    mask.is_some_and(|m| m[j])
 }
 
 /// Look up the LayerNorm affine parameters, checking their lengths.
