@@ -36,6 +36,7 @@ fn deit_tiny() -> Manifest {
         input: InputNorm { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] },
         labels: None,
         source: Some("random weights (benches/model.rs)".into()),
+        swin: None,
         quant: None,
         extra: BTreeMap::new(),
     }
@@ -68,7 +69,7 @@ fn setup_n(n: usize) -> Setup {
     calib.truncate(4);
     let q = calibrate(&model, &calib, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: None }, &|| {}).expect("calibrate");
     let units = Assignment::single(&model.layers, &m.name, 8, Method::IVit).resolve(&model.layers, "bench").expect("assignment");
-    let scales = ActScales::from_section(&q, 8);
+    let scales = ActScales::from_section(&q, 8, &model.graph);
     let qm =
         IntModel::new(&model, &scales, QuantConfig { weight_bits: 8, act_bits: 8, preset: Preset::Adapted, units }).expect("integer model");
     let images = (0..n).map(|i| imgs.image(i)).collect();

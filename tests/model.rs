@@ -32,6 +32,7 @@ fn manifest(arch: &str, layer_scale: bool, classes: usize) -> Manifest {
         input: InputNorm { mean: vec![0.5, 0.4], std: vec![0.25, 0.3] },
         labels: None,
         source: Some("random (tests/model.rs)".into()),
+        swin: None,
         quant: None,
         extra: BTreeMap::new(),
     }
@@ -225,24 +226,24 @@ fn hand_checked_single_patch_model() {
     m.depth = 1;
     write_random_model(dir.path(), &m, 1).unwrap();
     let mut model = Model::load(dir.path()).unwrap();
-    let b = &mut model.blocks[0];
-    for l in [&mut b.qkv, &mut b.proj, &mut b.fc1, &mut b.fc2] {
-        l.w.iter_mut().for_each(|v| *v = 0.0);
-        l.b.iter_mut().for_each(|v| *v = 0.0);
+    let mut set = |name: &str, f: &dyn Fn(&mut Vec<f32>)| f(model.tensor_mut(name).unwrap_or_else(|| panic!("{name}")));
+    for l in ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"] {
+        for part in ["weight", "bias"] {
+            set(&format!("blocks.0.{l}.{part}"), &|v| v.iter_mut().for_each(|x| *x = 0.0));
+        }
     }
-    b.fc2.b = vec![1.0, 0.0, -1.0];
-    model.cls_token = vec![0.0, 0.0, 0.0];
-    model.pos_embed[..3].copy_from_slice(&[1.0, 2.0, 3.0]);
-    model.norm.w = vec![1.0; 3];
-    model.norm.b = vec![0.0; 3];
-    let head = model.head.as_mut().unwrap();
-    head.w = vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
-    head.b = vec![0.0, 0.5];
+    set("blocks.0.mlp.fc2.bias", &|v| *v = vec![1.0, 0.0, -1.0]);
+    set("cls_token", &|v| *v = vec![0.0, 0.0, 0.0]);
+    set("pos_embed", &|v| v[..3].copy_from_slice(&[1.0, 2.0, 3.0]));
+    set("norm.weight", &|v| *v = vec![1.0; 3]);
+    set("norm.bias", &|v| *v = vec![0.0; 3]);
+    set("head.weight", &|v| *v = vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+    set("head.bias", &|v| *v = vec![0.0, 0.5]);
     // cls row = [1,2,3] + [1,0,-1] = [2,2,2]: zero variance, LayerNorm gives 0 → logits = bias.
     let out = model.forward_float::<f64>(&[0.0; 16], None).logits;
     assert_eq!(out, vec![0.0, 0.5]);
     // Make the row [2, 2, 4]: mean 8/3, var 8/9, normalised [-1/√2, -1/√2, √2].
-    model.blocks[0].fc2.b = vec![1.0, 0.0, 1.0];
+    *model.tensor_mut("blocks.0.mlp.fc2.bias").unwrap() = vec![1.0, 0.0, 1.0];
     let out = model.forward_float::<f64>(&[0.0; 16], None).logits;
     let inv = 1.0 / (8.0f64 / 9.0 + 1e-6).sqrt();
     assert!((out[0] - (2.0 - 8.0 / 3.0) * inv).abs() < 1e-12, "{out:?}");
@@ -348,10 +349,14 @@ fn loader_errors_name_the_problem() {
 
     // Unknown architecture, malformed manifest, inconsistent manifest.
     let mut ma = m.clone();
+    ma.arch = "convnext".into();
+    std::fs::write(dir.path().join("manifest.json"), ma.to_json()).unwrap();
+    let e = err_of(dir.path());
+    assert!(e.contains("unknown architecture 'convnext'") && e.contains("manifest.json"), "{e}");
     ma.arch = "swin".into();
     std::fs::write(dir.path().join("manifest.json"), ma.to_json()).unwrap();
     let e = err_of(dir.path());
-    assert!(e.contains("unknown architecture 'swin'") && e.contains("manifest.json"), "{e}");
+    assert!(e.contains("needs a \"swin\" section"), "{e}");
     std::fs::write(dir.path().join("manifest.json"), &m.to_json()[..40]).unwrap();
     let e = err_of(dir.path());
     assert!(e.contains("not a valid manifest"), "{e}");
@@ -455,7 +460,7 @@ fn assignment_roundtrip_and_errors() {
 
 fn calibrated(model: &Model, imgs: &Images, bits: u32) -> ActScales {
     let q = calibrate(model, imgs, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| {}).unwrap();
-    ActScales::from_section(&q, bits)
+    ActScales::from_section(&q, bits, &model.graph)
 }
 
 fn int_model(model: &Model, scales: &ActScales, bits: u32, method: Method) -> IntModel {
@@ -521,6 +526,7 @@ fn integer_forward_is_deterministic_and_mixed_assignments_run() {
         let s4 = ActScales::from_section(
             &calibrate(&model, &imgs, &CalibOptions { weight_bits: 4, act_bits: 4, percentile: None }, &|| {}).unwrap(),
             4,
+            &model.graph,
         );
         let q4 = IntModel::new(&model, &s4, QuantConfig { weight_bits: 4, act_bits: 4, preset: Preset::Adapted, units: units4 }).unwrap();
         assert!(q4.forward(&img, None).unwrap().logits.iter().all(|v| v.is_finite()));
@@ -625,15 +631,16 @@ fn calibration_scales_and_manifest_roundtrip() {
     let model = write(dir.path(), &m, 41);
     let imgs = images(dir.path(), &m, 5, 42);
     let q = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: None }, &|| {}).unwrap();
-    let names: Vec<String> = mnq::model::Point::all(m.depth).iter().map(|p| p.name()).collect();
+    let names: Vec<String> = model.graph.points.iter().map(|p| p.name.clone()).collect();
     assert_eq!(q.act_scales.keys().cloned().collect::<std::collections::BTreeSet<_>>(), names.iter().cloned().collect());
     // Min/max: input scale = max|x| / 127 over the images.
     let amax = (0..imgs.len()).flat_map(|i| imgs.image(i)).map(|v| f64::from(v).abs()).fold(0.0, f64::max);
     assert!((q.act_scales["input"] - amax / 127.0).abs() < 1e-12);
     // Residual scales are for 16 bits.
     let mut res_amax = 0.0f64;
-    let mut obs = |p: mnq::model::Point, v: &[f32]| {
-        if p == mnq::model::Point::Residual1(1) {
+    let r11 = model.graph.point("blocks.1.residual1").unwrap();
+    let mut obs = |p: usize, v: &[f32]| {
+        if p == r11 {
             res_amax = v.iter().fold(res_amax, |a, &x| a.max(f64::from(x).abs()));
         }
     };
@@ -656,8 +663,8 @@ fn calibration_scales_and_manifest_roundtrip() {
     std::fs::write(dir.path().join("manifest.json"), m2.to_json()).unwrap();
     let back = Model::load(dir.path()).unwrap();
     assert_eq!(back.manifest.quant.as_ref().unwrap(), &q);
-    let s1 = ActScales::from_section(&q, 8);
-    let s2 = ActScales::from_section(back.manifest.quant.as_ref().unwrap(), 8);
+    let s1 = ActScales::from_section(&q, 8, &model.graph);
+    let s2 = ActScales::from_section(back.manifest.quant.as_ref().unwrap(), 8, &back.graph);
     let img = imgs.image(2);
     for method in [Method::IVit, Method::FqVit] {
         assert_eq!(
@@ -666,7 +673,7 @@ fn calibration_scales_and_manifest_roundtrip() {
         );
     }
     // Scales made at 8 bits convert to 6 bits by range; residual scales stay.
-    let s6 = ActScales::from_section(&q, 6);
+    let s6 = ActScales::from_section(&q, 6, &model.graph);
     assert!((s6.scales["input"] - q.act_scales["input"] * 127.0 / 31.0).abs() < 1e-15);
     assert_eq!(s6.scales["blocks.0.residual2"], q.act_scales["blocks.0.residual2"]);
 }
@@ -746,7 +753,7 @@ fn bundled_model_integer_accuracy_tracks_float() {
     eval.truncate(300);
     for bits in [8u32, 6] {
         let q = calibrate(&model, &calib, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| {}).unwrap();
-        let scales = ActScales::from_section(&q, bits);
+        let scales = ActScales::from_section(&q, bits, &model.graph);
         for method in [Method::IVit, Method::IBert, Method::FqVit] {
             let r = evaluate::<f32>(&model, &int_model(&model, &scales, bits, method), &eval, &|| {}).unwrap();
             let (f, i) = (r.float_top1.unwrap(), r.int_top1.unwrap());

@@ -254,7 +254,7 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
             (q, format!("calibrated on the fly on {} images of {} (min/max)", ci.len(), p.display()))
         }
     };
-    let scales = ActScales::from_section(&section, a.bits);
+    let scales = ActScales::from_section(&section, a.bits, &model.graph);
     let cfg = QuantConfig { weight_bits: a.bits, act_bits: a.bits, preset: a.preset, units };
     let qm = IntModel::new(&model, &scales, cfg)?;
 

@@ -8,7 +8,7 @@
 //! minimum on ties). Residual points (16-bit) and PTF ranges always use min/max; the percentile
 //! applies to the act_bits points only.
 
-use super::float::{FloatRun, Point};
+use super::float::FloatRun;
 use super::manifest::{CalibInfo, PtfParams, QuantSection};
 use super::{Images, Model, ModelError};
 use crate::fixed::round_half_even_f64;
@@ -46,27 +46,6 @@ struct Acc {
     ptf: Vec<Vec<[f64; 4]>>,
 }
 
-fn point_index(p: Point, depth: usize) -> usize {
-    let blk = |b: usize, k: usize| 3 + 11 * b + k;
-    match p {
-        Point::Input => 0,
-        Point::PatchEmbed => 1,
-        Point::PosEmbed => 2,
-        Point::Norm1(b) => blk(b, 0),
-        Point::Qkv(b) => blk(b, 1),
-        Point::MatmulQk(b) => blk(b, 2),
-        Point::MatmulAv(b) => blk(b, 3),
-        Point::Proj(b) => blk(b, 4),
-        Point::Residual1(b) => blk(b, 5),
-        Point::Norm2(b) => blk(b, 6),
-        Point::Fc1(b) => blk(b, 7),
-        Point::Act(b) => blk(b, 8),
-        Point::Fc2(b) => blk(b, 9),
-        Point::Residual2(b) => blk(b, 10),
-        Point::Norm => 3 + 11 * depth,
-    }
-}
-
 /// Largest code of a signed format.
 fn qmax(bits: u32) -> f64 {
     ((1u64 << (bits - 1)) - 1) as f64
@@ -94,14 +73,17 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
     if images.is_empty() {
         return Err(ModelError::Quant { what: "calibration needs at least one image".into() });
     }
-    let m = &model.manifest;
-    let depth = m.depth;
-    let d = m.embed_dim;
-    let points = Point::all(depth);
+    let g = &model.graph;
+    let points = &g.points;
     let np = points.len();
-    let ln_points: Vec<Point> =
-        model.layers.iter().filter(|l| l.op == crate::units::Op::LayerNorm).filter_map(|l| Point::ln_input(&l.name, depth)).collect();
-    let ptf_slot = |p: Point| ln_points.iter().position(|q| *q == p);
+    // The input point of every LayerNorm (PTF statistics), with the layer's channel count.
+    let ln_points: Vec<(usize, usize)> = model
+        .layers
+        .iter()
+        .filter(|l| l.op == crate::units::Op::LayerNorm)
+        .map(|l| (g.ln_input_point(l.index).expect("every LayerNorm has an input point"), l.row_len))
+        .collect();
+    let ptf_slot = |p: usize| ln_points.iter().position(|q| q.0 == p);
 
     // Pass 1: ranges.
     let empty = Stats { min: f64::INFINITY, max: f64::NEG_INFINITY, amax: 0.0 };
@@ -111,8 +93,8 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
             || vec![empty.clone(); np],
             |mut acc, i| {
                 let img = images.image(i);
-                let mut obs = |p: Point, v: &[f32]| {
-                    let s = &mut acc[point_index(p, depth)];
+                let mut obs = |p: usize, v: &[f32]| {
+                    let s = &mut acc[p];
                     for &x in v {
                         let x = f64::from(x);
                         s.min = s.min.min(x);
@@ -136,7 +118,7 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
         );
     if let Some((p, _)) = points.iter().zip(&stats).find(|(_, s)| !(s.min.is_finite() && s.max.is_finite())) {
         return Err(ModelError::Quant {
-            what: format!("the float forward produced non-finite values at '{}' during calibration", p.name()),
+            what: format!("the float forward produced non-finite values at '{}' during calibration", p.name),
         });
     }
 
@@ -144,22 +126,24 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
     let levels = ((1u64 << opts.act_bits) - 1) as f64;
     let ptf_fmt: Vec<(f64, f64)> = ln_points
         .iter()
-        .map(|p| {
-            let s = &stats[point_index(*p, depth)];
+        .map(|(p, _)| {
+            let s = &stats[*p];
             let scale8 = ((s.max - s.min) / levels).max(f64::from(f32::EPSILON));
             let zp = (-round_half_even_f64(s.min / scale8)).clamp(0.0, levels);
             (scale8, zp)
         })
         .collect();
     let want_hist = opts.percentile.is_some_and(|p| p < 100.0);
-    let new_acc =
-        || Acc { hist: if want_hist { vec![vec![0u64; BINS]; np] } else { Vec::new() }, ptf: vec![vec![[0.0; 4]; d]; ln_points.len()] };
+    let new_acc = || Acc {
+        hist: if want_hist { vec![vec![0u64; BINS]; np] } else { Vec::new() },
+        ptf: ln_points.iter().map(|&(_, c)| vec![[0.0; 4]; c]).collect(),
+    };
     let acc = (0..images.len())
         .into_par_iter()
         .fold(new_acc, |mut acc, i| {
             let img = images.image(i);
-            let mut obs = |p: Point, v: &[f32]| {
-                let pi = point_index(p, depth);
+            let mut obs = |p: usize, v: &[f32]| {
+                let pi = p;
                 if want_hist {
                     let top = stats[pi].amax;
                     if top > 0.0 {
@@ -173,7 +157,7 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
                 if let Some(k) = ptf_slot(p) {
                     let (scale8, zp) = ptf_fmt[k];
                     let e = &mut acc.ptf[k];
-                    for row in v.chunks_exact(d) {
+                    for row in v.chunks_exact(ln_points[k].1) {
                         for (c, &x) in row.iter().enumerate() {
                             let x = f64::from(x);
                             for (a, err) in e[c].iter_mut().enumerate() {
@@ -216,13 +200,13 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
             };
             (r, opts.act_bits)
         };
-        act_scales.insert(p.name(), range.max(1e-8) / qmax(bits));
+        act_scales.insert(p.name.clone(), range.max(1e-8) / qmax(bits));
     }
     let mut ptf = BTreeMap::new();
     for l in model.layers.iter().filter(|l| l.op == crate::units::Op::LayerNorm) {
-        let p = Point::ln_input(&l.name, depth).expect("LayerNorm layers have an input point");
+        let p = g.ln_input_point(l.index).expect("LayerNorm layers have an input point");
         let k = ptf_slot(p).expect("collected above");
-        let s = &stats[point_index(p, depth)];
+        let s = &stats[p];
         let alpha = acc.ptf[k]
             .iter()
             .map(|e| {
@@ -281,15 +265,5 @@ mod tests {
         assert!((percentile(&h, 2.0, 99.0) - 1.98).abs() < 1e-12);
         assert_eq!(percentile(&h, 1.0, 100.0), 1.0);
         assert_eq!(percentile(&[0, 0], 3.0, 50.0), 3.0);
-    }
-
-    #[test]
-    fn point_indices_are_a_bijection() {
-        for depth in [1, 3] {
-            let pts = Point::all(depth);
-            for (i, p) in pts.iter().enumerate() {
-                assert_eq!(point_index(*p, depth), i, "{p:?}");
-            }
-        }
     }
 }

@@ -1,7 +1,8 @@
-//! The float forward: timm's eval-mode VisionTransformer / VisionTransformerDistilled in f32 or f64,
-//! as a step machine that stops at every non-linear layer ([`FloatRun::next_tap`]).
+//! The float executor of the layer graph: timm's eval-mode forward (ViT, DeiT, Swin) in f32 or
+//! f64, as a step machine that stops at every non-linear layer ([`FloatRun::next_tap`]).
 
-use super::{Layer, Model, Output, Tap};
+use super::graph::{Node, PointId, Pool};
+use super::{Model, Output, Tap};
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
@@ -96,120 +97,9 @@ impl Real for f64 {
     }
 }
 
-/// A quantisation point of the integer model: where an activation scale is needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Point {
-    /// The normalised input image.
-    Input,
-    /// Patch embedding output (before the position embedding).
-    PatchEmbed,
-    /// Tokens plus position embedding: the residual stream entering block 0 (16-bit).
-    PosEmbed,
-    /// LayerNorm 1 output of a block.
-    Norm1(usize),
-    /// qkv projection output.
-    Qkv(usize),
-    /// Scaled attention scores `q·kᵀ·head_dim^−½` (the softmax input).
-    MatmulQk(usize),
-    /// Attention probabilities times V (the proj input).
-    MatmulAv(usize),
-    /// Attention projection output (LayerScale applied).
-    Proj(usize),
-    /// Residual after attention (16-bit).
-    Residual1(usize),
-    /// LayerNorm 2 output.
-    Norm2(usize),
-    /// fc1 output (the GELU input).
-    Fc1(usize),
-    /// GELU output (the fc2 input).
-    Act(usize),
-    /// fc2 output (LayerScale applied).
-    Fc2(usize),
-    /// Residual after the MLP (16-bit).
-    Residual2(usize),
-    /// Final LayerNorm output (the head input).
-    Norm,
-}
-
-impl Point {
-    /// Name in the manifest's `act_scales`.
-    pub fn name(&self) -> String {
-        match self {
-            Point::Input => "input".into(),
-            Point::PatchEmbed => "patch_embed".into(),
-            Point::PosEmbed => "pos_embed".into(),
-            Point::Norm1(b) => format!("blocks.{b}.norm1"),
-            Point::Qkv(b) => format!("blocks.{b}.attn.qkv"),
-            Point::MatmulQk(b) => format!("blocks.{b}.attn.matmul_qk"),
-            Point::MatmulAv(b) => format!("blocks.{b}.attn.matmul_av"),
-            Point::Proj(b) => format!("blocks.{b}.attn.proj"),
-            Point::Residual1(b) => format!("blocks.{b}.residual1"),
-            Point::Norm2(b) => format!("blocks.{b}.norm2"),
-            Point::Fc1(b) => format!("blocks.{b}.mlp.fc1"),
-            Point::Act(b) => format!("blocks.{b}.mlp.act"),
-            Point::Fc2(b) => format!("blocks.{b}.mlp.fc2"),
-            Point::Residual2(b) => format!("blocks.{b}.residual2"),
-            Point::Norm => "norm".into(),
-        }
-    }
-
-    /// Whether the point is a 16-bit residual (its scale does not follow the activation width).
-    pub fn is_residual(&self) -> bool {
-        matches!(self, Point::PosEmbed | Point::Residual1(_) | Point::Residual2(_))
-    }
-
-    /// Every point of a model with `depth` blocks, in execution order.
-    pub fn all(depth: usize) -> Vec<Point> {
-        let mut v = vec![Point::Input, Point::PatchEmbed, Point::PosEmbed];
-        for b in 0..depth {
-            v.extend([
-                Point::Norm1(b),
-                Point::Qkv(b),
-                Point::MatmulQk(b),
-                Point::MatmulAv(b),
-                Point::Proj(b),
-                Point::Residual1(b),
-                Point::Norm2(b),
-                Point::Fc1(b),
-                Point::Act(b),
-                Point::Fc2(b),
-                Point::Residual2(b),
-            ]);
-        }
-        v.push(Point::Norm);
-        v
-    }
-
-    /// The residual point feeding LayerNorm layer `layer_name`'s input (for PTF calibration).
-    pub fn ln_input(layer_name: &str, depth: usize) -> Option<Point> {
-        if layer_name == "norm" {
-            return Some(if depth == 0 { Point::PosEmbed } else { Point::Residual2(depth - 1) });
-        }
-        let rest = layer_name.strip_prefix("blocks.")?;
-        let (b, what) = rest.split_once('.')?;
-        let b: usize = b.parse().ok()?;
-        match what {
-            "norm1" if b == 0 => Some(Point::PosEmbed),
-            "norm1" => Some(Point::Residual2(b - 1)),
-            "norm2" => Some(Point::Residual1(b)),
-            _ => None,
-        }
-    }
-}
-
-/// Observer of every quantisation point's float values (calibration).
-pub type Observer<'o, F> = &'o mut (dyn FnMut(Point, &[F]) + 'o);
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Stage {
-    Start,
-    Norm1(usize),
-    Softmax(usize),
-    Norm2(usize),
-    Gelu(usize),
-    Final,
-    Done,
-}
+/// Observer of every quantisation point's float values (calibration): the point's index in
+/// [`Graph::points`](super::graph::Graph::points) and its values.
+pub type Observer<'o, F> = &'o mut (dyn FnMut(PointId, &[F]) + 'o);
 
 /// `out[t][o] = b[o] + Σ_k x[t][k]·w[o][k]` with eight partial sums per dot product.
 pub(crate) fn linear<F: Real>(x: &[F], rows: usize, w: &[f32], b: &[f32], out_f: usize, out: &mut Vec<F>) {
@@ -314,26 +204,19 @@ pub(crate) fn patches<T: Copy>(img: &[T], c: usize, s: usize, p: usize) -> Vec<T
     out
 }
 
-/// timm's eval-mode forward of one image, stopping at every non-linear layer.
+/// timm's eval-mode forward of one image through the layer graph, stopping at every non-linear layer.
 pub struct FloatRun<'m, 'o, F: Real> {
     model: &'m Model,
-    stage: Stage,
+    /// Next node to run.
+    pc: usize,
     taps: bool,
     obs: Option<Observer<'o, F>>,
     image: Vec<F>,
-    /// Residual stream `[T, D]`.
-    x: Vec<F>,
-    /// LayerNorm output `[T, D]`.
-    h: Vec<F>,
-    qkv: Vec<F>,
-    /// Scores, then probabilities `[heads, T, T]`.
-    att: Vec<F>,
-    /// Attention context `[T, D]`, reused for proj / fc2 outputs.
-    ctx: Vec<F>,
-    tmp: Vec<F>,
-    /// fc1 output and GELU output `[T, H]`.
-    mid: Vec<F>,
-    act: Vec<F>,
+    /// Value of each slot (empty once dead).
+    vals: Vec<Vec<F>>,
+    /// Buffers of dead slots, reused.
+    spare: Vec<Vec<F>>,
+    tap_layer: usize,
     tap_in: Vec<f64>,
     tap_out: Vec<f64>,
     logits: Vec<f64>,
@@ -345,18 +228,13 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
         assert_eq!(image.len(), model.manifest.image_len(), "image length must match the manifest (checked by Images)");
         FloatRun {
             model,
-            stage: Stage::Start,
+            pc: 0,
             taps,
             obs: None,
             image: image.iter().map(|&v| F::from_f32(v)).collect(),
-            x: Vec::new(),
-            h: Vec::new(),
-            qkv: Vec::new(),
-            att: Vec::new(),
-            ctx: Vec::new(),
-            tmp: Vec::new(),
-            mid: Vec::new(),
-            act: Vec::new(),
+            vals: vec![Vec::new(); model.graph.slots],
+            spare: Vec::new(),
+            tap_layer: 0,
             tap_in: Vec::new(),
             tap_out: Vec::new(),
             logits: Vec::new(),
@@ -369,242 +247,266 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
         self
     }
 
-    fn observe(&mut self, p: Point, which: Buf) {
+    fn observe(&mut self, p: PointId, v: &[F]) {
         if let Some(o) = self.obs.as_mut() {
-            let v = match which {
-                Buf::Image => &self.image,
-                Buf::X => &self.x,
-                Buf::H => &self.h,
-                Buf::Qkv => &self.qkv,
-                Buf::Att => &self.att,
-                Buf::Ctx => &self.ctx,
-                Buf::Tmp => &self.tmp,
-                Buf::Mid => &self.mid,
-                Buf::Act => &self.act,
-            };
             o(p, v);
         }
     }
 
-    fn set_tap(&mut self, a: Buf, b: Buf) {
-        if !self.taps {
-            return;
-        }
-        let get = |s: &Self, w: Buf| -> Vec<f64> {
-            let v = match w {
-                Buf::X => &s.x,
-                Buf::H => &s.h,
-                Buf::Att => &s.att,
-                Buf::Mid => &s.mid,
-                Buf::Act => &s.act,
-                _ => unreachable!("not a tap buffer"),
-            };
-            v.iter().map(|x| x.to_f64()).collect()
-        };
-        self.tap_in = get(self, a);
-        self.tap_out = get(self, b);
+    fn fresh(&mut self) -> Vec<F> {
+        let mut v = self.spare.pop().unwrap_or_default();
+        v.clear();
+        v
     }
 
-    fn embed(&mut self) {
-        let m = &self.model.manifest;
-        let (d, t) = (m.embed_dim, m.tokens());
-        self.observe(Point::Input, Buf::Image);
-        let pt = patches(&self.image, m.in_chans, m.img_size, m.patch_size);
-        let np = m.num_patches();
-        linear(&pt, np, &self.model.patch.w, &self.model.patch.b, d, &mut self.tmp);
-        self.observe(Point::PatchEmbed, Buf::Tmp);
-        let pre = t - np;
-        self.x.clear();
-        self.x.extend(self.model.cls_token.iter().map(|&v| F::from_f32(v)));
-        if let Some(dt) = &self.model.dist_token {
-            self.x.extend(dt.iter().map(|&v| F::from_f32(v)));
+    fn tap(&mut self, layer: usize, x: &[F], y: &[F]) {
+        self.tap_layer = layer;
+        if self.taps {
+            self.tap_in.clear();
+            self.tap_in.extend(x.iter().map(|v| v.to_f64()));
+            self.tap_out.clear();
+            self.tap_out.extend(y.iter().map(|v| v.to_f64()));
         }
-        self.x.extend_from_slice(&self.tmp);
-        debug_assert_eq!(self.x.len(), t * d);
-        for (v, &p) in self.x.iter_mut().zip(&self.model.pos_embed) {
-            *v += F::from_f32(p);
-        }
-        let _ = pre;
-        self.observe(Point::PosEmbed, Buf::X);
     }
 
-    fn norm1(&mut self, b: usize) {
-        let blk = &self.model.blocks[b];
-        layer_norm(&self.x, &blk.norm1.w, &blk.norm1.b, self.model.manifest.ln_eps, &mut self.h);
-        self.observe(Point::Norm1(b), Buf::H);
-        self.set_tap(Buf::X, Buf::H);
-    }
-
-    fn scores(&mut self, b: usize) {
-        let m = &self.model.manifest;
-        let (d, t, nh, hd) = (m.embed_dim, m.tokens(), m.num_heads, m.head_dim());
-        let blk = &self.model.blocks[b];
-        linear(&self.h, t, &blk.qkv.w, &blk.qkv.b, 3 * d, &mut self.qkv);
-        self.observe(Point::Qkv(b), Buf::Qkv);
-        let scale = F::from_f64((hd as f64).powf(-0.5));
-        self.att.clear();
-        self.att.resize(nh * t * t, F::default());
-        let mut qh = vec![F::default(); hd];
-        for h in 0..nh {
-            for i in 0..t {
-                let q = &self.qkv[i * 3 * d + h * hd..][..hd];
-                for (a, &v) in qh.iter_mut().zip(q) {
-                    *a = v * scale;
+    /// Run node `i`; Some(layer) when it is a non-linear layer (a tap).
+    fn exec(&mut self, i: usize) -> Option<usize> {
+        let model = self.model;
+        let p = |id: usize| model.param(id);
+        let node = &model.graph.nodes[i];
+        match node {
+            Node::PatchEmbed { out, lin, chans, img, patch, input_point, point } => {
+                let image = std::mem::take(&mut self.image);
+                self.observe(*input_point, &image);
+                let pt = patches(&image, *chans, *img, *patch);
+                self.image = image;
+                let mut o = self.fresh();
+                linear(&pt, pt.len() / lin.inp, p(lin.w), p(lin.b.expect("patch bias")), lin.out, &mut o);
+                self.observe(*point, &o);
+                self.vals[*out] = o;
+                None
+            }
+            Node::Tokens { x, out, pre, pos, point } => {
+                let mut o = self.fresh();
+                for &t in pre {
+                    o.extend(p(t).iter().map(|&v| F::from_f32(v)));
                 }
-                let row = &mut self.att[(h * t + i) * t..][..t];
-                for (j, r) in row.iter_mut().enumerate() {
-                    let k = &self.qkv[j * 3 * d + d + h * hd..][..hd];
+                o.extend_from_slice(&self.vals[*x]);
+                for (v, &q) in o.iter_mut().zip(p(*pos)) {
+                    *v += F::from_f32(q);
+                }
+                self.observe(*point, &o);
+                self.vals[*out] = o;
+                None
+            }
+            Node::LayerNorm { x, out, norm, layer, point, .. } => {
+                let mut o = self.fresh();
+                let xv = std::mem::take(&mut self.vals[*x]);
+                layer_norm(&xv, p(norm.w), p(norm.b), model.manifest.ln_eps, &mut o);
+                self.observe(*point, &o);
+                self.tap(*layer, &xv, &o);
+                self.vals[*x] = xv;
+                self.vals[*out] = o;
+                Some(*layer)
+            }
+            Node::Linear { x, out, lin, point, .. } => {
+                let mut o = self.fresh();
+                let xv = &self.vals[*x];
+                let zeros;
+                let b = match lin.b {
+                    Some(b) => p(b),
+                    None => {
+                        zeros = vec![0.0f32; lin.out];
+                        &zeros
+                    }
+                };
+                linear(xv, xv.len() / lin.inp, p(lin.w), b, lin.out, &mut o);
+                scale_channels(&mut o, lin.ls.map(p));
+                self.observe(*point, &o);
+                self.vals[*out] = o;
+                None
+            }
+            Node::Scores { qkv: qs, out, heads, n, d, bias, point, .. } => {
+                let (nh, n, d) = (*heads, *n, *d);
+                let hd = d / nh;
+                let qkv = std::mem::take(&mut self.vals[*qs]);
+                let t = qkv.len() / (3 * d);
+                let groups = t / n;
+                let scale = F::from_f64((hd as f64).powf(-0.5));
+                let mut o = self.fresh();
+                o.resize(groups * nh * n * n, F::default());
+                let mut qh = vec![F::default(); hd];
+                let table = bias.as_ref().map(|b| (p(b.table), &b.index));
+                for g in 0..groups {
+                    for h in 0..nh {
+                        for i in 0..n {
+                            let q = &qkv[(g * n + i) * 3 * d + h * hd..][..hd];
+                            for (a, &v) in qh.iter_mut().zip(q) {
+                                *a = v * scale;
+                            }
+                            let row = &mut o[((g * nh + h) * n + i) * n..][..n];
+                            for (j, r) in row.iter_mut().enumerate() {
+                                let k = &qkv[(g * n + j) * 3 * d + d + h * hd..][..hd];
+                                let mut s = F::default();
+                                for (a, &bb) in qh.iter().zip(k) {
+                                    s += *a * bb;
+                                }
+                                if let Some((tab, index)) = table {
+                                    s = s + F::from_f32(tab[index[i * n + j] * nh + h]);
+                                }
+                                *r = s;
+                            }
+                        }
+                    }
+                }
+                self.observe(*point, &o);
+                self.vals[*qs] = qkv;
+                self.vals[*out] = o;
+                None
+            }
+            Node::Softmax { x, out, layer, mask } => {
+                let xv = std::mem::take(&mut self.vals[*x]);
+                let mut o = self.fresh();
+                o.extend_from_slice(&xv);
+                if let Some(m) = mask {
+                    // timm adds −100 to the logits of keys in other regions of the rolled grid.
+                    let neg = F::from_f32(-100.0);
+                    for (v, &k) in o.iter_mut().zip(m.iter()) {
+                        if k {
+                            *v = *v + neg;
+                        }
+                    }
+                }
+                let c = model.graph.layers[*layer].row_len;
+                for row in o.chunks_exact_mut(c) {
+                    let mx = row.iter().copied().fold(row[0], |a, v| if v > a { v } else { a });
                     let mut s = F::default();
-                    for (a, &bb) in qh.iter().zip(k) {
-                        s += *a * bb;
+                    for v in row.iter_mut() {
+                        *v = (*v - mx).exp();
+                        s += *v;
                     }
-                    *r = s;
-                }
-            }
-        }
-        self.observe(Point::MatmulQk(b), Buf::Att);
-        if self.taps {
-            self.tap_in = self.att.iter().map(|v| v.to_f64()).collect();
-        }
-        for row in self.att.chunks_exact_mut(t) {
-            let mx = row.iter().copied().fold(row[0], |a, v| if v > a { v } else { a });
-            let mut s = F::default();
-            for v in row.iter_mut() {
-                *v = (*v - mx).exp();
-                s += *v;
-            }
-            for v in row.iter_mut() {
-                *v = *v / s;
-            }
-        }
-        if self.taps {
-            self.tap_out = self.att.iter().map(|v| v.to_f64()).collect();
-        }
-    }
-
-    fn attn_out(&mut self, b: usize) {
-        let m = &self.model.manifest;
-        let (d, t, nh, hd) = (m.embed_dim, m.tokens(), m.num_heads, m.head_dim());
-        let blk = &self.model.blocks[b];
-        self.ctx.clear();
-        self.ctx.resize(t * d, F::default());
-        for h in 0..nh {
-            for i in 0..t {
-                let p = &self.att[(h * t + i) * t..][..t];
-                let c = &mut self.ctx[i * d + h * hd..][..hd];
-                for (j, &pj) in p.iter().enumerate() {
-                    let v = &self.qkv[j * 3 * d + 2 * d + h * hd..][..hd];
-                    for (cc, &vv) in c.iter_mut().zip(v) {
-                        *cc += pj * vv;
+                    for v in row.iter_mut() {
+                        *v = *v / s;
                     }
                 }
+                self.tap(*layer, &xv, &o);
+                self.vals[*x] = xv;
+                self.vals[*out] = o;
+                Some(*layer)
             }
-        }
-        self.observe(Point::MatmulAv(b), Buf::Ctx);
-        linear(&self.ctx, t, &blk.proj.w, &blk.proj.b, d, &mut self.tmp);
-        scale_channels(&mut self.tmp, blk.ls1.as_deref());
-        self.observe(Point::Proj(b), Buf::Tmp);
-        for (x, &y) in self.x.iter_mut().zip(&self.tmp) {
-            *x += y;
-        }
-        self.observe(Point::Residual1(b), Buf::X);
-        layer_norm(&self.x, &blk.norm2.w, &blk.norm2.b, m.ln_eps, &mut self.h);
-        self.observe(Point::Norm2(b), Buf::H);
-        self.set_tap(Buf::X, Buf::H);
-    }
-
-    fn mlp_in(&mut self, b: usize) {
-        let m = &self.model.manifest;
-        let (t, hh) = (m.tokens(), m.hidden());
-        let blk = &self.model.blocks[b];
-        linear(&self.h, t, &blk.fc1.w, &blk.fc1.b, hh, &mut self.mid);
-        self.observe(Point::Fc1(b), Buf::Mid);
-        self.act.clear();
-        self.act.extend(self.mid.iter().map(|&v| gelu(v)));
-        self.observe(Point::Act(b), Buf::Act);
-        self.set_tap(Buf::Mid, Buf::Act);
-    }
-
-    fn mlp_out(&mut self, b: usize) {
-        let m = &self.model.manifest;
-        let (d, t) = (m.embed_dim, m.tokens());
-        let blk = &self.model.blocks[b];
-        linear(&self.act, t, &blk.fc2.w, &blk.fc2.b, d, &mut self.tmp);
-        scale_channels(&mut self.tmp, blk.ls2.as_deref());
-        self.observe(Point::Fc2(b), Buf::Tmp);
-        for (x, &y) in self.x.iter_mut().zip(&self.tmp) {
-            *x += y;
-        }
-        self.observe(Point::Residual2(b), Buf::X);
-    }
-
-    fn final_norm(&mut self) {
-        let n = &self.model.norm;
-        layer_norm(&self.x, &n.w, &n.b, self.model.manifest.ln_eps, &mut self.h);
-        self.observe(Point::Norm, Buf::H);
-        self.set_tap(Buf::X, Buf::H);
-    }
-
-    fn head(&mut self) {
-        let m = &self.model.manifest;
-        let d = m.embed_dim;
-        self.logits = match &self.model.head {
-            None => self.h[..d].iter().map(|v| v.to_f64()).collect(),
-            Some(head) => {
-                let mut out = Vec::new();
-                linear(&self.h[..d], 1, &head.w, &head.b, head.out, &mut out);
-                if let Some(hd) = &self.model.head_dist {
-                    let mut o2 = Vec::new();
-                    linear(&self.h[d..2 * d], 1, &hd.w, &hd.b, hd.out, &mut o2);
-                    out.iter().zip(&o2).map(|(a, b)| ((*a + *b) / F::from_f64(2.0)).to_f64()).collect()
-                } else {
-                    out.iter().map(|v| v.to_f64()).collect()
+            Node::Context { p: pr, qkv, out, heads, n, d, point } => {
+                let (nh, n, d) = (*heads, *n, *d);
+                let hd = d / nh;
+                let probs = &self.vals[*pr];
+                let qkv = &self.vals[*qkv];
+                let t = qkv.len() / (3 * d);
+                let mut o = self.spare.pop().unwrap_or_default();
+                o.clear();
+                o.resize(t * d, F::default());
+                for g in 0..t / n {
+                    for h in 0..nh {
+                        for i in 0..n {
+                            let pp = &probs[((g * nh + h) * n + i) * n..][..n];
+                            let c = &mut o[(g * n + i) * d + h * hd..][..hd];
+                            for (j, &pj) in pp.iter().enumerate() {
+                                let v = &qkv[(g * n + j) * 3 * d + 2 * d + h * hd..][..hd];
+                                for (cc, &vv) in c.iter_mut().zip(v) {
+                                    *cc += pj * vv;
+                                }
+                            }
+                        }
+                    }
                 }
+                self.observe(*point, &o);
+                self.vals[*out] = o;
+                None
             }
-        };
+            Node::Gelu { x, out, layer, point, .. } => {
+                let xv = std::mem::take(&mut self.vals[*x]);
+                let mut o = self.fresh();
+                o.extend(xv.iter().map(|&v| gelu(v)));
+                self.observe(*point, &o);
+                self.tap(*layer, &xv, &o);
+                self.vals[*x] = xv;
+                self.vals[*out] = o;
+                Some(*layer)
+            }
+            Node::Add { x, y, point } => {
+                let mut xv = std::mem::take(&mut self.vals[*x]);
+                for (a, &b) in xv.iter_mut().zip(&self.vals[*y]) {
+                    *a += b;
+                }
+                self.observe(*point, &xv);
+                self.vals[*x] = xv;
+                None
+            }
+            Node::ToResidual { x, out, point } => {
+                let mut o = self.fresh();
+                o.extend_from_slice(&self.vals[*x]);
+                self.observe(*point, &o);
+                self.vals[*out] = o;
+                None
+            }
+            Node::Gather { x, out, kind, index } => {
+                let mut o = self.fresh();
+                gather(&self.vals[*x], index, kind.group(), &mut o);
+                self.vals[*out] = o;
+                None
+            }
+            Node::Head { x, d, pool, head, head_dist } => {
+                let xv = &self.vals[*x];
+                let d = *d;
+                let lin = |l: &super::graph::LinearP, row: &[F]| -> Vec<F> {
+                    let mut out = Vec::new();
+                    linear(row, 1, p(l.w), p(l.b.expect("head bias")), l.out, &mut out);
+                    out
+                };
+                let pooled: Vec<F>;
+                let feats: &[F] = match pool {
+                    Pool::Mean => {
+                        let t = xv.len() / d;
+                        let mut s = vec![F::default(); d];
+                        for row in xv.chunks_exact(d) {
+                            for (a, &v) in s.iter_mut().zip(row) {
+                                *a += v;
+                            }
+                        }
+                        let tf = F::from_f64(t as f64);
+                        pooled = s.into_iter().map(|v| v / tf).collect();
+                        &pooled
+                    }
+                    _ => &xv[..d],
+                };
+                self.logits = match (head, head_dist, pool) {
+                    (None, _, _) => feats.iter().map(|v| v.to_f64()).collect(),
+                    (Some(h), Some(hd), Pool::Distilled) => {
+                        let a = lin(h, &xv[..d]);
+                        let b = lin(hd, &xv[d..2 * d]);
+                        a.iter().zip(&b).map(|(a, b)| ((*a + *b) / F::from_f64(2.0)).to_f64()).collect()
+                    }
+                    (Some(h), _, _) => lin(h, feats).iter().map(|v| v.to_f64()).collect(),
+                };
+                None
+            }
+        }
     }
 
     /// Run to the next non-linear layer and show its input and output; None when the forward is done.
     pub fn next_tap(&mut self) -> Option<Tap<'_>> {
-        let depth = self.model.manifest.depth;
-        let (layer, next) = match self.stage {
-            Stage::Start => {
-                self.embed();
-                self.norm1(0);
-                (0, Stage::Norm1(0))
+        let g = &self.model.graph;
+        while self.pc < g.nodes.len() {
+            let i = self.pc;
+            let tapped = self.exec(i);
+            for &s in &g.free_after[i] {
+                let v = std::mem::take(&mut self.vals[s]);
+                self.spare.push(v);
             }
-            Stage::Norm1(b) => {
-                self.scores(b);
-                (4 * b + 1, Stage::Softmax(b))
+            self.pc += 1;
+            if let Some(layer) = tapped {
+                return Some(Tap { layer: &g.layers[layer], input: &self.tap_in, output: &self.tap_out, conditions: &[] });
             }
-            Stage::Softmax(b) => {
-                self.attn_out(b);
-                (4 * b + 2, Stage::Norm2(b))
-            }
-            Stage::Norm2(b) => {
-                self.mlp_in(b);
-                (4 * b + 3, Stage::Gelu(b))
-            }
-            Stage::Gelu(b) => {
-                self.mlp_out(b);
-                if b + 1 < depth {
-                    self.norm1(b + 1);
-                    (4 * b + 4, Stage::Norm1(b + 1))
-                } else {
-                    self.final_norm();
-                    (4 * depth, Stage::Final)
-                }
-            }
-            Stage::Final => {
-                self.head();
-                self.stage = Stage::Done;
-                return None;
-            }
-            Stage::Done => return None,
-        };
-        self.stage = next;
-        let layer: &Layer = &self.model.layers[layer];
-        Some(Tap { layer, input: &self.tap_in, output: &self.tap_out, conditions: &[] })
+        }
+        None
     }
 
     /// Run to the end and return the logits (features for a head-less model).
@@ -614,17 +516,15 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Buf {
-    Image,
-    X,
-    H,
-    Qkv,
-    Att,
-    Ctx,
-    Tmp,
-    Mid,
-    Act,
+/// Output row `r` = the concatenation of input rows `index[r·group .. (r+1)·group]`.
+pub(crate) fn gather<T: Copy>(x: &[T], index: &[usize], group: usize, out: &mut Vec<T>) {
+    let w = x.len() / index.len();
+    out.clear();
+    out.reserve(x.len());
+    debug_assert_eq!(index.len() % group, 0);
+    for &src in index {
+        out.extend_from_slice(&x[src * w..(src + 1) * w]);
+    }
 }
 
 fn scale_channels<F: Real>(v: &mut [F], g: Option<&[f32]>) {

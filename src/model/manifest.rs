@@ -21,6 +21,28 @@ pub enum Arch {
     Vit,
     /// timm `VisionTransformerDistilled`: class and distillation tokens, two heads.
     Deit,
+    /// timm `SwinTransformer`: shifted-window stages with patch merging, mean-pooled head.
+    Swin,
+}
+
+/// The `swin` section of a Swin manifest: one entry per stage (timm `SwinTransformer` arguments).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwinSpec {
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Width per stage.
+    pub embed_dims: Vec<usize>,
+    /// Attention heads per stage.
+    pub num_heads: Vec<usize>,
+    /// timm's target window side per stage (the effective window is min(window, stage grid side)).
+    pub window_size: Vec<usize>,
+    /// Whether the patch embedding has a LayerNorm (timm default true).
+    #[serde(default = "default_true")]
+    pub patch_norm: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Per-channel input normalisation: a pixel `p` in [0, 1] becomes `(p − mean) / std`.
@@ -120,6 +142,9 @@ pub struct Manifest {
     /// Free-text provenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Swin stages (arch `swin` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swin: Option<SwinSpec>,
     /// Quantisation section (`null` when absent).
     #[serde(default)]
     pub quant: Option<QuantSection>,
@@ -147,6 +172,7 @@ impl Manifest {
     pub fn arch(&self) -> Arch {
         match self.arch.as_str() {
             "deit" => Arch::Deit,
+            "swin" => Arch::Swin,
             _ => Arch::Vit,
         }
     }
@@ -162,9 +188,13 @@ impl Manifest {
         g * g
     }
 
-    /// Tokens T (patches + class token + distillation token).
+    /// Tokens T entering the first block (ViT/DeiT: patches + class token + distillation
+    /// token; Swin: the patches of stage 0).
     pub fn tokens(&self) -> usize {
-        self.num_patches() + 1 + usize::from(self.distilled())
+        match self.arch() {
+            Arch::Swin => self.num_patches(),
+            _ => self.num_patches() + 1 + usize::from(self.distilled()),
+        }
     }
 
     /// MLP hidden size H = int(D · mlp_ratio), as timm computes it.
@@ -187,7 +217,7 @@ impl Manifest {
         if self.format != MANIFEST_FORMAT {
             return bad(format!("format {} is not supported (this mnq reads format {MANIFEST_FORMAT})", self.format));
         }
-        if self.arch != "vit" && self.arch != "deit" {
+        if !["vit", "deit", "swin"].contains(&self.arch.as_str()) {
             return Err(ManifestProblem::Arch(self.arch.clone()));
         }
         for (name, v) in [
@@ -225,6 +255,12 @@ impl Manifest {
         if self.input.mean.iter().any(|v| !v.is_finite()) || self.input.std.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return bad("input.mean must be finite and input.std positive".into());
         }
+        match (&self.swin, self.arch()) {
+            (Some(s), Arch::Swin) => self.validate_swin(s).map_err(ManifestProblem::Other)?,
+            (None, Arch::Swin) => return bad("arch swin needs a \"swin\" section (depths, embed_dims, num_heads, window_size per stage)".into()),
+            (Some(_), _) => return bad(format!("a \"swin\" section belongs to arch swin, not {}", self.arch)),
+            (None, _) => {}
+        }
         if let Some(l) = &self.labels {
             if self.num_classes > 0 && l.len() != self.num_classes {
                 return bad(format!("labels has {} names but num_classes is {}", l.len(), self.num_classes));
@@ -244,6 +280,57 @@ impl Manifest {
                         p.alpha.len()
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks of a Swin manifest: stage lists of one length, consistent with the top-level
+    /// fields, and every stage's grid divisible by its window (the graph does not pad).
+    fn validate_swin(&self, s: &SwinSpec) -> Result<(), String> {
+        let n = s.depths.len();
+        if n == 0 || s.embed_dims.len() != n || s.num_heads.len() != n || s.window_size.len() != n {
+            return Err(format!(
+                "swin.depths, swin.embed_dims, swin.num_heads and swin.window_size need one entry per stage (got {}, {}, {}, {})",
+                n,
+                s.embed_dims.len(),
+                s.num_heads.len(),
+                s.window_size.len()
+            ));
+        }
+        if self.layer_scale {
+            return Err("layer_scale must be false for arch swin (timm's SwinTransformer has no LayerScale)".into());
+        }
+        let total: usize = s.depths.iter().sum();
+        if total != self.depth || s.embed_dims[0] != self.embed_dim || s.num_heads[0] != self.num_heads {
+            return Err(format!(
+                "depth ({}), embed_dim ({}) and num_heads ({}) must equal the sum of swin.depths ({total}), swin.embed_dims[0] ({}) and swin.num_heads[0] ({})",
+                self.depth, self.embed_dim, self.num_heads, s.embed_dims[0], s.num_heads[0]
+            ));
+        }
+        let mut grid = self.img_size / self.patch_size;
+        for st in 0..n {
+            let (d, h, w) = (s.embed_dims[st], s.num_heads[st], s.window_size[st]);
+            if s.depths[st] == 0 || d == 0 || h == 0 || w == 0 {
+                return Err(format!("swin stage {st}: depth, width, heads and window must be at least 1"));
+            }
+            if d % h != 0 {
+                return Err(format!("swin stage {st}: embed_dims {d} is not a multiple of num_heads {h}"));
+            }
+            if (d as f64 * self.mlp_ratio) as usize == 0 {
+                return Err(format!("swin stage {st}: mlp_ratio {} gives no hidden units", self.mlp_ratio));
+            }
+            if st > 0 {
+                if grid % 2 != 0 {
+                    return Err(format!("swin stage {st}: patch merging needs an even grid, but stage {} is {grid}x{grid}", st - 1));
+                }
+                grid /= 2;
+            }
+            let win = w.min(grid);
+            if grid % win != 0 {
+                return Err(format!(
+                    "swin stage {st}: the {grid}x{grid} token grid is not a multiple of the {win}x{win} window (timm would pad; mnq's graph does not)"
+                ));
             }
         }
         Ok(())

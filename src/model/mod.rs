@@ -9,11 +9,13 @@
 //! caller can walk a float and an integer forward of the same image in lockstep without keeping
 //! the model's activations.
 
+pub mod arch;
 pub mod calib;
 pub mod data;
 pub mod eval;
 pub mod float;
 pub mod gemm;
+pub mod graph;
 pub mod manifest;
 pub mod quant;
 pub mod weights;
@@ -21,7 +23,8 @@ pub mod weights;
 pub use calib::{calibrate, CalibOptions, Calibration};
 pub use data::{Images, Reference};
 pub use eval::{evaluate, forward_pair, EvalReport, LayerReport};
-pub use float::{FloatRun, Point, Real};
+pub use float::{FloatRun, Real};
+pub use graph::Graph;
 pub use manifest::{Arch, Assignment, LayerUnit, Manifest, QuantSection, FLOAT_GELU};
 pub use quant::{ActScales, IntModel, IntRun, QuantConfig};
 pub use weights::{write_random_model, Model};
@@ -56,7 +59,7 @@ pub enum ModelError {
         what: String,
     },
     /// The manifest names an architecture mnq does not implement.
-    #[error("{path}: unknown architecture '{arch}' (supported: vit, deit)")]
+    #[error("{path}: unknown architecture '{arch}' (supported: vit, deit, swin)")]
     UnknownArch {
         /// Manifest file.
         path: PathBuf,
@@ -168,11 +171,11 @@ pub struct Layer {
     pub name: String,
     /// Operation.
     pub op: Op,
-    /// Block index (None for the final norm).
+    /// Block index in execution order (None outside blocks: patch-embedding, patch-merging and final norms).
     pub block: Option<usize>,
-    /// Rows the layer processes per image (softmax: heads × tokens; LayerNorm and GELU: tokens).
+    /// Rows the layer processes per image (softmax: heads × tokens, windows included; LayerNorm and GELU: tokens).
     pub rows: usize,
-    /// Row length (softmax: tokens; LayerNorm: D; GELU: hidden size H).
+    /// Row length (softmax: tokens, or tokens per window; LayerNorm: channels; GELU: hidden size H).
     pub row_len: usize,
 }
 
@@ -188,21 +191,9 @@ impl Layer {
     }
 }
 
-/// Non-linear layers of a model described by `m`, in execution order.
+/// Non-linear layers of a model described by `m` (a validated manifest), in execution order.
 pub fn layers_of(m: &Manifest) -> Vec<Layer> {
-    let t = m.tokens();
-    let mut v = Vec::with_capacity(4 * m.depth + 1);
-    let mut push = |name: String, op: Op, block: Option<usize>, rows: usize, row_len: usize| {
-        v.push(Layer { index: v.len(), name, op, block, rows, row_len });
-    };
-    for b in 0..m.depth {
-        push(format!("blocks.{b}.norm1"), Op::LayerNorm, Some(b), t, m.embed_dim);
-        push(format!("blocks.{b}.attn.softmax"), Op::Softmax, Some(b), m.num_heads * t, t);
-        push(format!("blocks.{b}.norm2"), Op::LayerNorm, Some(b), t, m.embed_dim);
-        push(format!("blocks.{b}.mlp.act"), Op::Gelu, Some(b), t, m.hidden());
-    }
-    push("norm".into(), Op::LayerNorm, None, t, m.embed_dim);
-    v
+    graph::build(m).layers
 }
 
 /// The input and output of one non-linear layer for one image: float values in the float

@@ -1,17 +1,26 @@
-//! The integer forward, following the I-ViT code base (HAWQ-V3 dyadic arithmetic):
-//! per-output-channel symmetric integer weights, per-tensor symmetric activations, exact integer
-//! GEMMs, dyadic requantisation between layers, 16-bit residual adds, and every Softmax, GELU
-//! and LayerNorm computed by a golden unit in Integer mode, any method per layer.
+//! The integer executor of the layer graph, following the I-ViT code base (HAWQ-V3 dyadic
+//! arithmetic): per-output-channel symmetric integer weights, per-tensor symmetric
+//! activations, exact integer GEMMs, dyadic requantisation between layers, 16-bit residual
+//! adds, and every Softmax, GELU and LayerNorm computed by a golden unit in Integer mode, any
+//! method per layer.
 //!
 //! Data flow of one block (scales named as in the manifest's `act_scales`):
 //! ```text
 //! r (16-bit, residual) ─ LN1 unit ─ requant ─ h (act_bits, blocks.i.norm1)
-//!   h·Wqkv ─ requant ─ qkv (blocks.i.attn.qkv) ─ q·kᵀ ─ requant (scale·head_dim^−½) ─ scores (blocks.i.attn.matmul_qk)
-//!   scores ─ Softmax unit ─ p ─ p·V ─ requant ─ ctx (blocks.i.attn.matmul_av) ─ ·Wproj (LayerScale folded) ─ requant (blocks.i.attn.proj)
+//!   h·Wqkv ─ requant ─ qkv (blocks.i.attn.qkv) ─ q·kᵀ ─ requant (scale·head_dim^−½) [+ rel. bias] ─ scores (blocks.i.attn.matmul_qk)
+//!   scores ─ Softmax unit [mask] ─ p ─ p·V ─ requant ─ ctx (blocks.i.attn.matmul_av) ─ ·Wproj (LayerScale folded) ─ requant (blocks.i.attn.proj)
 //!   r1 = requant16(proj + r) (blocks.i.residual1) ─ LN2 unit ─ requant ─ h2 (blocks.i.norm2)
 //!   h2·W1 ─ GELU unit ─ requant (blocks.i.mlp.act) ─ ·W2 ─ requant (blocks.i.mlp.fc2)
 //!   r2 = requant16(fc2 + r1) (blocks.i.residual2)
 //! ```
+//! Swin adds token permutations (exact), the relative position bias as an offline integer
+//! table `RNE(bias/s_scores)` added to the requantised scores before the clamp to act_bits,
+//! the shifted-window mask passed to the softmax unit (masked entries: probability exactly 0),
+//! patch merging on the 16-bit residual, a bias-free reduction requantised into a new 16-bit
+//! residual stream, the patch-embedding LayerNorm's act_bits output requantised into the first
+//! residual stream, and the mean over tokens `RNE(Σ_t q / T)` (round half to even, exact
+//! integer division) at the final norm's scale before the head.
+//!
 //! Format conversions that let any method sit on any layer (`kernels.md` §5):
 //! * LayerNorm input: the 16-bit per-tensor residual feeds `layernorm_ivit`/`layernorm_ibert`
 //!   directly; `layernorm_fqvit` (PTF) gets it requantised per channel to FQ-ViT's unsigned
@@ -35,8 +44,9 @@
 //! distillation and position embeddings are offline constants quantised straight into the
 //! 16-bit residual scale; logits are the head's accumulator times its scale.
 
-use super::float::{gelu, patches, Point};
+use super::float::{gather, gelu, patches};
 use super::gemm::{self, Requants};
+use super::graph::{Graph, LinearP, Node, Pool, Slot};
 use super::manifest::{LayerUnit, PtfParams, QuantSection};
 use super::{Layer, Manifest, Model, ModelError, Output, Tap};
 use crate::fixed::{int_range, round_half_even_f64, signed_width, QTensor, Scale};
@@ -80,23 +90,17 @@ fn qmax(bits: u32) -> f64 {
 
 impl ActScales {
     /// Scales for `act_bits` from a quant section made for `q.act_bits`: the calibrated range
-    /// `s·(2^(b−1)−1)` is kept and divided by the new width's largest code; residual scales stay.
-    pub fn from_section(q: &QuantSection, act_bits: u32) -> ActScales {
+    /// `s·(2^(b−1)−1)` is kept and divided by the new width's largest code; the residual
+    /// points of `graph` keep their 16-bit scales.
+    pub fn from_section(q: &QuantSection, act_bits: u32, graph: &Graph) -> ActScales {
         let f = qmax(q.act_bits.clamp(2, 32)) / qmax(act_bits);
-        let scales = q
-            .act_scales
-            .iter()
-            .map(|(k, &s)| {
-                let residual = k == "pos_embed" || k.ends_with(".residual1") || k.ends_with(".residual2");
-                (k.clone(), if residual { s } else { s * f })
-            })
-            .collect();
+        let residual = |k: &str| graph.points.iter().any(|p| p.name == k && p.is_residual());
+        let scales = q.act_scales.iter().map(|(k, &s)| (k.clone(), if residual(k) { s } else { s * f })).collect();
         ActScales { scales, ptf: q.ptf.clone(), act_bits }
     }
 
-    fn get(&self, p: Point) -> Result<f64, ModelError> {
-        let name = p.name();
-        self.scales.get(&name).copied().ok_or_else(|| ModelError::Quant {
+    fn get(&self, name: &str) -> Result<f64, ModelError> {
+        self.scales.get(name).copied().ok_or_else(|| ModelError::Quant {
             what: format!(
                 "the activation scale '{name}' is missing from the manifest's quant section; run `mnq calibrate` to compute every scale"
             ),
@@ -145,6 +149,11 @@ impl QLinear {
         let req = s_out.map(|so| Requants::new(acc_scale.iter().map(|sa| sa / so)));
         let narrow = gemm::gemm_fits_i32(k, 1i64 << (abits - 1), 1i64 << (wbits - 1));
         QLinear { w: gemm::Packed::new(&wq, n, k), rm: wq, n, bias, acc_scale, req, narrow }
+    }
+
+    /// Input features.
+    fn k(&self) -> usize {
+        self.rm.len() / self.n
     }
 
     /// Accumulators `x·Wᵀ + bias` (i64) for `rows` input rows.
@@ -224,38 +233,176 @@ struct PtfFormat {
     req: Requants,
 }
 
-/// The golden unit (or float fallback) of one layer with its fixed inputs.
+/// How the softmax output feeds attention·V.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Probs {
+    /// Linear unsigned integers at this scale.
+    Linear(f64),
+    /// Log2 codes expanded as `2^(top − k)` at scale `2^−top`.
+    Log2(u32),
+}
+
+/// The integer value of a slot.
+#[derive(Debug, Clone, Default)]
+enum IVal {
+    /// Dead or not yet written.
+    #[default]
+    Empty,
+    /// Activation codes at act_bits.
+    Codes(Vec<i16>),
+    /// A 16-bit residual stream.
+    Res(Vec<i64>),
+    /// A linear layer's accumulators (per-channel scale in the producing node).
+    Acc(Vec<i64>),
+    /// Attention scores (act_bits values, i64 for the softmax units).
+    Scores(Vec<i64>),
+    /// Softmax outputs.
+    Probs(Vec<i32>, Probs),
+}
+
+impl IVal {
+    fn codes(&self) -> &[i16] {
+        match self {
+            IVal::Codes(v) => v,
+            other => unreachable!("graph built by arch: expected activation codes, got {}", other.kind()),
+        }
+    }
+
+    fn res(&self) -> &[i64] {
+        match self {
+            IVal::Res(v) => v,
+            other => unreachable!("graph built by arch: expected a residual stream, got {}", other.kind()),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            IVal::Empty => "nothing",
+            IVal::Codes(_) => "codes",
+            IVal::Res(_) => "residual",
+            IVal::Acc(_) => "accumulators",
+            IVal::Scores(_) => "scores",
+            IVal::Probs(..) => "probabilities",
+        }
+    }
+}
+
+/// The golden unit (or float fallback) of one non-linear layer with its fixed inputs.
 struct QLayer {
     unit: Option<Box<dyn Unit>>,
     choice: LayerUnit,
     aux: Aux,
-    /// Scale of what the layer's output is requantised to (LayerNorm and GELU).
-    out_scale: f64,
-    ptf: Option<PtfFormat>,
-    /// Float GELU fallback as a table over the act_bits input codes (the same values as
-    /// computing it per element: the output depends on the code alone).
-    gelu_lut: Vec<i16>,
 }
 
-/// Requantisers of one block.
-struct QBlock {
-    qkv: QLinear,
-    /// Scores `s_qkv²·head_dim^−½` → `matmul_qk` scale (per row of T).
-    qk: Requants,
-    s_qkv: f64,
-    s_qk: f64,
-    s_av: f64,
-    proj: QLinear,
-    /// Residual 1: proj branch and identity branch.
-    r1: (Requants, Requants),
-    s_r1: f64,
-    fc1: QLinear,
-    /// fc1 accumulator → GELU input scale (I-ViT and float GELU).
-    fc1_req: Requants,
-    s_fc1: f64,
-    fc2: QLinear,
-    r2: (Requants, Requants),
-    s_r2: f64,
+/// One op of the graph prepared for integer execution: requantisers and constants fixed.
+enum QNode {
+    PatchEmbed {
+        out: Slot,
+        lin: QLinear,
+        s_input: f64,
+        chans: usize,
+        img: usize,
+        patch: usize,
+        /// Output width (act_bits, or 16 when it is a residual stream).
+        bits: u32,
+        residual: bool,
+    },
+    Tokens {
+        x: Slot,
+        out: Slot,
+        /// Residual rows of the class/distillation tokens with their position embedding.
+        pre_rows: Vec<i64>,
+        /// Position embedding of the patch tokens at the residual scale.
+        pos: Vec<i64>,
+        pe_req: Requants,
+    },
+    LayerNorm {
+        x: Slot,
+        out: Slot,
+        layer: usize,
+        c: usize,
+        s_in: f64,
+        out_scale: f64,
+        ptf: Option<PtfFormat>,
+    },
+    Linear {
+        x: Slot,
+        out: Slot,
+        lin: QLinear,
+        /// Output width; None = keep the accumulator.
+        bits: Option<u32>,
+        residual: bool,
+    },
+    Scores {
+        qkv: Slot,
+        out: Slot,
+        heads: usize,
+        n: usize,
+        d: usize,
+        qk: Requants,
+        /// Relative position bias at the scores' scale, `[heads, n, n]`.
+        bias: Option<Vec<i64>>,
+    },
+    Softmax {
+        x: Slot,
+        out: Slot,
+        layer: usize,
+        s_in: f64,
+        row: usize,
+    },
+    Context {
+        p: Slot,
+        qkv: Slot,
+        out: Slot,
+        heads: usize,
+        n: usize,
+        d: usize,
+        s_qkv: f64,
+        s_av: f64,
+    },
+    Gelu {
+        x: Slot,
+        out: Slot,
+        layer: usize,
+        hidden: usize,
+        /// fc1 accumulator scale per channel.
+        acc_scale: Vec<f64>,
+        /// fc1 accumulator → GELU input scale (I-ViT and float GELU).
+        fc1_req: Requants,
+        s_fc1: f64,
+        out_scale: f64,
+        /// Whether the unit takes the accumulator (I-BERT's i-GELU).
+        wants_acc: bool,
+        /// Float GELU fallback as a table over the act_bits input codes (the same values as
+        /// computing it per element: the output depends on the code alone).
+        gelu_lut: Vec<i16>,
+    },
+    Add {
+        x: Slot,
+        y: Slot,
+        /// Branch and identity requantisers.
+        ra: Requants,
+        rb: Requants,
+    },
+    ToResidual {
+        x: Slot,
+        out: Slot,
+        req: Requants,
+    },
+    Gather {
+        x: Slot,
+        out: Slot,
+        index: Vec<usize>,
+        group: usize,
+    },
+    Head {
+        x: Slot,
+        d: usize,
+        pool: Pool,
+        head: Option<QLinear>,
+        head_dist: Option<QLinear>,
+        s_norm: f64,
+    },
 }
 
 /// A model prepared for the integer forward: integer weights, scales and a unit per layer.
@@ -266,18 +413,10 @@ pub struct IntModel {
     pub layers: Vec<Layer>,
     /// The configuration it was built with.
     pub config: QuantConfig,
-    s_input: f64,
-    patch: QLinear,
-    /// Residual rows of the class/distillation tokens and the position embedding, at `s_r0`.
-    pre_rows: Vec<i64>,
-    pos: Vec<i64>,
-    pe_req: Requants,
-    s_r0: f64,
-    blocks: Vec<QBlock>,
+    nodes: Vec<QNode>,
     qlayers: Vec<QLayer>,
-    head: Option<QLinear>,
-    head_dist: Option<QLinear>,
-    s_norm: f64,
+    slots: usize,
+    free_after: Vec<Vec<Slot>>,
     /// Use the plain i64 kernels and element-wise requantisers (reference for the fast kernels).
     plain: bool,
 }
@@ -304,59 +443,24 @@ impl IntModel {
                 what: format!("{} units given for {} non-linear layers", config.units.len(), model.layers.len()),
             });
         }
-        let m = &model.manifest;
-        let (d, t, hd) = (m.embed_dim, m.tokens(), m.head_dim());
+        let g = &model.graph;
         let (wb, ab) = (config.weight_bits, config.act_bits);
-        let s_input = scales.get(Point::Input)?;
-        let s_pe = scales.get(Point::PatchEmbed)?;
-        let s_r0 = scales.get(Point::PosEmbed)?;
-        let patch = QLinear::new(&model.patch.w, &model.patch.b, d, model.patch.inp, None, wb, ab, s_input, Some(s_pe));
-        let (rlo, rhi) = int_range(RESIDUAL_BITS, true);
-        let q16 = |v: f64| round_half_even_f64(v / s_r0).clamp(rlo as f64, rhi as f64) as i64;
-        let npre = t - m.num_patches();
-        let mut pre_rows = Vec::with_capacity(npre * d);
-        for (i, tok) in std::iter::once(&model.cls_token).chain(model.dist_token.as_ref()).enumerate() {
-            pre_rows.extend(tok.iter().zip(&model.pos_embed[i * d..(i + 1) * d]).map(|(&c, &p)| q16(f64::from(c) + f64::from(p))));
-        }
-        let pos: Vec<i64> = model.pos_embed[npre * d..].iter().map(|&p| q16(f64::from(p))).collect();
-        let pe_req = per_tensor(s_pe / s_r0, d);
+        let point_scale = |p: usize| scales.get(&g.points[p].name);
+        let bits_of = |p: usize| if g.points[p].is_residual() { RESIDUAL_BITS } else { ab };
+        let prm = |id: usize| model.param(id);
+        let qlin = |l: &LinearP, s_in: f64, s_out: Option<f64>| -> QLinear {
+            let zeros;
+            let b = match l.b {
+                Some(b) => prm(b),
+                None => {
+                    zeros = vec![0.0f32; l.out];
+                    &zeros
+                }
+            };
+            QLinear::new(prm(l.w), b, l.out, l.inp, l.ls.map(prm), wb, ab, s_in, s_out)
+        };
 
-        let mut blocks = Vec::with_capacity(m.depth);
-        let mut s_prev = s_r0;
-        for (b, blk) in model.blocks.iter().enumerate() {
-            let s_n1 = scales.get(Point::Norm1(b))?;
-            let s_qkv = scales.get(Point::Qkv(b))?;
-            let s_qk = scales.get(Point::MatmulQk(b))?;
-            let s_av = scales.get(Point::MatmulAv(b))?;
-            let s_proj = scales.get(Point::Proj(b))?;
-            let s_r1 = scales.get(Point::Residual1(b))?;
-            let s_n2 = scales.get(Point::Norm2(b))?;
-            let s_fc1 = scales.get(Point::Fc1(b))?;
-            let s_act = scales.get(Point::Act(b))?;
-            let s_fc2 = scales.get(Point::Fc2(b))?;
-            let s_r2 = scales.get(Point::Residual2(b))?;
-            let fc1 = QLinear::new(&blk.fc1.w, &blk.fc1.b, blk.fc1.out, d, None, wb, ab, s_n2, None);
-            let fc1_req = Requants::new(fc1.acc_scale.iter().map(|sa| sa / s_fc1));
-            blocks.push(QBlock {
-                qkv: QLinear::new(&blk.qkv.w, &blk.qkv.b, 3 * d, d, None, wb, ab, s_n1, Some(s_qkv)),
-                qk: per_tensor(s_qkv * s_qkv * (hd as f64).powf(-0.5) / s_qk, t),
-                s_qkv,
-                s_qk,
-                s_av,
-                proj: QLinear::new(&blk.proj.w, &blk.proj.b, d, d, blk.ls1.as_deref(), wb, ab, s_av, Some(s_proj)),
-                r1: (per_tensor(s_proj / s_r1, d), per_tensor(s_prev / s_r1, d)),
-                s_r1,
-                fc1,
-                fc1_req,
-                s_fc1,
-                fc2: QLinear::new(&blk.fc2.w, &blk.fc2.b, d, blk.fc2.inp, blk.ls2.as_deref(), wb, ab, s_act, Some(s_fc2)),
-                r2: (per_tensor(s_fc2 / s_r2, d), per_tensor(s_r1 / s_r2, d)),
-                s_r2,
-            });
-            s_prev = s_r2;
-        }
-        let s_norm = scales.get(Point::Norm)?;
-
+        // Layers: the unit of each, with its fixed inputs.
         let mut qlayers = Vec::with_capacity(model.layers.len());
         for (layer, choice) in model.layers.iter().zip(&config.units) {
             if choice.op() != layer.op {
@@ -372,70 +476,195 @@ impl IntModel {
                 })?),
                 LayerUnit::FloatGelu => None,
             };
-            let mut aux = Aux::default();
-            let (out_scale, in_scale) = match (layer.op, layer.block) {
-                (units::Op::LayerNorm, blk) => {
-                    let norm = match (blk, layer.name.ends_with("norm1")) {
-                        (Some(b), true) => &model.blocks[b].norm1,
-                        (Some(b), false) => &model.blocks[b].norm2,
-                        (None, _) => &model.norm,
-                    };
-                    aux.gamma = Some(norm.w.clone());
-                    aux.beta = Some(norm.b.clone());
-                    let (so, si) = match (blk, layer.name.ends_with("norm1")) {
-                        (Some(b), true) => (scales.get(Point::Norm1(b))?, if b == 0 { s_r0 } else { blocks[b - 1].s_r2 }),
-                        (Some(b), false) => (scales.get(Point::Norm2(b))?, blocks[b].s_r1),
-                        (None, _) => (s_norm, if m.depth == 0 { s_r0 } else { blocks[m.depth - 1].s_r2 }),
-                    };
-                    (so, si)
-                }
-                (units::Op::Gelu, Some(b)) => (scales.get(Point::Act(b))?, 0.0),
-                _ => (0.0, 0.0),
-            };
-            let ptf = if choice.name() == "layernorm_fqvit" {
-                let p = scales.ptf.get(&layer.name).ok_or_else(|| ModelError::Quant {
-                    what: format!(
-                        "layer {} uses layernorm_fqvit but the quant section has no PTF parameters for it (quant.ptf.{}); run `mnq calibrate`",
-                        layer.name, layer.name
-                    ),
-                })?;
-                let levels = ((1u64 << config.act_bits) - 1) as f64;
-                let scale8 = ((p.max - p.min) / levels).max(f64::from(f32::EPSILON));
-                let zp = (-round_half_even_f64(p.min / scale8)).clamp(0.0, levels) as i64;
-                let sc: Vec<f64> = p.alpha.iter().map(|&a| scale8 / 8.0 * f64::from(1u32 << a)).collect();
-                let req = Requants::new(sc.iter().map(|s| in_scale / s));
-                aux.zero_point = zp;
-                aux.out_scale = Some(Scale::PerTensor(out_scale));
-                Some(PtfFormat { zp, sc, req })
-            } else {
-                None
-            };
-            let gelu_lut = match (choice, layer.block) {
-                (LayerUnit::FloatGelu, Some(b)) => {
-                    let (lo, hi) = int_range(config.act_bits, true);
-                    (lo..=hi).map(|q| float_gelu_code(q, blocks[b].s_fc1, out_scale, config.act_bits)).collect()
-                }
-                _ => Vec::new(),
-            };
-            qlayers.push(QLayer { unit, choice: choice.clone(), aux, out_scale, ptf, gelu_lut });
+            qlayers.push(QLayer { unit, choice: choice.clone(), aux: Aux::default() });
         }
-        let head = model.head.as_ref().map(|h| QLinear::new(&h.w, &h.b, h.out, d, None, wb, ab, s_norm, None));
-        let head_dist = model.head_dist.as_ref().map(|h| QLinear::new(&h.w, &h.b, h.out, d, None, wb, ab, s_norm, None));
+
+        // The scale of each slot as the ops write it (an add moves its slot to a new scale).
+        let mut scale = vec![0.0f64; g.slots];
+        let mut acc_scale: Vec<Vec<f64>> = vec![Vec::new(); g.slots];
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for node in &g.nodes {
+            nodes.push(match node {
+                Node::PatchEmbed { out, lin, chans, img, patch, input_point, point } => {
+                    let s_input = point_scale(*input_point)?;
+                    let s_pe = point_scale(*point)?;
+                    scale[*out] = s_pe;
+                    QNode::PatchEmbed {
+                        out: *out,
+                        lin: qlin(lin, s_input, Some(s_pe)),
+                        s_input,
+                        chans: *chans,
+                        img: *img,
+                        patch: *patch,
+                        bits: bits_of(*point),
+                        residual: g.points[*point].is_residual(),
+                    }
+                }
+                Node::Tokens { x, out, pre, pos, point } => {
+                    let s_pe = scale[*x];
+                    let s_r0 = point_scale(*point)?;
+                    let d = prm(pre[0]).len();
+                    let pos = prm(*pos);
+                    let (rlo, rhi) = int_range(RESIDUAL_BITS, true);
+                    let q16 = |v: f64| round_half_even_f64(v / s_r0).clamp(rlo as f64, rhi as f64) as i64;
+                    let mut pre_rows = Vec::with_capacity(pre.len() * d);
+                    for (i, &tok) in pre.iter().enumerate() {
+                        pre_rows.extend(prm(tok).iter().zip(&pos[i * d..(i + 1) * d]).map(|(&c, &p)| q16(f64::from(c) + f64::from(p))));
+                    }
+                    let pos_rows: Vec<i64> = pos[pre.len() * d..].iter().map(|&p| q16(f64::from(p))).collect();
+                    scale[*out] = s_r0;
+                    QNode::Tokens { x: *x, out: *out, pre_rows, pos: pos_rows, pe_req: per_tensor(s_pe / s_r0, d) }
+                }
+                Node::LayerNorm { x, out, norm, c, layer, point, .. } => {
+                    let s_in = scale[*x];
+                    let out_scale = point_scale(*point)?;
+                    let l = &model.layers[*layer];
+                    let ql = &mut qlayers[*layer];
+                    ql.aux.gamma = Some(prm(norm.w).to_vec());
+                    ql.aux.beta = Some(prm(norm.b).to_vec());
+                    let ptf = if ql.choice.name() == "layernorm_fqvit" {
+                        let p = scales.ptf.get(&l.name).ok_or_else(|| ModelError::Quant {
+                            what: format!(
+                                "layer {} uses layernorm_fqvit but the quant section has no PTF parameters for it (quant.ptf.{}); run `mnq calibrate`",
+                                l.name, l.name
+                            ),
+                        })?;
+                        if p.alpha.len() != *c {
+                            return Err(ModelError::Quant {
+                                what: format!("quant.ptf.{} has {} alpha values but the layer has {c} channels", l.name, p.alpha.len()),
+                            });
+                        }
+                        let levels = ((1u64 << ab) - 1) as f64;
+                        let scale8 = ((p.max - p.min) / levels).max(f64::from(f32::EPSILON));
+                        let zp = (-round_half_even_f64(p.min / scale8)).clamp(0.0, levels) as i64;
+                        let sc: Vec<f64> = p.alpha.iter().map(|&a| scale8 / 8.0 * f64::from(1u32 << a)).collect();
+                        let req = Requants::new(sc.iter().map(|s| s_in / s));
+                        ql.aux.zero_point = zp;
+                        ql.aux.out_scale = Some(Scale::PerTensor(out_scale));
+                        Some(PtfFormat { zp, sc, req })
+                    } else {
+                        None
+                    };
+                    scale[*out] = out_scale;
+                    QNode::LayerNorm { x: *x, out: *out, layer: *layer, c: *c, s_in, out_scale, ptf }
+                }
+                Node::Linear { x, out, lin, point, keep_acc } => {
+                    let s_in = scale[*x];
+                    if *keep_acc {
+                        let ql = qlin(lin, s_in, None);
+                        acc_scale[*out] = ql.acc_scale.clone();
+                        scale[*out] = point_scale(*point)?;
+                        QNode::Linear { x: *x, out: *out, lin: ql, bits: None, residual: false }
+                    } else {
+                        let s_out = point_scale(*point)?;
+                        scale[*out] = s_out;
+                        QNode::Linear {
+                            x: *x,
+                            out: *out,
+                            lin: qlin(lin, s_in, Some(s_out)),
+                            bits: Some(bits_of(*point)),
+                            residual: g.points[*point].is_residual(),
+                        }
+                    }
+                }
+                Node::Scores { qkv, out, heads, n, d, bias, point, .. } => {
+                    let s_qkv = scale[*qkv];
+                    let s_qk = point_scale(*point)?;
+                    let hd = d / heads;
+                    let bias = bias.as_ref().map(|b| {
+                        let tab = prm(b.table);
+                        let mut v = Vec::with_capacity(heads * n * n);
+                        for h in 0..*heads {
+                            v.extend(b.index.iter().map(|&ix| round_half_even_f64(f64::from(tab[ix * heads + h]) / s_qk) as i64));
+                        }
+                        v
+                    });
+                    scale[*out] = s_qk;
+                    QNode::Scores {
+                        qkv: *qkv,
+                        out: *out,
+                        heads: *heads,
+                        n: *n,
+                        d: *d,
+                        qk: per_tensor(s_qkv * s_qkv * (hd as f64).powf(-0.5) / s_qk, *n),
+                        bias,
+                    }
+                }
+                Node::Softmax { x, out, layer, mask } => {
+                    qlayers[*layer].aux.mask = mask.clone();
+                    QNode::Softmax { x: *x, out: *out, layer: *layer, s_in: scale[*x], row: model.layers[*layer].row_len }
+                }
+                Node::Context { p, qkv, out, heads, n, d, point } => {
+                    let s_av = point_scale(*point)?;
+                    let s_qkv = scale[*qkv];
+                    scale[*out] = s_av;
+                    QNode::Context { p: *p, qkv: *qkv, out: *out, heads: *heads, n: *n, d: *d, s_qkv, s_av }
+                }
+                Node::Gelu { x, out, layer, in_point, point } => {
+                    let s_fc1 = point_scale(*in_point)?;
+                    let out_scale = point_scale(*point)?;
+                    let acc = acc_scale[*x].clone();
+                    let ql = &qlayers[*layer];
+                    let wants_acc = ql.unit.as_ref().is_some_and(|u| u.name() == "gelu_ibert");
+                    let gelu_lut = match ql.choice {
+                        LayerUnit::FloatGelu => {
+                            let (lo, hi) = int_range(ab, true);
+                            (lo..=hi).map(|q| float_gelu_code(q, s_fc1, out_scale, ab)).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    scale[*out] = out_scale;
+                    QNode::Gelu {
+                        x: *x,
+                        out: *out,
+                        layer: *layer,
+                        hidden: acc.len(),
+                        fc1_req: Requants::new(acc.iter().map(|sa| sa / s_fc1)),
+                        acc_scale: acc,
+                        s_fc1,
+                        out_scale,
+                        wants_acc,
+                        gelu_lut,
+                    }
+                }
+                Node::Add { x, y, point } => {
+                    let s_new = point_scale(*point)?;
+                    let c = prm_width(g, *y, model);
+                    let n = QNode::Add { x: *x, y: *y, ra: per_tensor(scale[*y] / s_new, c), rb: per_tensor(scale[*x] / s_new, c) };
+                    scale[*x] = s_new;
+                    n
+                }
+                Node::ToResidual { x, out, point } => {
+                    let s_new = point_scale(*point)?;
+                    let c = prm_width(g, *x, model);
+                    scale[*out] = s_new;
+                    QNode::ToResidual { x: *x, out: *out, req: per_tensor(scale[*x] / s_new, c) }
+                }
+                Node::Gather { x, out, kind, index } => {
+                    scale[*out] = scale[*x];
+                    QNode::Gather { x: *x, out: *out, index: index.clone(), group: kind.group() }
+                }
+                Node::Head { x, d, pool, head, head_dist } => {
+                    let s_norm = scale[*x];
+                    QNode::Head {
+                        x: *x,
+                        d: *d,
+                        pool: *pool,
+                        head: head.as_ref().map(|h| qlin(h, s_norm, None)),
+                        head_dist: head_dist.as_ref().map(|h| qlin(h, s_norm, None)),
+                        s_norm,
+                    }
+                }
+            });
+        }
         Ok(IntModel {
-            manifest: m.clone(),
+            manifest: model.manifest.clone(),
             layers: model.layers.clone(),
             config,
-            s_input,
-            patch,
-            pre_rows,
-            pos,
-            pe_req,
-            s_r0,
-            blocks,
+            nodes,
             qlayers,
-            head,
-            head_dist,
-            s_norm,
+            slots: g.slots,
+            free_after: g.free_after.clone(),
             plain: false,
         })
     }
@@ -463,45 +692,31 @@ impl IntModel {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Stage {
-    Start,
-    Norm1(usize),
-    Softmax(usize),
-    Norm2(usize),
-    Gelu(usize),
-    Final,
-    Done,
-}
-
-/// How the softmax output feeds attention·V.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Probs {
-    /// Linear unsigned integers at this scale.
-    Linear(f64),
-    /// Log2 codes expanded as `2^(top − k)` at scale `2^−top`.
-    Log2(u32),
+/// Row width of the value in slot `s`: the output width of the op that writes it.
+fn prm_width(g: &Graph, s: Slot, model: &Model) -> usize {
+    for n in g.nodes.iter() {
+        let w = match n {
+            Node::PatchEmbed { out, lin, .. } | Node::Linear { out, lin, .. } if *out == s => lin.out,
+            Node::Tokens { out, pre, .. } if *out == s => model.param(pre[0]).len(),
+            Node::LayerNorm { out, c, .. } if *out == s => *c,
+            Node::Context { out, d, .. } if *out == s => *d,
+            Node::Gather { out, x, kind, .. } if *out == s => prm_width(g, *x, model) * kind.group(),
+            _ => continue,
+        };
+        return w;
+    }
+    unreachable!("slot {s} is never written")
 }
 
 /// The integer forward of one image, stopping at every non-linear layer.
 pub struct IntRun<'q> {
     qm: &'q IntModel,
-    stage: Stage,
+    pc: usize,
     taps: bool,
     image: Vec<f32>,
-    /// Residual stream `[T, D]`, 16-bit, at scale `sx`.
-    x: Vec<i64>,
-    sx: f64,
-    /// Normalised activations `[T, D]` at the LayerNorm's output scale.
-    h: Vec<i16>,
-    qkv: Vec<i16>,
-    /// Softmax output codes or integers `[heads, T, T]`.
-    probs: Vec<i32>,
-    probs_fmt: Probs,
-    /// GELU output `[T, H]`.
-    act: Vec<i16>,
+    vals: Vec<IVal>,
     s: Scratch,
-    buf16: Vec<i16>,
+    tap_layer: usize,
     tap_in: Vec<f64>,
     tap_out: Vec<f64>,
     cond: Vec<(Condition, usize)>,
@@ -514,18 +729,12 @@ impl<'q> IntRun<'q> {
         assert_eq!(image.len(), qm.manifest.image_len(), "image length must match the manifest (checked by Images)");
         IntRun {
             qm,
-            stage: Stage::Start,
+            pc: 0,
             taps,
             image: image.to_vec(),
-            x: Vec::new(),
-            sx: 1.0,
-            h: Vec::new(),
-            qkv: Vec::new(),
-            probs: Vec::new(),
-            probs_fmt: Probs::Linear(1.0),
-            act: Vec::new(),
+            vals: vec![IVal::Empty; qm.slots],
             s: Scratch::default(),
-            buf16: Vec::new(),
+            tap_layer: 0,
             tap_in: Vec::new(),
             tap_out: Vec::new(),
             cond: Vec::new(),
@@ -545,338 +754,416 @@ impl<'q> IntRun<'q> {
         }
     }
 
+    fn input_err(&self, li: usize, e: crate::fixed::FixedError) -> ModelError {
+        self.unit_err(li, units::UnitError::Input { unit: "model", source: e })
+    }
+
     fn run_unit(&self, li: usize, x: &QTensor) -> Result<UnitOutput, ModelError> {
         let ql = &self.qm.qlayers[li];
         let unit = ql.unit.as_ref().expect("integer layer has a unit");
         unit.run(x, &ql.aux, Mode::Integer).map_err(|e| self.unit_err(li, e))
     }
 
-    fn embed(&mut self) {
+    /// Run node `i`; Some(layer) when it is a non-linear layer (a tap).
+    fn exec(&mut self, i: usize) -> Result<Option<usize>, ModelError> {
         let qm = self.qm;
-        let m = &qm.manifest;
-        let (d, ab) = (m.embed_dim, self.ab());
-        let (lo, hi) = int_range(ab, true);
-        let xq: Vec<i16> =
-            self.image.iter().map(|&v| round_half_even_f64(f64::from(v) / qm.s_input).clamp(lo as f64, hi as f64) as i16).collect();
-        let pt = patches(&xq, m.in_chans, m.img_size, m.patch_size);
-        let np = m.num_patches();
-        let mut pe = std::mem::take(&mut self.buf16);
-        qm.patch.forward(&pt, np, ab, qm.plain, &mut self.s, &mut pe);
-        let (rlo, rhi) = int_range(RESIDUAL_BITS, true);
-        let z: Vec<i64> = pe.iter().map(|&v| i64::from(v)).collect();
-        let mut r = std::mem::take(&mut self.s.i64b);
-        r.clear();
-        apply(&qm.pe_req, &z, i64::MIN, i64::MAX, qm.plain, &mut r);
-        self.x.clear();
-        self.x.extend_from_slice(&qm.pre_rows);
-        self.x.extend(r.iter().zip(&qm.pos).map(|(&v, &p)| (v + p).clamp(rlo, rhi)));
-        debug_assert_eq!(self.x.len(), m.tokens() * d);
-        self.sx = qm.s_r0;
-        self.buf16 = pe;
-        self.s.i64b = r;
-    }
-
-    fn input_err(&self, li: usize, e: crate::fixed::FixedError) -> ModelError {
-        self.unit_err(li, units::UnitError::Input { unit: "model", source: e })
-    }
-
-    /// LayerNorm layer `li` on the residual; output requantised to act_bits into `h`.
-    fn norm(&mut self, li: usize) -> Result<(), ModelError> {
-        let qm = self.qm;
-        let ql = &qm.qlayers[li];
-        let d = qm.manifest.embed_dim;
-        let t = self.x.len() / d;
+        let plain = qm.plain;
         let ab = self.ab();
         let (lo, hi) = int_range(ab, true);
-        let out = match &ql.ptf {
-            None => {
-                let x = QTensor::new(self.x.clone(), &[t, d], Scale::PerTensor(self.sx), RESIDUAL_BITS, true)
-                    .map_err(|e| self.input_err(li, e))?;
-                if self.taps {
-                    self.tap_in = x.dequantize();
-                }
-                let out = self.run_unit(li, &x)?;
-                requant_to(&out.values, &from_scale(&out.scale, d, ql.out_scale), ab, qm.plain, &mut self.s.i64b, &mut self.h);
-                out
+        match &qm.nodes[i] {
+            QNode::PatchEmbed { out, lin, s_input, chans, img, patch, bits, residual } => {
+                let xq: Vec<i16> =
+                    self.image.iter().map(|&v| round_half_even_f64(f64::from(v) / s_input).clamp(lo as f64, hi as f64) as i16).collect();
+                let pt = patches(&xq, *chans, *img, *patch);
+                let mut pe = Vec::new();
+                lin.forward(&pt, pt.len() / lin.k(), *bits, plain, &mut self.s, &mut pe);
+                self.vals[*out] = if *residual { IVal::Res(pe.iter().map(|&v| i64::from(v)).collect()) } else { IVal::Codes(pe) };
+                Ok(None)
             }
-            Some(p) => {
-                let top = (1i64 << ab) - 1;
-                let mut q = Vec::with_capacity(self.x.len());
-                apply(&p.req, &self.x, i64::MIN / 2, i64::MAX / 2, qm.plain, &mut q);
-                q.iter_mut().for_each(|v| *v = (*v + p.zp).clamp(0, top));
-                if self.taps {
-                    self.tap_in = q.iter().enumerate().map(|(i, &v)| (v - p.zp) as f64 * p.sc[i % d]).collect();
-                }
-                let x = QTensor::new(q, &[t, d], Scale::PerChannel(p.sc.clone()), ab, false).map_err(|e| self.input_err(li, e))?;
-                let out = self.run_unit(li, &x)?;
-                self.h.clear();
-                self.h.extend(out.values.iter().map(|&v| v.clamp(lo, hi) as i16));
-                out
+            QNode::Tokens { x, out, pre_rows, pos, pe_req } => {
+                let (rlo, rhi) = int_range(RESIDUAL_BITS, true);
+                let z: Vec<i64> = self.vals[*x].codes().iter().map(|&v| i64::from(v)).collect();
+                let mut r = Vec::with_capacity(z.len());
+                apply(pe_req, &z, i64::MIN, i64::MAX, plain, &mut r);
+                let mut xr = Vec::with_capacity(pre_rows.len() + r.len());
+                xr.extend_from_slice(pre_rows);
+                xr.extend(r.iter().zip(pos).map(|(&v, &p)| (v + p).clamp(rlo, rhi)));
+                self.vals[*out] = IVal::Res(xr);
+                Ok(None)
             }
-        };
-        if self.taps {
-            self.tap_out = out.dequantize();
-        }
-        self.cond = out.conditions;
-        Ok(())
-    }
-
-    fn attention(&mut self, b: usize) -> Result<(), ModelError> {
-        let qm = self.qm;
-        let m = &qm.manifest;
-        let (d, t, nh, hd, ab) = (m.embed_dim, m.tokens(), m.num_heads, m.head_dim(), self.ab());
-        let blk = &qm.blocks[b];
-        let li = 4 * b + 1;
-        let mut qkv = std::mem::take(&mut self.qkv);
-        blk.qkv.forward(&self.h, t, ab, qm.plain, &mut self.s, &mut qkv);
-        let (lo, hi) = int_range(ab, true);
-        let mut scores = Vec::with_capacity(nh * t * t);
-        let mut qh = vec![0i16; t * hd];
-        let mut kh = vec![0i16; t * hd];
-        let mut acc = vec![0i32; t * t];
-        let mut acc64 = Vec::with_capacity(t * t);
-        // act_bits ≤ 8 and head_dim ≤ 2^15: the i32 kernel is exact (checked at build time of the model).
-        assert!(gemm::gemm_fits_i32(hd, 1 << (ab - 1), 1 << (ab - 1)), "head_dim too large for the i32 score kernel");
-        for h in 0..nh {
-            for i in 0..t {
-                qh[i * hd..(i + 1) * hd].copy_from_slice(&qkv[i * 3 * d + h * hd..][..hd]);
-                kh[i * hd..(i + 1) * hd].copy_from_slice(&qkv[i * 3 * d + d + h * hd..][..hd]);
-            }
-            acc64.clear();
-            if qm.plain {
-                acc64.resize(t * t, 0);
-                gemm::gemm_i16_wide(&qh, t, &kh, t, &mut acc64);
-            } else {
-                gemm::gemm_i16(&qh, t, &gemm::Packed::new(&kh, t, hd), &mut acc);
-                acc64.extend(acc.iter().map(|&a| i64::from(a)));
-            }
-            apply(&blk.qk, &acc64, lo, hi, qm.plain, &mut scores);
-        }
-        self.qkv = qkv;
-        let x = QTensor::new(scores, &[nh, t, t], Scale::PerTensor(blk.s_qk), ab, true).map_err(|e| self.input_err(li, e))?;
-        if self.taps {
-            self.tap_in = x.dequantize();
-        }
-        let out = self.run_unit(li, &x)?;
-        if self.taps {
-            self.tap_out = out.dequantize();
-        }
-        self.probs.clear();
-        self.probs.extend(out.values.iter().map(|&v| v as i32));
-        self.probs_fmt = match out.encoding {
-            Encoding::Linear => Probs::Linear(out.scale.at(0)),
-            Encoding::Log2 { bits } => Probs::Log2(((1u32 << bits) - 1).min(40)),
-        };
-        self.cond = out.conditions;
-        Ok(())
-    }
-
-    fn attn_out(&mut self, b: usize) -> Result<(), ModelError> {
-        let qm = self.qm;
-        let m = &qm.manifest;
-        let (d, t, nh, hd, ab) = (m.embed_dim, m.tokens(), m.num_heads, m.head_dim(), self.ab());
-        let blk = &qm.blocks[b];
-        let vmax = 1i64 << (ab - 1);
-        let mut ctx = vec![0i64; t * d];
-        let s_ctx = match self.probs_fmt {
-            Probs::Linear(sp) => {
-                let pmax = self.probs.iter().copied().max().unwrap_or(0).max(0);
-                if !qm.plain && pmax <= i32::from(i16::MAX) && gemm::av_fits_i32(t, i64::from(pmax), vmax) {
-                    // Probabilities fit i16 and every sum fits i32: the packed GEMM with Vᵀ as weights.
-                    let p16: Vec<i16> = self.probs.iter().map(|&v| v as i16).collect();
-                    let mut vt = vec![0i16; hd * t];
-                    let mut o = vec![0i32; t * hd];
-                    for h in 0..nh {
-                        for u in 0..t {
-                            for j in 0..hd {
-                                vt[j * t + u] = self.qkv[u * 3 * d + 2 * d + h * hd + j];
-                            }
+            QNode::LayerNorm { x, out, layer, c, s_in, out_scale, ptf } => {
+                let li = *layer;
+                let d = *c;
+                let xs = self.vals[*x].res();
+                let t = xs.len() / d;
+                let mut h = Vec::new();
+                let out_v = match ptf {
+                    None => {
+                        let xt = QTensor::new(xs.to_vec(), &[t, d], Scale::PerTensor(*s_in), RESIDUAL_BITS, true)
+                            .map_err(|e| self.input_err(li, e))?;
+                        if self.taps {
+                            self.tap_in = xt.dequantize();
                         }
-                        gemm::gemm_i16(&p16[h * t * t..(h + 1) * t * t], t, &gemm::Packed::new(&vt, hd, t), &mut o);
-                        for i in 0..t {
-                            for j in 0..hd {
-                                ctx[i * d + h * hd + j] = i64::from(o[i * hd + j]);
-                            }
+                        let o = self.run_unit(li, &xt)?;
+                        requant_to(&o.values, &from_scale(&o.scale, d, *out_scale), ab, plain, &mut self.s.i64b, &mut h);
+                        o
+                    }
+                    Some(p) => {
+                        let top = (1i64 << ab) - 1;
+                        let mut q = Vec::with_capacity(xs.len());
+                        apply(&p.req, xs, i64::MIN / 2, i64::MAX / 2, plain, &mut q);
+                        q.iter_mut().for_each(|v| *v = (*v + p.zp).clamp(0, top));
+                        if self.taps {
+                            self.tap_in = q.iter().enumerate().map(|(i, &v)| (v - p.zp) as f64 * p.sc[i % d]).collect();
+                        }
+                        let xt = QTensor::new(q, &[t, d], Scale::PerChannel(p.sc.clone()), ab, false).map_err(|e| self.input_err(li, e))?;
+                        let o = self.run_unit(li, &xt)?;
+                        h.extend(o.values.iter().map(|&v| v.clamp(lo, hi) as i16));
+                        o
+                    }
+                };
+                if self.taps {
+                    self.tap_out = out_v.dequantize();
+                }
+                self.cond = out_v.conditions;
+                self.vals[*out] = IVal::Codes(h);
+                Ok(Some(li))
+            }
+            QNode::Linear { x, out, lin, bits, residual } => {
+                let xs = self.vals[*x].codes();
+                let rows = xs.len() / lin.k();
+                self.vals[*out] = match bits {
+                    None => {
+                        let mut acc = Vec::new();
+                        lin.acc(xs, rows, plain, &mut self.s.i32, &mut acc);
+                        IVal::Acc(acc)
+                    }
+                    Some(b) => {
+                        let mut o = Vec::new();
+                        lin.forward(xs, rows, *b, plain, &mut self.s, &mut o);
+                        if *residual {
+                            IVal::Res(o.iter().map(|&v| i64::from(v)).collect())
+                        } else {
+                            IVal::Codes(o)
                         }
                     }
-                } else {
+                };
+                Ok(None)
+            }
+            QNode::Scores { qkv, out, heads, n, d, qk, bias, .. } => {
+                let (nh, n, d) = (*heads, *n, *d);
+                let hd = d / nh;
+                let qkv = self.vals[*qkv].codes();
+                let t = qkv.len() / (3 * d);
+                let mut scores = Vec::with_capacity(nh * t * n);
+                let mut qh = vec![0i16; n * hd];
+                let mut kh = vec![0i16; n * hd];
+                let mut acc = vec![0i32; n * n];
+                let mut acc64 = Vec::with_capacity(n * n);
+                let mut tmp = Vec::with_capacity(n * n);
+                // act_bits ≤ 8 and head_dim ≤ 2^15: the i32 kernel is exact (checked at build time of the model).
+                assert!(gemm::gemm_fits_i32(hd, 1 << (ab - 1), 1 << (ab - 1)), "head_dim too large for the i32 score kernel");
+                for g in 0..t / n {
                     for h in 0..nh {
-                        gemm::attn_v(&self.probs[h * t * t..(h + 1) * t * t], t, &self.qkv, 3 * d, 2 * d + h * hd, hd, &mut ctx, d, h * hd);
+                        for i in 0..n {
+                            let row = (g * n + i) * 3 * d;
+                            qh[i * hd..(i + 1) * hd].copy_from_slice(&qkv[row + h * hd..][..hd]);
+                            kh[i * hd..(i + 1) * hd].copy_from_slice(&qkv[row + d + h * hd..][..hd]);
+                        }
+                        acc64.clear();
+                        if plain {
+                            acc64.resize(n * n, 0);
+                            gemm::gemm_i16_wide(&qh, n, &kh, n, &mut acc64);
+                        } else {
+                            gemm::gemm_i16(&qh, n, &gemm::Packed::new(&kh, n, hd), &mut acc);
+                            acc64.extend(acc.iter().map(|&a| i64::from(a)));
+                        }
+                        match bias {
+                            None => apply(qk, &acc64, lo, hi, plain, &mut scores),
+                            Some(b) => {
+                                // The bias joins at the scores' scale; the sum is clamped to act_bits.
+                                tmp.clear();
+                                apply(qk, &acc64, i64::MIN / 2, i64::MAX / 2, plain, &mut tmp);
+                                let bh = &b[h * n * n..(h + 1) * n * n];
+                                scores.extend(tmp.iter().zip(bh).map(|(&v, &bb)| (v + bb).clamp(lo, hi)));
+                            }
+                        }
                     }
                 }
-                sp * blk.s_qkv
+                self.vals[*out] = IVal::Scores(scores);
+                Ok(None)
             }
-            Probs::Log2(top) => {
-                let pr = &self.probs;
-                let v = &self.qkv;
-                if !qm.plain && top < 31 && gemm::av_fits_i32(t, 1i64 << top, vmax) {
-                    let mut c32 = vec![0i32; t * d];
-                    for h in 0..nh {
-                        gemm::attn_v_log2(&pr[h * t * t..(h + 1) * t * t], t, top, v, 3 * d, 2 * d + h * hd, hd, &mut c32, d, h * hd);
-                    }
-                    ctx.iter_mut().zip(&c32).for_each(|(o, &x)| *o = i64::from(x));
-                } else {
-                    for h in 0..nh {
-                        gemm::attn_v_log2(&pr[h * t * t..(h + 1) * t * t], t, top, v, 3 * d, 2 * d + h * hd, hd, &mut ctx, d, h * hd);
-                    }
+            QNode::Softmax { x, out, layer, s_in, row } => {
+                let li = *layer;
+                let xs = match &self.vals[*x] {
+                    IVal::Scores(v) => v.clone(),
+                    other => unreachable!("scores expected, got {}", other.kind()),
+                };
+                let rows = xs.len() / row;
+                let xt = QTensor::new(xs, &[rows, *row], Scale::PerTensor(*s_in), ab, true).map_err(|e| self.input_err(li, e))?;
+                if self.taps {
+                    self.tap_in = xt.dequantize();
                 }
-                blk.s_qkv * 2f64.powi(-(top as i32))
+                let o = self.run_unit(li, &xt)?;
+                if self.taps {
+                    self.tap_out = o.dequantize();
+                }
+                let probs: Vec<i32> = o.values.iter().map(|&v| v as i32).collect();
+                let fmt = match o.encoding {
+                    Encoding::Linear => Probs::Linear(o.scale.at(0)),
+                    Encoding::Log2 { bits } => Probs::Log2(((1u32 << bits) - 1).min(40)),
+                };
+                self.cond = o.conditions;
+                self.vals[*out] = IVal::Probs(probs, fmt);
+                Ok(Some(li))
             }
-        };
-        let mut c16 = Vec::with_capacity(t * d);
-        requant_to(&ctx, &per_tensor(s_ctx / blk.s_av, d), ab, qm.plain, &mut self.s.i64b, &mut c16);
-        let mut proj = std::mem::take(&mut self.buf16);
-        blk.proj.forward(&c16, t, ab, qm.plain, &mut self.s, &mut proj);
-        self.residual(&proj, &blk.r1, blk.s_r1);
-        self.buf16 = proj;
-        self.norm(4 * b + 2)
-    }
-
-    /// `x = clamp16(RNE(branch·m_a/2^e_a) + RNE(x·m_b/2^e_b))` (I-ViT QuantAct with identity).
-    fn residual(&mut self, branch: &[i16], (ra, rb): &(Requants, Requants), s_new: f64) {
-        let (lo, hi) = int_range(RESIDUAL_BITS, true);
-        let z: Vec<i64> = branch.iter().map(|&v| i64::from(v)).collect();
-        let mut a = Vec::with_capacity(z.len());
-        apply(ra, &z, i64::MIN / 2, i64::MAX / 2, self.qm.plain, &mut a);
-        let mut bb = std::mem::take(&mut self.s.i64b);
-        bb.clear();
-        apply(rb, &self.x, i64::MIN / 2, i64::MAX / 2, self.qm.plain, &mut bb);
-        for ((x, &u), &v) in self.x.iter_mut().zip(&a).zip(&bb) {
-            *x = (u + v).clamp(lo, hi);
-        }
-        self.s.i64b = bb;
-        self.sx = s_new;
-    }
-
-    fn mlp_in(&mut self, b: usize) -> Result<(), ModelError> {
-        let qm = self.qm;
-        let m = &qm.manifest;
-        let (t, hh, ab) = (m.tokens(), m.hidden(), self.ab());
-        let blk = &qm.blocks[b];
-        let li = 4 * b + 3;
-        let ql = &qm.qlayers[li];
-        let (lo, hi) = int_range(ab, true);
-        let mut acc = std::mem::take(&mut self.s.i64);
-        blk.fc1.acc(&self.h, t, qm.plain, &mut self.s.i32, &mut acc);
-        let mut act = std::mem::take(&mut self.act);
-        let is_ibert = ql.unit.as_ref().is_some_and(|u| u.name() == "gelu_ibert");
-        if is_ibert {
-            // I-BERT feeds i-GELU the fc1 accumulator with its per-channel scale.
-            let wmax = acc.iter().map(|&v| signed_width(i128::from(v))).max().unwrap_or(2).max(2);
-            let x = QTensor::new(acc.clone(), &[t, hh], Scale::PerChannel(blk.fc1.acc_scale.clone()), wmax, true)
-                .map_err(|e| self.input_err(li, e))?;
-            if self.taps {
-                self.tap_in = x.dequantize();
+            QNode::Context { p, qkv, out, heads, n, d, s_qkv, s_av } => {
+                let (nh, n, d) = (*heads, *n, *d);
+                let hd = d / nh;
+                let (probs, fmt) = match &self.vals[*p] {
+                    IVal::Probs(v, f) => (v, *f),
+                    other => unreachable!("probabilities expected, got {}", other.kind()),
+                };
+                let qkv = self.vals[*qkv].codes();
+                let t = qkv.len() / (3 * d);
+                let vmax = 1i64 << (ab - 1);
+                let mut ctx = vec![0i64; t * d];
+                let s_ctx = match fmt {
+                    Probs::Linear(sp) => {
+                        let pmax = probs.iter().copied().max().unwrap_or(0).max(0);
+                        if !plain && pmax <= i32::from(i16::MAX) && gemm::av_fits_i32(n, i64::from(pmax), vmax) {
+                            // Probabilities fit i16 and every sum fits i32: the packed GEMM with Vᵀ as weights.
+                            let p16: Vec<i16> = probs.iter().map(|&v| v as i16).collect();
+                            let mut vt = vec![0i16; hd * n];
+                            let mut o = vec![0i32; n * hd];
+                            for g in 0..t / n {
+                                for h in 0..nh {
+                                    for u in 0..n {
+                                        for j in 0..hd {
+                                            vt[j * n + u] = qkv[(g * n + u) * 3 * d + 2 * d + h * hd + j];
+                                        }
+                                    }
+                                    let pb = ((g * nh + h) * n) * n;
+                                    gemm::gemm_i16(&p16[pb..pb + n * n], n, &gemm::Packed::new(&vt, hd, n), &mut o);
+                                    for i in 0..n {
+                                        for j in 0..hd {
+                                            ctx[(g * n + i) * d + h * hd + j] = i64::from(o[i * hd + j]);
+                                        }
+                                    }
+                                }
+                            }
+                        } else {
+                            for g in 0..t / n {
+                                for h in 0..nh {
+                                    let pb = ((g * nh + h) * n) * n;
+                                    gemm::attn_v(
+                                        &probs[pb..pb + n * n],
+                                        n,
+                                        &qkv[g * n * 3 * d..],
+                                        3 * d,
+                                        2 * d + h * hd,
+                                        hd,
+                                        &mut ctx[g * n * d..],
+                                        d,
+                                        h * hd,
+                                    );
+                                }
+                            }
+                        }
+                        sp * s_qkv
+                    }
+                    Probs::Log2(top) => {
+                        if !plain && top < 31 && gemm::av_fits_i32(n, 1i64 << top, vmax) {
+                            let mut c32 = vec![0i32; t * d];
+                            for g in 0..t / n {
+                                for h in 0..nh {
+                                    let pb = ((g * nh + h) * n) * n;
+                                    gemm::attn_v_log2(
+                                        &probs[pb..pb + n * n],
+                                        n,
+                                        top,
+                                        &qkv[g * n * 3 * d..],
+                                        3 * d,
+                                        2 * d + h * hd,
+                                        hd,
+                                        &mut c32[g * n * d..],
+                                        d,
+                                        h * hd,
+                                    );
+                                }
+                            }
+                            ctx.iter_mut().zip(&c32).for_each(|(o, &x)| *o = i64::from(x));
+                        } else {
+                            for g in 0..t / n {
+                                for h in 0..nh {
+                                    let pb = ((g * nh + h) * n) * n;
+                                    gemm::attn_v_log2(
+                                        &probs[pb..pb + n * n],
+                                        n,
+                                        top,
+                                        &qkv[g * n * 3 * d..],
+                                        3 * d,
+                                        2 * d + h * hd,
+                                        hd,
+                                        &mut ctx[g * n * d..],
+                                        d,
+                                        h * hd,
+                                    );
+                                }
+                            }
+                        }
+                        s_qkv * 2f64.powi(-(top as i32))
+                    }
+                };
+                let mut c16 = Vec::with_capacity(t * d);
+                requant_to(&ctx, &per_tensor(s_ctx / s_av, d), ab, plain, &mut self.s.i64b, &mut c16);
+                self.vals[*out] = IVal::Codes(c16);
+                Ok(None)
             }
-            let out = self.run_unit(li, &x)?;
-            requant_to(&out.values, &from_scale(&out.scale, hh, ql.out_scale), ab, qm.plain, &mut self.s.i64b, &mut act);
-            if self.taps {
-                self.tap_out = out.dequantize();
-            }
-            self.cond = out.conditions;
-        } else {
-            let mut g = Vec::with_capacity(acc.len());
-            apply(&blk.fc1_req, &acc, lo, hi, qm.plain, &mut g);
-            if self.taps {
-                self.tap_in = g.iter().map(|&v| v as f64 * blk.s_fc1).collect();
-            }
-            match &ql.unit {
-                Some(_) => {
-                    let x = QTensor::new(g, &[t, hh], Scale::PerTensor(blk.s_fc1), ab, true).map_err(|e| self.input_err(li, e))?;
-                    let out = self.run_unit(li, &x)?;
-                    requant_to(&out.values, &from_scale(&out.scale, hh, ql.out_scale), ab, qm.plain, &mut self.s.i64b, &mut act);
+            QNode::Gelu { x, out, layer, hidden, acc_scale, fc1_req, s_fc1, out_scale, wants_acc, gelu_lut } => {
+                let li = *layer;
+                let hh = *hidden;
+                let acc = match &self.vals[*x] {
+                    IVal::Acc(v) => v,
+                    other => unreachable!("fc1 accumulators expected, got {}", other.kind()),
+                };
+                let t = acc.len() / hh;
+                let mut act = Vec::new();
+                if *wants_acc {
+                    // I-BERT feeds i-GELU the fc1 accumulator with its per-channel scale.
+                    let wmax = acc.iter().map(|&v| signed_width(i128::from(v))).max().unwrap_or(2).max(2);
+                    let xt = QTensor::new(acc.clone(), &[t, hh], Scale::PerChannel(acc_scale.clone()), wmax, true)
+                        .map_err(|e| self.input_err(li, e))?;
                     if self.taps {
-                        self.tap_out = out.dequantize();
+                        self.tap_in = xt.dequantize();
                     }
-                    self.cond = out.conditions;
-                }
-                None => {
-                    // FQ-ViT's float GELU on the dequantised input (not an integer unit).
-                    let so = ql.out_scale;
-                    act.clear();
-                    if qm.plain {
-                        act.extend(g.iter().map(|&v| float_gelu_code(v, blk.s_fc1, so, ab)));
+                    let o = self.run_unit(li, &xt)?;
+                    requant_to(&o.values, &from_scale(&o.scale, hh, *out_scale), ab, plain, &mut self.s.i64b, &mut act);
+                    if self.taps {
+                        self.tap_out = o.dequantize();
+                    }
+                    self.cond = o.conditions;
+                } else {
+                    let mut g = Vec::with_capacity(acc.len());
+                    apply(fc1_req, acc, lo, hi, plain, &mut g);
+                    if self.taps {
+                        self.tap_in = g.iter().map(|&v| v as f64 * s_fc1).collect();
+                    }
+                    if self.qm.qlayers[li].unit.is_some() {
+                        let xt = QTensor::new(g, &[t, hh], Scale::PerTensor(*s_fc1), ab, true).map_err(|e| self.input_err(li, e))?;
+                        let o = self.run_unit(li, &xt)?;
+                        requant_to(&o.values, &from_scale(&o.scale, hh, *out_scale), ab, plain, &mut self.s.i64b, &mut act);
+                        if self.taps {
+                            self.tap_out = o.dequantize();
+                        }
+                        self.cond = o.conditions;
                     } else {
-                        act.extend(g.iter().map(|&v| ql.gelu_lut[(v - lo) as usize]));
+                        // FQ-ViT's float GELU on the dequantised input (not an integer unit).
+                        let so = *out_scale;
+                        if plain {
+                            act.extend(g.iter().map(|&v| float_gelu_code(v, *s_fc1, so, ab)));
+                        } else {
+                            act.extend(g.iter().map(|&v| gelu_lut[(v - lo) as usize]));
+                        }
+                        if self.taps {
+                            self.tap_out = act.iter().map(|&v| f64::from(v) * so).collect();
+                        }
+                        self.cond = Vec::new();
                     }
-                    if self.taps {
-                        self.tap_out = act.iter().map(|&v| f64::from(v) * so).collect();
-                    }
-                    self.cond = Vec::new();
                 }
+                self.vals[*out] = IVal::Codes(act);
+                Ok(Some(li))
+            }
+            QNode::Add { x, y, ra, rb } => {
+                // x = clamp16(RNE(branch·m_a/2^e_a) + RNE(x·m_b/2^e_b)) (I-ViT QuantAct with identity).
+                let (rlo, rhi) = int_range(RESIDUAL_BITS, true);
+                let z: Vec<i64> = self.vals[*y].codes().iter().map(|&v| i64::from(v)).collect();
+                let mut a = Vec::with_capacity(z.len());
+                apply(ra, &z, i64::MIN / 2, i64::MAX / 2, plain, &mut a);
+                let mut xv = match std::mem::take(&mut self.vals[*x]) {
+                    IVal::Res(v) => v,
+                    other => unreachable!("residual expected, got {}", other.kind()),
+                };
+                let mut bb = Vec::with_capacity(xv.len());
+                apply(rb, &xv, i64::MIN / 2, i64::MAX / 2, plain, &mut bb);
+                for ((x, &u), &v) in xv.iter_mut().zip(&a).zip(&bb) {
+                    *x = (u + v).clamp(rlo, rhi);
+                }
+                self.vals[*x] = IVal::Res(xv);
+                Ok(None)
+            }
+            QNode::ToResidual { x, out, req } => {
+                let (rlo, rhi) = int_range(RESIDUAL_BITS, true);
+                let z: Vec<i64> = self.vals[*x].codes().iter().map(|&v| i64::from(v)).collect();
+                let mut r = Vec::with_capacity(z.len());
+                apply(req, &z, rlo, rhi, plain, &mut r);
+                self.vals[*out] = IVal::Res(r);
+                Ok(None)
+            }
+            QNode::Gather { x, out, index, group } => {
+                self.vals[*out] = match &self.vals[*x] {
+                    IVal::Codes(v) => {
+                        let mut o = Vec::new();
+                        gather(v, index, *group, &mut o);
+                        IVal::Codes(o)
+                    }
+                    IVal::Res(v) => {
+                        let mut o = Vec::new();
+                        gather(v, index, *group, &mut o);
+                        IVal::Res(o)
+                    }
+                    other => unreachable!("tokens expected, got {}", other.kind()),
+                };
+                Ok(None)
+            }
+            QNode::Head { x, d, pool, head, head_dist, s_norm } => {
+                let d = *d;
+                let h = self.vals[*x].codes();
+                let logits = |lin: &QLinear, row: &[i16], s: &mut Scratch| -> Vec<f64> {
+                    let mut acc = Vec::new();
+                    lin.acc(row, 1, plain, &mut s.i32, &mut acc);
+                    acc.iter().zip(&lin.acc_scale).map(|(&a, &sc)| a as f64 * sc).collect()
+                };
+                let pooled: Vec<i16>;
+                let feats: &[i16] = match pool {
+                    Pool::Mean => {
+                        pooled = mean_tokens(h, d);
+                        &pooled
+                    }
+                    _ => &h[..d],
+                };
+                let mut s = std::mem::take(&mut self.s);
+                self.logits = match (head, head_dist, pool) {
+                    (None, _, _) => feats.iter().map(|&v| f64::from(v) * s_norm).collect(),
+                    (Some(hl), Some(hd), Pool::Distilled) => {
+                        let a = logits(hl, &h[..d], &mut s);
+                        let b = logits(hd, &h[d..2 * d], &mut s);
+                        a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect()
+                    }
+                    (Some(hl), _, _) => logits(hl, feats, &mut s),
+                };
+                self.s = s;
+                Ok(None)
             }
         }
-        self.act = act;
-        self.s.i64 = acc;
-        Ok(())
-    }
-
-    fn mlp_out(&mut self, b: usize) {
-        let qm = self.qm;
-        let t = qm.manifest.tokens();
-        let blk = &qm.blocks[b];
-        let mut y = std::mem::take(&mut self.buf16);
-        blk.fc2.forward(&self.act, t, self.ab(), qm.plain, &mut self.s, &mut y);
-        self.residual(&y, &blk.r2, blk.s_r2);
-        self.buf16 = y;
-    }
-
-    fn head(&mut self) {
-        let qm = self.qm;
-        let d = qm.manifest.embed_dim;
-        let logits = |lin: &QLinear, row: &[i16], s: &mut Scratch| -> Vec<f64> {
-            let mut acc = Vec::new();
-            lin.acc(row, 1, qm.plain, &mut s.i32, &mut acc);
-            acc.iter().zip(&lin.acc_scale).map(|(&a, &sc)| a as f64 * sc).collect()
-        };
-        self.logits = match (&qm.head, &qm.head_dist) {
-            (None, _) => self.h[..d].iter().map(|&v| f64::from(v) * qm.s_norm).collect(),
-            (Some(h), None) => logits(h, &self.h[..d], &mut self.s),
-            (Some(h), Some(hd)) => {
-                let a = logits(h, &self.h[..d], &mut self.s);
-                let b = logits(hd, &self.h[d..2 * d], &mut self.s);
-                a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect()
-            }
-        };
     }
 
     /// Run to the next non-linear layer and show its input and output; None when done.
     pub fn next_tap(&mut self) -> Result<Option<Tap<'_>>, ModelError> {
-        let depth = self.qm.manifest.depth;
-        let (layer, next) = match self.stage {
-            Stage::Start => {
-                self.embed();
-                self.norm(0)?;
-                (0, Stage::Norm1(0))
+        let qm = self.qm;
+        while self.pc < qm.nodes.len() {
+            let i = self.pc;
+            let tapped = self.exec(i)?;
+            for &s in &qm.free_after[i] {
+                self.vals[s] = IVal::Empty;
             }
-            Stage::Norm1(b) => {
-                self.attention(b)?;
-                (4 * b + 1, Stage::Softmax(b))
+            self.pc += 1;
+            if let Some(li) = tapped {
+                self.tap_layer = li;
+                return Ok(Some(Tap { layer: &qm.layers[li], input: &self.tap_in, output: &self.tap_out, conditions: &self.cond }));
             }
-            Stage::Softmax(b) => {
-                self.attn_out(b)?;
-                (4 * b + 2, Stage::Norm2(b))
-            }
-            Stage::Norm2(b) => {
-                self.mlp_in(b)?;
-                (4 * b + 3, Stage::Gelu(b))
-            }
-            Stage::Gelu(b) => {
-                self.mlp_out(b);
-                let li = 4 * b + 4;
-                self.norm(li)?;
-                (li, if b + 1 < depth { Stage::Norm1(b + 1) } else { Stage::Final })
-            }
-            Stage::Final => {
-                self.head();
-                self.stage = Stage::Done;
-                return Ok(None);
-            }
-            Stage::Done => return Ok(None),
-        };
-        self.stage = next;
-        let layer = &self.qm.layers[layer];
-        Ok(Some(Tap { layer, input: &self.tap_in, output: &self.tap_out, conditions: &self.cond }))
+        }
+        Ok(None)
     }
 
     /// Run to the end and return the logits.
@@ -884,4 +1171,17 @@ impl<'q> IntRun<'q> {
         while self.next_tap()?.is_some() {}
         Ok(Output { logits: std::mem::take(&mut self.logits) })
     }
+}
+
+/// The integer mean over tokens of `[T, d]` codes, `RNE(Σ_t q / T)` per channel (round half to
+/// even of the exact quotient), at the codes' own scale.
+fn mean_tokens(h: &[i16], d: usize) -> Vec<i16> {
+    let t = (h.len() / d) as i64;
+    let mut s = vec![0i64; d];
+    for row in h.chunks_exact(d) {
+        for (a, &v) in s.iter_mut().zip(row) {
+            *a += i64::from(v);
+        }
+    }
+    s.iter().map(|&v| crate::fixed::div_round(i128::from(v), i128::from(t), crate::fixed::Rounding::HalfEven) as i16).collect()
 }

@@ -354,7 +354,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                     c
                 }
             };
-            let scales = ActScales::from_section(&section, bits);
+            let scales = ActScales::from_section(&section, bits, &model.graph);
             let build = |units: Vec<model::LayerUnit>| {
                 IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units })
             };
