@@ -9,7 +9,7 @@ use mnq::units::{Method, Preset};
 use std::path::{Path, PathBuf};
 
 /// Default model directory (the bundled trained model).
-const DEFAULT_MODEL: &str = "sim/models/deit_tiny_fmnist";
+pub(crate) const DEFAULT_MODEL: &str = "sim/models/deit_tiny_fmnist";
 /// Default data directory (the bundled evaluation split and calibration images).
 const DEFAULT_DATA: &str = "sim/data/fashion_mnist";
 

@@ -54,6 +54,12 @@ pub enum Command {
     Infer(infer::InferArgs),
     /// Activation scales (and PTF parameters) from calibration images, into the manifest.
     Calibrate(infer::CalibrateArgs),
+    /// Print a model's layer graph: the op list both executors run, with every non-linear layer.
+    Graph {
+        /// Model directory (manifest.json + model.safetensors).
+        #[arg(long, default_value = infer::DEFAULT_MODEL)]
+        model: PathBuf,
+    },
     /// The main job: sensitivity, rules, cost-aware Pareto fronts, accuracy and the report folder.
     Run(run::RunArgs),
 }
@@ -239,6 +245,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Infer(a) => infer::cmd_infer(&a),
         Command::Calibrate(a) => infer::cmd_calibrate(&a),
         Command::Run(a) => run::cmd_run(&a),
+        Command::Graph { model } => cmd_graph(&model).map(|_| 0),
     }
 }
 
@@ -581,4 +588,22 @@ fn error_one(unit: &dyn Unit, preset: Preset, bits: u32, dist: Dist, a: &ErrorAr
     });
     write_atomic(&files[0], serde_json::to_string_pretty(&row)?.as_bytes())?;
     Ok(row)
+}
+
+fn cmd_graph(dir: &std::path::Path) -> Result<()> {
+    let m = mnq::model::Model::load(dir)?;
+    let g = &m.graph;
+    let count = |op: units::Op| g.layers.iter().filter(|l| l.op == op).count();
+    println!(
+        "{} ({}): {} ops, {} softmax / {} GELU / {} LayerNorm layers, {} parameters",
+        m.manifest.name,
+        m.manifest.arch,
+        g.nodes.len(),
+        count(units::Op::Softmax),
+        count(units::Op::Gelu),
+        count(units::Op::LayerNorm),
+        g.params.len()
+    );
+    print!("{}", g.describe());
+    Ok(())
 }

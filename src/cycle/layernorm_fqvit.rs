@@ -559,8 +559,14 @@ mod tests {
         let unit = fqvit::LayerNorm::preset(Preset::Adapted);
         let config = config(bits, &unit, &sc, &g, &b, &so, zp).unwrap();
         let scale = if per_channel { Scale::PerChannel(sc) } else { Scale::PerTensor(s) };
-        let aux =
-            Aux { gamma: Some(g), beta: Some(b), zero_point: zp, out_scale: Some(Scale::PerTensor(STANDARD_OUT_SCALE)), identity: None, mask: None };
+        let aux = Aux {
+            gamma: Some(g),
+            beta: Some(b),
+            zero_point: zp,
+            out_scale: Some(Scale::PerTensor(STANDARD_OUT_SCALE)),
+            identity: None,
+            mask: None,
+        };
         Layer { scale, aux, config }
     }
 

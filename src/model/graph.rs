@@ -513,11 +513,14 @@ impl Node {
             Node::Add { .. } => "residual add".into(),
             Node::ToResidual { .. } => "to residual".into(),
             Node::Gather { kind, .. } => kind.describe(),
-            Node::Head { pool, .. } => format!("head ({})", match pool {
-                Pool::ClassToken => "class token",
-                Pool::Distilled => "class + distillation",
-                Pool::Mean => "mean pool",
-            }),
+            Node::Head { pool, .. } => format!(
+                "head ({})",
+                match pool {
+                    Pool::ClassToken => "class token",
+                    Pool::Distilled => "class + distillation",
+                    Pool::Mean => "mean pool",
+                }
+            ),
         }
     }
 }
@@ -568,7 +571,8 @@ impl Graph {
         for (i, n) in self.nodes.iter().enumerate() {
             let tail = match n {
                 Node::LayerNorm { layer, .. } | Node::Softmax { layer, .. } | Node::Gelu { layer, .. } => {
-                    format!("  [{}]", self.layers[*layer].name)
+                    let l = &self.layers[*layer];
+                    format!("  [{}: {} rows × {}]", l.name, l.rows, l.row_len)
                 }
                 Node::Linear { point, .. } | Node::Add { point, .. } | Node::ToResidual { point, .. } => {
                     format!("  → {}", self.points[*point].name)
