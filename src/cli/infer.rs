@@ -265,16 +265,18 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
     })?;
     pb.finish_and_clear();
 
-    println!(
-        "model {} ({}, D {}, depth {}, {} heads, {} tokens) from {}",
-        m.name,
-        m.arch,
-        m.embed_dim,
-        m.depth,
-        m.num_heads,
-        m.tokens(),
-        a.model.display()
-    );
+    let shape = match &m.swin {
+        Some(s) => format!(
+            "stages: depths {:?}, dims {:?}, heads {:?}, windows {:?}, {} tokens in stage 0",
+            s.depths,
+            s.embed_dims,
+            s.num_heads,
+            s.window_size,
+            m.tokens()
+        ),
+        None => format!("D {}, depth {}, {} heads, {} tokens", m.embed_dim, m.depth, m.num_heads, m.tokens()),
+    };
+    println!("model {} ({}, {shape}) from {}", m.name, m.arch, a.model.display());
     println!("images: {} from {}", report.images, eval_path.display());
     println!("integer: {}-bit weights and activations, units {how}, preset {}", a.bits, a.preset);
     println!("scales: {scales_note}");

@@ -9,7 +9,7 @@
 
 use super::ibert::ExpConsts;
 use super::{
-    affine, check_bits, mask_row, masked, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
+    affine, check_bits, mask_row, masked, masked_rows, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
     Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, round_half_even_f64, shift_round, signed_width, QTensor, Rounding, Scale};
@@ -82,6 +82,7 @@ impl Softmax {
         if k.c <= 0 {
             // Reference: S = 0, 0/0 = NaN. Defined here as the zero code everywhere.
             cond.add_n(Condition::ExpUnderflow, data.len() / c.max(1));
+            cond.add_n(Condition::MaskedRow, masked_rows(mask, c));
         } else {
             let mut e = vec![0i64; c];
             let mut thr = vec![0u128; levels as usize];

@@ -11,7 +11,7 @@
 
 use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
 use super::{
-    affine, check_bits, mask_row, masked, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
+    affine, check_bits, mask_row, masked, masked_rows, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
     Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, rdiv, round_half_even_f64, signed_width, Dyadic, QTensor, Rounding, Scale};
@@ -179,6 +179,7 @@ impl Softmax {
         if k.c <= 0 {
             // Reference: every E is 0, the sum is 0 and 0·∞ = NaN. Defined here as all zeros.
             cond.add_n(Condition::ExpUnderflow, data.len() / c.max(1));
+            cond.add_n(Condition::MaskedRow, masked_rows(mask, c));
             return Ok(UnitOutput {
                 values: out,
                 shape: x.shape().to_vec(),

@@ -425,6 +425,12 @@ pub(crate) fn row_max(row: &[i64], mask: Option<&[bool]>) -> Option<i64> {
     }
 }
 
+/// Rows of length `c` whose every element is masked (reported as [`Condition::MaskedRow`]
+/// also where a degenerate scale short-cuts the whole tensor).
+pub(crate) fn masked_rows(mask: Option<&[bool]>, c: usize) -> usize {
+    mask.map_or(0, |m| m.chunks_exact(c.max(1)).filter(|r| r.iter().all(|&f| f)).count())
+}
+
 /// Whether element `j` of a row is masked.
 #[inline(always)]
 pub(crate) fn masked(mask: Option<&[bool]>, j: usize) -> bool {
