@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a timm ViT / DeiT to an mnq model directory.
+"""Export a timm ViT / DeiT / Swin to an mnq model directory.
 
 Writes DIR/model.safetensors (float32 tensors under timm's names), DIR/manifest.json and
 DIR/reference.npz (a few normalised inputs and the float logits PyTorch computes for them),
@@ -15,6 +15,8 @@ Accepted checkpoints: a plain timm state dict (torch.save'd, optionally inside a
 checkpoint (--qat ivit) whose QuantAct buffers become the manifest's quant.act_scales.
 Only models whose eval-mode forward is exactly the contract's are exported; anything else
 (other blocks, pooling, norms, activations, register tokens, ...) is refused with the reason.
+A timm SwinTransformer (arch swin) is exported with its stage lists in the manifest's "swin"
+section; grids timm would pad (not a multiple of the window, odd before a merge) are refused.
 """
 
 from __future__ import annotations
@@ -93,6 +95,11 @@ def _supported_classes():
     return VisionTransformer, VisionTransformerDistilled
 
 
+def _swin_class():
+    from timm.models.swin_transformer import SwinTransformer
+    return SwinTransformer
+
+
 def _is_identity(m) -> bool:
     import torch.nn as nn
     return m is None or isinstance(m, nn.Identity)
@@ -118,7 +125,7 @@ def _layernorm(m, dim: int, where: str) -> float:
 
 
 def describe(model) -> dict:
-    """Check that `model` is a contract ViT/DeiT and return its manifest architecture fields.
+    """Check that `model` is a contract ViT/DeiT/Swin and return its manifest architecture fields.
 
     Raises ExportError naming the first feature the contract cannot express.
     """
@@ -127,10 +134,13 @@ def describe(model) -> dict:
     from timm.models.vision_transformer import Block
     vit_cls, deit_cls = _supported_classes()
     kind = type(model)
+    if kind is _swin_class():
+        return describe_swin(model)
     if kind not in (vit_cls, deit_cls):
         raise ExportError(
             f"model class {kind.__module__}.{kind.__name__} is not supported: mnq takes timm "
-            "VisionTransformer (arch vit) and VisionTransformerDistilled (arch deit) only")
+            "VisionTransformer (arch vit), VisionTransformerDistilled (arch deit) and SwinTransformer "
+            "(arch swin) only")
     distilled = kind is deit_cls
     name = "VisionTransformerDistilled" if distilled else "VisionTransformer"
 
@@ -229,8 +239,215 @@ def describe(model) -> dict:
     ])
 
 
+def describe_swin(model) -> dict:
+    """Check that `model` is a contract timm SwinTransformer; return its manifest fields.
+
+    Everything is read from the modules (not from create_model arguments): stage widths,
+    heads, the window and shift every block really uses, and each block's grid, so that a
+    model whose eval-mode forward the graph would compute differently is refused.
+    """
+    import torch
+    import torch.nn as nn
+    from timm.layers import Mlp, PatchEmbed
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
+    from timm.layers.classifier import ClassifierHead
+    from timm.models.swin_transformer import (PatchMerging, SwinTransformerBlock, SwinTransformerStage,
+                                              WindowAttention, get_relative_position_index)
+
+    def need(cond, what):
+        if not cond:
+            raise ExportError(f"SwinTransformer: {what} is not supported by the mnq model contract")
+
+    need(getattr(model, "absolute_pos_embed", None) is None and getattr(model, "pos_embed", None) is None,
+         "an absolute position embedding (ape)")
+    need(not getattr(model, "dynamic_img_size", False), "dynamic_img_size=True / strict_img_size=False")
+    pe = model.patch_embed
+    need(type(pe) is PatchEmbed, f"patch embedding {type(pe).__name__}")
+    need(not getattr(pe, "flatten", False) and not getattr(pe, "dynamic_img_pad", False)
+         and getattr(pe, "strict_img_size", True), "a patch embedding that flattens / pads / takes any size")
+    need(str(getattr(pe, "output_fmt", "NHWC")).split(".")[-1] == "NHWC", f"patch embedding format {pe.output_fmt}")
+    img_h, img_w = pe.img_size
+    ph, pw = pe.patch_size
+    need(img_h == img_w and ph == pw, f"non-square image {pe.img_size} or patch {pe.patch_size}")
+    need(img_h % ph == 0, f"image size {img_h} not a multiple of patch size {ph}")
+    conv = pe.proj
+    need(type(conv) is nn.Conv2d and tuple(conv.kernel_size) == (ph, ph) and tuple(conv.stride) == (ph, ph)
+         and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+         and conv.bias is not None, "a patch projection that is not a stride=kernel=patch convolution with bias")
+    in_chans = conv.in_channels
+    dim = conv.out_channels
+    grid = img_h // ph
+    need(tuple(pe.grid_size) == (grid, grid), f"patch grid {tuple(pe.grid_size)}")
+    eps = set()
+    patch_norm = not _is_identity(pe.norm)
+    if patch_norm:
+        eps.add(_layernorm(pe.norm, dim, "patch_embed.norm"))
+
+    depths, dims, heads, windows = [], [], [], []
+    ratios = set()
+    need(len(model.layers) > 0, "no stages")
+    for st, stage in enumerate(model.layers):
+        w = f"layers.{st}"
+        need(type(stage) is SwinTransformerStage, f"{w} of type {type(stage).__name__}")
+        ds = stage.downsample
+        if st == 0:
+            need(_is_identity(ds), f"{w}.downsample (stage 0 must not merge patches)")
+            out_dim = dim
+        else:
+            need(type(ds) is PatchMerging, f"{w}.downsample of type {type(ds).__name__} (only timm PatchMerging)")
+            need(grid % 2 == 0, f"patch merging of the odd {grid}x{grid} grid of stage {st - 1} (timm pads it)")
+            grid //= 2
+            eps.add(_layernorm(ds.norm, 4 * dim, f"{w}.downsample.norm"))
+            red = ds.reduction
+            out_dim = red.out_features
+            need(type(red) is nn.Linear and red.bias is None and tuple(red.weight.shape) == (out_dim, 4 * dim),
+                 f"{w}.downsample.reduction that is not a bias-free Linear({4 * dim}, out)")
+        need(tuple(stage.output_resolution) == (grid, grid),
+             f"{w} resolution {tuple(stage.output_resolution)} (the patch grid gives {grid}x{grid})")
+        dim = out_dim
+        need(len(stage.blocks) > 0, f"{w} without blocks")
+        target = None
+        for j, blk in enumerate(stage.blocks):
+            b = f"{w}.blocks.{j}"
+            need(type(blk) is SwinTransformerBlock, f"{b} of type {type(blk).__name__}")
+            need(tuple(blk.input_resolution) == (grid, grid), f"{b} input resolution {tuple(blk.input_resolution)}")
+            need(not getattr(blk, "dynamic_mask", False), f"{b} dynamic_mask")
+            win, shift = tuple(blk.window_size), tuple(blk.shift_size)
+            need(win[0] == win[1] and shift[0] == shift[1], f"{b} non-square window {win} / shift {shift}")
+            need(target in (None, win[0]), f"{w}: blocks with different windows")
+            target = win[0]
+            need(grid % win[0] == 0,
+                 f"{b}: the {grid}x{grid} token grid is not a multiple of the {win[0]}x{win[0]} window "
+                 "(timm would pad; mnq's graph does not)")
+            # timm's _calc_window_shift without always_partition: odd blocks shift by half the
+            # window while the grid exceeds the window, nothing else.
+            want_shift = win[0] // 2 if (j % 2 == 1 and grid > win[0]) else 0
+            need(shift[0] == want_shift, f"{b} shift {shift[0]} (the graph shifts odd blocks by window/2 = "
+                 f"{want_shift} for this grid; always_partition?)")
+            need((blk.attn_mask is not None) == (shift[0] > 0), f"{b} attention mask without shift (or shift without)")
+            eps.add(_layernorm(blk.norm1, dim, f"{b}.norm1"))
+            eps.add(_layernorm(blk.norm2, dim, f"{b}.norm2"))
+            at = blk.attn
+            need(type(at) is WindowAttention, f"{b}.attn of type {type(at).__name__}")
+            need(tuple(at.window_size) == win, f"{b}.attn window {tuple(at.window_size)} != block window {win}")
+            nh = at.num_heads
+            need(nh > 0 and dim % nh == 0, f"{b}.attn {nh} heads for width {dim}")
+            hd = dim // nh
+            need(type(at.qkv) is nn.Linear and tuple(at.qkv.weight.shape) == (3 * dim, dim),
+                 f"{b}.attn.qkv of shape {tuple(at.qkv.weight.shape)} (head_dim must be dim/num_heads = {hd})")
+            need(type(at.proj) is nn.Linear and tuple(at.proj.weight.shape) == (dim, dim) and at.proj.bias is not None,
+                 f"{b}.attn.proj that is not Linear({dim}, {dim}) with bias")
+            need(abs(at.scale - hd ** -0.5) < 1e-12, f"{b}.attn scale {at.scale} != head_dim^-0.5")
+            n = win[0] * win[0]
+            need(tuple(at.relative_position_bias_table.shape) == ((2 * win[0] - 1) ** 2, nh),
+                 f"{b}.attn.relative_position_bias_table of shape {tuple(at.relative_position_bias_table.shape)}")
+            idx = get_relative_position_index(win[0], win[0]).to(at.relative_position_index.device)
+            need(tuple(at.relative_position_index.shape) == (n, n) and torch.equal(at.relative_position_index, idx),
+                 f"{b}.attn.relative_position_index that is not timm's for a {win[0]}x{win[0]} window")
+            if j == 0:
+                heads.append(nh)
+            need(nh == heads[-1], f"{w}: head count differs between blocks")
+            mlp = blk.mlp
+            need(type(mlp) is Mlp, f"{b}.mlp of type {type(mlp).__name__} (only timm Mlp)")
+            need(_exact_gelu(mlp.act), f"{b}.mlp.act {mlp.act!r} (only exact erf GELU)")
+            need(_is_identity(mlp.norm), f"{b}.mlp norm")
+            need(type(mlp.fc1) is nn.Linear and type(mlp.fc2) is nn.Linear and mlp.fc1.bias is not None
+                 and mlp.fc2.bias is not None, f"{b}.mlp fc layers that are not Linear with bias")
+            h = mlp.fc1.out_features
+            need(tuple(mlp.fc1.weight.shape) == (h, dim) and tuple(mlp.fc2.weight.shape) == (dim, h), f"{b}.mlp shapes")
+            ratios.add((h, dim, float(getattr(blk, "mlp_ratio", h / dim))))
+        depths.append(len(stage.blocks))
+        dims.append(dim)
+        windows.append(target)
+    need(model.global_pool == "avg", f"global_pool={model.global_pool!r} (only 'avg')")
+    hm = model.head
+    need(type(hm) is ClassifierHead and not hm.use_conv and _is_identity(hm.flatten)
+         and hm.global_pool.pool_type == "avg" and type(hm.global_pool.pool) is FastAdaptiveAvgPool
+         and _is_identity(hm.global_pool.flatten), "a head other than timm's avg-pooling ClassifierHead")
+    need(not isinstance(model.norm, nn.Identity), "no final norm")
+    eps.add(_layernorm(model.norm, dim, "norm"))
+    need(len(eps) == 1, f"LayerNorms with different eps {sorted(eps)}")
+    # One mlp_ratio for all stages: the manifest's hidden width is int(stage width * mlp_ratio).
+    rs = {r for _, _, r in ratios}
+    need(len(rs) == 1, f"MLP ratios that differ between stages {sorted(rs)}")
+    mlp_ratio = rs.pop()
+    need(all(int(d * mlp_ratio) == h for h, d, _ in ratios), f"MLP widths that are not int(width * {mlp_ratio})")
+    num_classes = model.num_classes
+    fc = hm.fc
+    if num_classes > 0:
+        need(type(fc) is nn.Linear and tuple(fc.weight.shape) == (num_classes, dim) and fc.bias is not None,
+             f"head.fc that is not Linear({dim}, {num_classes}) with bias")
+    else:
+        need(_is_identity(fc), "head.fc with num_classes 0")
+    info = OrderedDict([
+        ("arch", "swin"),
+        ("img_size", int(img_h)), ("in_chans", int(in_chans)), ("patch_size", int(ph)),
+        ("embed_dim", int(dims[0])), ("depth", int(sum(depths))), ("num_heads", int(heads[0])),
+        ("mlp_ratio", float(mlp_ratio)), ("num_classes", int(num_classes)),
+        ("layer_scale", False), ("ln_eps", float(eps.pop())),
+        ("swin", OrderedDict([("depths", [int(x) for x in depths]), ("embed_dims", [int(x) for x in dims]),
+                              ("num_heads", [int(x) for x in heads]), ("window_size", [int(x) for x in windows]),
+                              ("patch_norm", bool(patch_norm))])),
+    ])
+    # Every persistent tensor of the model must be one the contract names: catches any extra
+    # parameter a modified model would use and the graph would not.
+    want = set(swin_tensor_shapes(info))
+    extra = [k for k in model.state_dict() if k not in want]
+    need(not extra, f"tensors outside the contract ({', '.join(extra[:5])})")
+    return info
+
+
+def swin_tensor_shapes(info: dict) -> "OrderedDict[str, tuple]":
+    """The contract's tensor names and shapes for a Swin manifest (timm names, no derived buffers)."""
+    sw = info["swin"]
+    c, p = info["in_chans"], info["patch_size"]
+    d = sw["embed_dims"][0]
+    grid = info["img_size"] // p
+    s = OrderedDict()
+    s["patch_embed.proj.weight"] = (d, c, p, p)
+    s["patch_embed.proj.bias"] = (d,)
+    if sw["patch_norm"]:
+        s["patch_embed.norm.weight"] = (d,)
+        s["patch_embed.norm.bias"] = (d,)
+    for st, depth in enumerate(sw["depths"]):
+        ds, nh = sw["embed_dims"][st], sw["num_heads"][st]
+        if st > 0:
+            grid //= 2
+            m = f"layers.{st}.downsample."
+            s[m + "norm.weight"] = (4 * d,)
+            s[m + "norm.bias"] = (4 * d,)
+            s[m + "reduction.weight"] = (ds, 4 * d)
+        d = ds
+        h = int(d * info["mlp_ratio"])
+        w = min(sw["window_size"][st], grid)
+        for j in range(depth):
+            b = f"layers.{st}.blocks.{j}."
+            s[b + "norm1.weight"] = (d,)
+            s[b + "norm1.bias"] = (d,)
+            s[b + "attn.relative_position_bias_table"] = ((2 * w - 1) ** 2, nh)
+            s[b + "attn.qkv.weight"] = (3 * d, d)
+            s[b + "attn.qkv.bias"] = (3 * d,)
+            s[b + "attn.proj.weight"] = (d, d)
+            s[b + "attn.proj.bias"] = (d,)
+            s[b + "norm2.weight"] = (d,)
+            s[b + "norm2.bias"] = (d,)
+            s[b + "mlp.fc1.weight"] = (h, d)
+            s[b + "mlp.fc1.bias"] = (h,)
+            s[b + "mlp.fc2.weight"] = (d, h)
+            s[b + "mlp.fc2.bias"] = (d,)
+    s["norm.weight"] = (d,)
+    s["norm.bias"] = (d,)
+    k = info["num_classes"]
+    if k > 0:
+        s["head.fc.weight"] = (k, d)
+        s["head.fc.bias"] = (k,)
+    return s
+
+
 def tensor_shapes(info: dict) -> "OrderedDict[str, tuple]":
     """The contract's tensor names and shapes for a manifest's architecture fields."""
+    if info["arch"] == "swin":
+        return swin_tensor_shapes(info)
     d, c, p = info["embed_dim"], info["in_chans"], info["patch_size"]
     h = int(d * info["mlp_ratio"])
     distilled = info["arch"] == "deit"
@@ -384,10 +601,21 @@ def split_checkpoint(model, state: dict, qat: str | None):
     """
     import torch
     want = model.state_dict()
+    if type(model) is _swin_class():
+        if qat is not None:
+            raise ExportError("--qat ivit covers ViT/DeiT only: there is no I-ViT scale map for Swin")
+        # Buffers timm derives from the window (and older timm / Microsoft checkpoints still
+        # carry): mnq computes them itself, as timm's checkpoint_filter_fn drops them.
+        state = {k: v for k, v in state.items()
+                 if not (k.endswith(".relative_position_index") or k.endswith(".attn_mask"))}
     missing = [k for k in want if k not in state]
     if missing:
+        hint = ""
+        if type(model) is _swin_class() and "layers.0.downsample.reduction.weight" in state:
+            hint = (" (this looks like an original Microsoft Swin checkpoint, which merges patches at the end of "
+                    "a stage: convert it with timm.models.swin_transformer.checkpoint_filter_fn first)")
         raise ExportError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:5]}: "
-                          "wrong --model / --model-args for this checkpoint?")
+                          f"wrong --model / --model-args for this checkpoint?{hint}")
     extra = [k for k in state if k not in want]
     if qat is None and extra:
         raise ExportError(f"checkpoint has {len(extra)} tensors the model does not, e.g. {extra[:5]}: "
@@ -409,7 +637,8 @@ def split_checkpoint(model, state: dict, qat: str | None):
 
 
 def reference_outputs(model, inputs: np.ndarray, num_classes: int) -> np.ndarray:
-    """Eval-mode outputs for normalised inputs [n,C,H,W]: logits [n,K], or norm(x)[:,0] [n,D] when K = 0.
+    """Eval-mode outputs for normalised inputs [n,C,H,W]: logits [n,K], or the features [n,D] when K = 0
+    (ViT/DeiT: norm(x)[:,0], the class token; Swin: the mean over tokens of norm(x)).
 
     Computed in float64 on a copy of the model (the float32 weights are exact in float64), so
     the reference is the model's function, not float32 rounding; stored as float32.
@@ -420,7 +649,10 @@ def reference_outputs(model, inputs: np.ndarray, num_classes: int) -> np.ndarray
         m.set_distilled_training(False)
     with torch.no_grad():
         x = torch.from_numpy(inputs.astype(np.float64))
-        y = m(x) if num_classes > 0 else m.forward_features(x)[:, 0]
+        if num_classes > 0 or type(model) is _swin_class():
+            y = m(x)  # a Swin without classes still pools: its head.fc is the identity
+        else:
+            y = m.forward_features(x)[:, 0]
     return y.numpy().astype(np.float32)
 
 
@@ -479,6 +711,8 @@ def export_model(model, out_dir, *, name=None, mean, std, labels=None, source=""
         quant = OrderedDict([("weight_bits", int(weight_bits)), ("act_bits", int(act_bits)),
                              ("act_scales", OrderedDict(act_scales))])
         if assignment is not None:
+            if info["arch"] == "swin":
+                raise ExportError("a unit assignment for Swin is not supported by the exporter (ViT/DeiT only)")
             layers = nonlinear_layers(info["depth"])
             bad = [k for k in assignment if k not in layers]
             if bad or set(layers) - set(assignment):
@@ -586,6 +820,8 @@ def main(argv=None) -> int:
         if a.ref_count < 1:
             raise ExportError("--ref-count must be at least 1")
         info = describe(model)  # refuse before loading anything large
+        if a.qat and info["arch"] == "swin":
+            raise ExportError("--qat ivit covers ViT/DeiT only: there is no I-ViT scale map for Swin")
         scales, unmapped = None, []
         if a.checkpoint:
             scales, unmapped = split_checkpoint(model, load_checkpoint(Path(a.checkpoint), a.trust_checkpoint), a.qat)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train mnq's bundled default model: a small DeiT on Fashion-MNIST, on the CPU, in minutes.
+"""Train mnq's bundled models on Fashion-MNIST on the CPU: a small DeiT (default) or Swin.
 
     apt-get install -y dataset-fashion-mnist python3-torch python3-torchvision libopenblas0
     /usr/bin/python3 -m pip install --break-system-packages --no-deps timm safetensors
@@ -8,9 +8,11 @@
 Reads Debian's dataset-fashion-mnist files (no network), trains a small CNN teacher, then a
 timm VisionTransformerDistilled (img 28, 1 channel, patch 7, dim 96, depth 4, 3 heads,
 MLP ratio 4) with DeiT hard-label distillation: the class token learns the labels, the
-distillation token the teacher's argmax. Writes the model directory (sim/export.py) and the
-bundled evaluation data, and prints the test accuracy. Seeded: the same command, thread count
-and PyTorch build give the same model.
+distillation token the teacher's argmax. `--arch swin` trains a small timm SwinTransformer
+instead (img 28, patch 2: a 14x14 grid in 7x7 windows, W-MSA and masked SW-MSA; patch merging
+to 7x7, one window; widths 32/64, heads 2/4), without teacher, into sim/models/swin_tiny_fmnist.
+Writes the model directory (sim/export.py) and the bundled evaluation data, and prints the test
+accuracy. Seeded: the same command, thread count and PyTorch build give the same model.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 MEAN, STD = 0.2860, 0.3530
 MODEL_ARGS = dict(img_size=28, in_chans=1, patch_size=7, embed_dim=96, depth=4, num_heads=3,
                   mlp_ratio=4.0, num_classes=10)
-TIMM_NAMES = {"deit": "deit_tiny_distilled_patch16_224", "vit": "vit_tiny_patch16_224"}
+SWIN_ARGS = dict(img_size=28, in_chans=1, patch_size=2, embed_dim=32, depths=(2, 2), num_heads=(2, 4),
+                 window_size=7, mlp_ratio=4.0, num_classes=10, drop_path_rate=0.0)
+TIMM_NAMES = {"deit": "deit_tiny_distilled_patch16_224", "vit": "vit_tiny_patch16_224",
+              "swin": "swin_tiny_patch4_window7_224"}
+# Per-architecture defaults of --out, --epochs and --lr.
+DEFAULT_OUT = {"deit": "deit_tiny_fmnist", "vit": "deit_tiny_fmnist", "swin": "swin_tiny_fmnist"}
+DEFAULT_EPOCHS = {"deit": 4, "vit": 4, "swin": 15}
+DEFAULT_LR = {"deit": 2e-3, "vit": 2e-3, "swin": 2e-3}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -78,6 +87,19 @@ def write_atomic(path: Path, write):
             tmp.unlink()
 
 
+def _labels_json() -> str:
+    return json.dumps(LABELS, indent=2) + "\n"
+
+
+def _same_npy(path: Path, arr: np.ndarray) -> bool:
+    """Whether `path` holds exactly `arr` (dtype, shape and values)."""
+    try:
+        old = np.load(path)
+    except (OSError, ValueError):
+        return False
+    return old.dtype == arr.dtype and old.shape == arr.shape and np.array_equal(old, arr)
+
+
 def to_input(x_u8):
     import torch
     x = torch.from_numpy(np.ascontiguousarray(x_u8)).float().div_(255.0).unsqueeze(1)
@@ -110,11 +132,28 @@ def cosine_lr(step, total, warmup, peak):
     return peak * 0.5 * (1.0 + np.cos(np.pi * t))
 
 
-def train(model, x_u8, y, epochs, batch, lr, wd, rng, loss_fn, label="model", warmup_frac=0.1):
-    """Minibatch AdamW with linear warm-up and cosine decay; random horizontal flips."""
+def _decays(name, p):
+    """Weight decay for matrices only: not biases, norms, tokens, position embeddings or bias tables."""
+    return p.ndim > 1 and "token" not in name and "pos_embed" not in name and "relative_position" not in name
+
+
+def random_shift(xb, rng, max_shift):
+    """Translate each image by up to max_shift pixels in x and y, filling with zeros (black)."""
+    if max_shift <= 0:
+        return xb
+    n, h, w = xb.shape
+    pad = np.zeros((n, h + 2 * max_shift, w + 2 * max_shift), xb.dtype)
+    pad[:, max_shift:max_shift + h, max_shift:max_shift + w] = xb
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    return np.stack([pad[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def train(model, x_u8, y, epochs, batch, lr, wd, rng, loss_fn, label="model", warmup_frac=0.1, max_shift=0,
+          eval_fn=None):
+    """Minibatch AdamW with linear warm-up and cosine decay; random horizontal flips (and shifts)."""
     import torch
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)]
+    decay = [p for n, p in model.named_parameters() if _decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not _decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     steps_per_epoch = len(x_u8) // batch
     total = epochs * steps_per_epoch
@@ -130,6 +169,7 @@ def train(model, x_u8, y, epochs, batch, lr, wd, rng, loss_fn, label="model", wa
             flip = rng.random(len(idx)) < 0.5
             xb = x_u8[idx].copy()
             xb[flip] = xb[flip, :, ::-1]
+            xb = random_shift(xb, rng, max_shift)
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, total, warmup, lr)
             loss = loss_fn(model, to_input(xb), idx, flip)
@@ -138,7 +178,8 @@ def train(model, x_u8, y, epochs, batch, lr, wd, rng, loss_fn, label="model", wa
             opt.step()
             run_loss += loss.item()
             step += 1
-        print(f"{label} epoch {ep + 1}/{epochs}: loss {run_loss / steps_per_epoch:.4f} "
+        extra = f", {eval_fn()}" if eval_fn is not None else ""
+        print(f"{label} epoch {ep + 1}/{epochs}: loss {run_loss / steps_per_epoch:.4f}{extra} "
               f"({time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU)", file=sys.stderr, flush=True)
     return time.process_time() - c0
 
@@ -148,17 +189,21 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist",
                    help="folder with the Fashion-MNIST .gz IDX files (Debian's dataset-fashion-mnist)")
-    p.add_argument("--out", default=str(HERE / "models" / "deit_tiny_fmnist"), help="model directory to write")
+    p.add_argument("--out", help="model directory to write (default: sim/models/deit_tiny_fmnist, "
+                   "or sim/models/swin_tiny_fmnist for --arch swin)")
     p.add_argument("--data-out", default=str(HERE / "data" / "fashion_mnist"),
                    help="folder for the bundled evaluation/calibration data")
     p.add_argument("--teacher-out", default=str(HERE / "models" / "fmnist_cnn_teacher.safetensors"),
                    help="where to save the CNN teacher's state dict (deit only; '' to skip)")
-    p.add_argument("--arch", choices=["deit", "vit"], default="deit",
-                   help="deit: distilled (class + distillation token), vit: plain ViT without teacher")
-    p.add_argument("--epochs", type=int, default=4, help="student epochs (default 4)")
+    p.add_argument("--arch", choices=["deit", "vit", "swin"], default="deit",
+                   help="deit: distilled (class + distillation token), vit: plain ViT without teacher, "
+                   "swin: SwinTransformer without teacher")
+    p.add_argument("--epochs", type=int, help="student epochs (default 4; swin 15)")
     p.add_argument("--teacher-epochs", type=int, default=2, help="CNN teacher epochs (default 2)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3, help="student peak learning rate")
+    p.add_argument("--lr", type=float, help="student peak learning rate (default 2e-3)")
+    p.add_argument("--shift", type=int, help="random translation of training images by up to this many "
+                   "pixels (default 0; swin 2)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1,
                    help="PyTorch threads (default 1: on a busy 2-core machine 2 threads are much slower)")
@@ -169,6 +214,15 @@ def main(argv=None) -> int:
     p.add_argument("--calib-count", type=int, default=256, help="train images in the calibration set")
     p.add_argument("--force", action="store_true", help="replace existing --out / --data-out files")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = str(HERE / "models" / DEFAULT_OUT[a.arch])
+    if a.epochs is None:
+        a.epochs = DEFAULT_EPOCHS[a.arch]
+    if a.lr is None:
+        a.lr = DEFAULT_LR[a.arch]
+    if a.shift is None:
+        a.shift = 2 if a.arch == "swin" else 0
+    model_args = SWIN_ARGS if a.arch == "swin" else MODEL_ARGS
 
     import torch
     import torch.nn.functional as F
@@ -179,13 +233,18 @@ def main(argv=None) -> int:
     out, data_out = Path(a.out), Path(a.data_out)
     data_files = [data_out / n for n in ("eval_images.npy", "eval_labels.npy", "calib_images.npy", "labels.json")]
     teacher_out = Path(a.teacher_out) if a.teacher_out and a.arch == "deit" else None
-    if not a.force:
-        for f in [out] + data_files + ([teacher_out] if teacher_out else []):
-            if f.exists():
-                raise SystemExit(f"error: {f} exists: pass --force to replace it")
-
     t_start, c_start = time.time(), time.process_time()
     train_x, train_y, test_x, test_y = load_fmnist(Path(a.data_dir))
+    arrays = {"eval_images.npy": test_x[:a.eval_count], "eval_labels.npy": test_y[:a.eval_count].astype(np.uint8),
+              "calib_images.npy": train_x[:a.calib_count]}
+    if not a.force:
+        for f in [out] + data_files + ([teacher_out] if teacher_out else []):
+            # The bundled data are the first images of each split: rewriting them with the same
+            # bytes (a second model trained on the same split) needs no --force.
+            same = f.name in arrays and f.is_file() and _same_npy(f, arrays[f.name])
+            same = same or (f.name == "labels.json" and f.is_file() and f.read_text() == _labels_json())
+            if f.exists() and not same:
+                raise SystemExit(f"error: {f} exists: pass --force to replace it")
     if a.train_count > 0:
         train_x, train_y = train_x[:a.train_count], train_y[:a.train_count]
     train_y = train_y.astype(np.int64)
@@ -206,7 +265,7 @@ def main(argv=None) -> int:
         hard = torch.from_numpy(predict(teacher, train_x))
         teacher_time += time.process_time() - t0
 
-    model = timm.create_model(TIMM_NAMES[a.arch], pretrained=False, **MODEL_ARGS)
+    model = timm.create_model(TIMM_NAMES[a.arch], pretrained=False, **model_args)
     yt = torch.from_numpy(train_y)
     if a.arch == "deit":
         model.set_distilled_training(True)
@@ -217,8 +276,14 @@ def main(argv=None) -> int:
     else:
         def loss_fn(m, x, idx, flip):
             return F.cross_entropy(m(x), yt[torch.from_numpy(idx)])
+    eval_fn = None
+    if a.arch == "swin":
+        # Progress only (the last epoch's weights are exported whatever these say).
+        def eval_fn():
+            acc = float((predict(model, test_x[:a.eval_count]) == test_y[:a.eval_count]).mean())
+            return f"test accuracy {acc:.4f} (first {a.eval_count})"
     student_time = train(model, train_x, train_y, a.epochs, a.batch_size, a.lr, a.weight_decay, rng, loss_fn,
-                         label=a.arch)
+                         label=a.arch, max_shift=a.shift, eval_fn=eval_fn)
     if a.arch == "deit":
         model.set_distilled_training(False)
     model.eval()
@@ -227,9 +292,10 @@ def main(argv=None) -> int:
     acc_full = float((pred == test_y).mean())
     acc_eval = float((pred[:a.eval_count] == test_y[:a.eval_count]).mean())
 
-    cmd = "/usr/bin/python3 sim/train_tiny.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-    source = (f"timm {TIMM_NAMES[a.arch]} with {json.dumps(MODEL_ARGS)}, trained on Fashion-MNIST by "
-              f"`{cmd.strip()}` (torch {torch.__version__}, timm {timm.__version__}); float test accuracy "
+    cmd = f"{sys.executable} sim/train_tiny.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    source = (f"timm {TIMM_NAMES[a.arch]} with {json.dumps(model_args)}, trained on Fashion-MNIST by "
+              f"`{cmd.strip()}` (torch {torch.__version__}, timm {timm.__version__}, {a.threads} thread(s)); "
+              "float test accuracy "
               f"{acc_full:.4f} (10000 images), {acc_eval:.4f} (first {a.eval_count})")
     export.export_model(model, out, name=out.name, mean=[MEAN], std=[STD], labels=LABELS, source=source,
                         ref_images=test_x[:8], ref_count=8, force=a.force)
@@ -241,14 +307,12 @@ def main(argv=None) -> int:
         write_atomic(teacher_out, lambda t: save_file(sd, str(t), metadata={
             "model": f"sim/train_tiny.py make_teacher; test accuracy {t_acc:.4f}"}))
     data_out.mkdir(parents=True, exist_ok=True)
-    arrays = {"eval_images.npy": test_x[:a.eval_count], "eval_labels.npy": test_y[:a.eval_count].astype(np.uint8),
-              "calib_images.npy": train_x[:a.calib_count]}
     for fname, arr in arrays.items():
         def save(t, arr=arr):
             with open(t, "wb") as f:
                 np.save(f, np.ascontiguousarray(arr))
         write_atomic(data_out / fname, save)
-    write_atomic(data_out / "labels.json", lambda t: t.write_text(json.dumps(LABELS, indent=2) + "\n"))
+    write_atomic(data_out / "labels.json", lambda t: t.write_text(_labels_json()))
 
     print(f"training CPU time: teacher {teacher_time:.0f} s, student {student_time:.0f} s; whole run "
           f"{time.process_time() - c_start:.0f} s CPU, {time.time() - t_start:.0f} s wall ({a.threads} thread(s))")
