@@ -178,7 +178,7 @@ impl Reference {
         let key = if m.num_classes > 0 { "logits" } else { "features" };
         let out: ArrayD<f32> = z.by_name(key).map_err(|e| img_err(path, format!("no float32 array '{key}' ({e})")))?;
         let n = check_shape(path, inputs.shape(), m)?;
-        let k = if m.num_classes > 0 { m.num_classes } else { m.embed_dim };
+        let k = if m.num_classes > 0 { m.num_classes } else { m.feature_dim() };
         if out.shape() != [n, k] {
             return Err(img_err(path, format!("'{key}' has shape {:?}, expected [{n}, {k}]", out.shape())));
         }

@@ -197,6 +197,11 @@ impl Manifest {
         }
     }
 
+    /// Width of the pooled features a headless model outputs (Swin: the last stage's width).
+    pub fn feature_dim(&self) -> usize {
+        self.swin.as_ref().and_then(|s| s.embed_dims.last().copied()).unwrap_or(self.embed_dim)
+    }
+
     /// MLP hidden size H = int(D · mlp_ratio), as timm computes it.
     pub fn hidden(&self) -> usize {
         (self.embed_dim as f64 * self.mlp_ratio) as usize
