@@ -320,7 +320,7 @@ impl QTensor {
         if !(1..=63).contains(&bits) {
             return Err(FixedError::Bits { bits, min: 1, max: 63 });
         }
-        let expected: usize = shape.iter().product();
+        let expected = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
         if expected != values.len() || shape.is_empty() {
             return Err(FixedError::Shape { shape: shape.to_vec(), expected, got: values.len() });
         }
@@ -336,13 +336,28 @@ impl QTensor {
 
     /// Quantise floats: `q = clamp(RNE(x / scale), range)`; refuses NaN and infinities.
     pub fn quantize(x: &[f64], shape: &[usize], scale: f64, bits: u32, signed: bool) -> Result<QTensor, FixedError> {
+        QTensor::quantize_counted(x, shape, scale, bits, signed).map(|(t, _)| t)
+    }
+
+    /// [`QTensor::quantize`], also returning how many values fell outside the format's range
+    /// and were clamped (so a caller can report them instead of clamping silently).
+    pub fn quantize_counted(x: &[f64], shape: &[usize], scale: f64, bits: u32, signed: bool) -> Result<(QTensor, usize), FixedError> {
         Scale::PerTensor(scale).validate("input scale", 1)?;
         if let Some(v) = x.iter().find(|v| !v.is_finite()) {
             return Err(FixedError::Scale { what: "float input value".into(), value: *v });
         }
         let (lo, hi) = int_range(bits.clamp(1, 63), signed);
-        let q = x.iter().map(|v| round_half_even_f64(v / scale).clamp(lo as f64, hi as f64) as i64).collect();
-        QTensor::new(q, shape, Scale::PerTensor(scale), bits, signed)
+        let (lo, hi) = (lo as f64, hi as f64);
+        let mut clamped = 0;
+        let q = x
+            .iter()
+            .map(|v| {
+                let r = round_half_even_f64(v / scale);
+                clamped += usize::from(!(lo..=hi).contains(&r));
+                r.clamp(lo, hi) as i64
+            })
+            .collect();
+        Ok((QTensor::new(q, shape, Scale::PerTensor(scale), bits, signed)?, clamped))
     }
 
     /// Row length (last dimension).
@@ -451,5 +466,8 @@ mod tests {
         assert!(QTensor::quantize(&[f64::NAN], &[1], 0.1, 8, true).is_err());
         let t = QTensor::quantize(&[0.25, -0.36, 100.0], &[3], 0.1, 8, true).unwrap();
         assert_eq!(t.data(), &[2, -4, 127]);
+        let (t, n) = QTensor::quantize_counted(&[1e308, -1e308, 12.7, -12.8, 20.0], &[5], 0.1, 8, true).unwrap();
+        assert_eq!((t.data(), n), (&[127, -128, 127, -128, 127][..], 3));
+        assert!(QTensor::new(vec![1], &[usize::MAX, 2], Scale::PerTensor(1.0), 8, true).is_err());
     }
 }

@@ -230,6 +230,7 @@ fn lis_codes_read_as_powers_of_two() {
 /// positions, and at the others exactly what the unit gives on the row with the masked entries
 /// removed (the definition of a softmax mask, README "Swin"). I-ViT's adapted sum width depends
 /// on the row length, so both runs fix it.
+#[allow(clippy::too_many_arguments)]
 fn check_masked(
     name: &str,
     preset: Preset,

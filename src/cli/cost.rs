@@ -8,6 +8,9 @@ use mnq::cost::{self, Options, Table, Target};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The longest row `--row-len` times (64 times the longest default, 768).
+const MAX_ROW_LEN: usize = 1 << 16;
+
 /// Options of `mnq cost`.
 #[derive(Debug, clap::Args)]
 pub struct CostArgs {
@@ -48,11 +51,12 @@ pub fn run(a: &CostArgs) -> Result<i32> {
     if a.row_len.contains(&0) {
         bail!("--row-len: a row has at least one element");
     }
-    let jobs = match a.jobs {
-        Some(0) => bail!("--jobs must be at least 1"),
-        Some(j) => j,
-        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
+    if let Some(&n) = a.row_len.iter().find(|&&n| n > MAX_ROW_LEN) {
+        bail!("--row-len {n} is above mnq's bound of {MAX_ROW_LEN}");
+    }
+    super::check_threads("--jobs", a.jobs)?;
+    let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    mnq::io::check_output_dir(&a.out, &[])?;
     let mut targets = if a.no_synth { Vec::new() } else { a.target.clone() };
     targets.sort();
     targets.dedup();

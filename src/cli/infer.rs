@@ -73,9 +73,9 @@ pub struct InferArgs {
     /// Precision of the float reference forward.
     #[arg(long, value_enum, default_value = "f32")]
     float: FloatArg,
-    /// Calibration images used when the manifest has no scales.
-    #[arg(long, default_value_t = 256)]
-    calib_images: usize,
+    /// Calibration images used when the manifest has no scales (default 256).
+    #[arg(long)]
+    calib_images: Option<usize>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -126,14 +126,26 @@ fn progress(n: usize, what: &str) -> ProgressBar {
 }
 
 fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    super::check_threads("--threads", threads)?;
     let mut b = rayon::ThreadPoolBuilder::new();
     if let Some(t) = threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
         b = b.num_threads(t);
     }
     b.build().context("starting worker threads")
+}
+
+/// Keep the first `n` of `images` as `flag` asks; 0, or more than the file holds, is refused.
+fn take(images: &mut Images, n: Option<usize>, flag: &str) -> Result<()> {
+    if let Some(n) = n {
+        if n == 0 {
+            bail!("{flag} must be at least 1");
+        }
+        if n > images.len() {
+            bail!("{flag} {n}: {} holds only {} images", images.path.display(), images.len());
+        }
+        images.truncate(n);
+    }
+    Ok(())
 }
 
 fn load_model(dir: &Path, manifest: Option<&Path>) -> Result<Model> {
@@ -161,6 +173,19 @@ fn pct(v: Option<f64>) -> String {
 
 /// `mnq infer`.
 pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
+    super::check_threads("--threads", a.threads)?;
+    if a.calib_images == Some(0) {
+        bail!("--calib-images must be at least 1");
+    }
+    if let Some(j) = &a.json {
+        // Before the run: an unwritable path, or one of the inputs, fails now, not after it.
+        let (mf, w) = (a.model.join("manifest.json"), a.model.join("model.safetensors"));
+        let (e, l, c) = (a.data.join("eval_images.npy"), a.data.join("eval_labels.npy"), a.data.join("calib_images.npy"));
+        let mut inputs: Vec<&Path> = vec![&mf, &w, &e, &l, &c];
+        inputs.extend(a.manifest.as_deref());
+        inputs.extend(a.assign.as_deref());
+        mnq::io::check_output(j, &inputs)?;
+    }
     let model = load_model(&a.model, a.manifest.as_deref())?;
     let m = &model.manifest;
     if !mnq::model::quant::SUPPORTED_BITS.contains(&a.bits) {
@@ -177,12 +202,7 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
     if labels.exists() {
         images = images.with_labels(&labels, m.num_classes)?;
     }
-    if let Some(n) = a.images {
-        if n == 0 {
-            bail!("--images must be at least 1");
-        }
-        images.truncate(n);
-    }
+    take(&mut images, a.images, "--images")?;
     let pool = pool(a.threads)?;
 
     // Which unit computes each layer.
@@ -229,6 +249,11 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
 
     // Activation scales: the manifest's, or calibrated now.
     let (section, scales_note) = match m.quant.as_ref().filter(|q| !q.act_scales.is_empty()) {
+        Some(q) if a.calib_images.is_some() => bail!(
+            "--calib-images is used only when the manifest has no activation scales, and {} has {}; drop it, or recalibrate with `mnq calibrate --force`",
+            m.name,
+            q.act_scales.len()
+        ),
         Some(q) => {
             let c = q
                 .calibration
@@ -242,7 +267,10 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
             let p = a.data.join("calib_images.npy");
             let mut ci = Images::load_npy(&p, m)
                 .with_context(|| "the manifest has no activation scales, so mnq calibrates on the fly".to_string())?;
-            ci.truncate(a.calib_images.max(1));
+            match a.calib_images {
+                Some(_) => take(&mut ci, a.calib_images, "--calib-images")?,
+                None => ci.truncate(256),
+            }
             eprintln!(
                 "note: {} has no activation scales; calibrating on {} images of {} (min/max); `mnq calibrate` stores them",
                 m.name,
@@ -331,10 +359,20 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
 
 /// `mnq calibrate`.
 pub fn cmd_calibrate(a: &CalibrateArgs) -> Result<i32> {
+    super::check_threads("--threads", a.threads)?;
     let model = load_model(&a.model, None)?;
     let m = &model.manifest;
     let manifest_path = a.model.join("manifest.json");
     let target = a.out.clone().unwrap_or_else(|| manifest_path.clone());
+    let path = a.calib.clone().unwrap_or_else(|| a.data.join("calib_images.npy"));
+    // Writing into the model's own manifest is what calibrate does without --out; any other
+    // input (the weights, the images) must survive.
+    let weights = a.model.join("model.safetensors");
+    let mut inputs: Vec<&Path> = vec![&weights, &path];
+    if a.out.is_some() {
+        inputs.push(&manifest_path);
+    }
+    mnq::io::check_output(&target, &inputs)?;
     if !a.force {
         if let Some(out) = &a.out {
             if out.exists() {
@@ -350,14 +388,8 @@ pub fn cmd_calibrate(a: &CalibrateArgs) -> Result<i32> {
             );
         }
     }
-    let path = a.calib.clone().unwrap_or_else(|| a.data.join("calib_images.npy"));
     let mut images = Images::load_npy(&path, m)?;
-    if let Some(n) = a.images {
-        if n == 0 {
-            bail!("--images must be at least 1");
-        }
-        images.truncate(n);
-    }
+    take(&mut images, a.images, "--images")?;
     let opts = CalibOptions { weight_bits: a.bits, act_bits: a.bits, percentile: a.percentile };
     let pool = pool(a.threads)?;
     let mut q = pool.install(|| run_calibration(&model, &images, &opts))?;

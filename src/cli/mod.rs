@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mnq::fixed::{QTensor, Scale};
 use mnq::golden;
-use mnq::io::{read_input, write_atomic, Values};
+use mnq::io::{check_output, check_output_dir, read_input, write_atomic, Values};
 use mnq::report;
 use mnq::sensitivity::{self, Dist};
 use mnq::units::{self, Aux, Mode, Preset, Unit};
@@ -232,6 +232,29 @@ pub struct ErrorArgs {
     no_plots: bool,
 }
 
+/// The most worker threads a command starts: far above any core count mnq runs on, low enough
+/// that starting them takes a moment (100,000 threads took minutes and looked like a hang).
+pub(crate) const MAX_THREADS: usize = 1024;
+
+/// The most elements `mnq cosim` streams per configuration (1000 times the default; each
+/// element is kept in memory with its stimulus and trace).
+const MAX_COSIM_ELEMENTS: usize = 100_000_000;
+
+/// The most rows `mnq error` draws (each row is up to 768 values, kept with its reference).
+const MAX_ERROR_ROWS: usize = 1_000_000;
+
+/// Refuse a thread or job count of 0 or above [`MAX_THREADS`], naming the flag.
+pub(crate) fn check_threads(flag: &str, t: Option<usize>) -> Result<()> {
+    match t {
+        Some(0) => bail!("{flag} must be at least 1"),
+        Some(t) if t > MAX_THREADS => bail!(
+            "{flag} {t} is above mnq's bound of {MAX_THREADS} (this machine has {} cores; the default uses them all)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Run the parsed command; returns the process exit code for non-error outcomes.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -251,6 +274,9 @@ pub fn run(cli: Cli) -> Result<i32> {
 
 fn cmd_rtl(a: &RtlArgs) -> Result<i32> {
     let configs = a.select.configs()?;
+    if !a.check {
+        check_output_dir(&a.out, &[])?;
+    }
     let mut differ = 0;
     let n = configs.len();
     for (i, c) in configs.iter().enumerate() {
@@ -301,6 +327,20 @@ fn cmd_cosim(a: &CosimArgs) -> Result<i32> {
     }
     if !(0.0 < a.p_valid && a.p_valid <= 1.0 && 0.0 < a.p_ready && a.p_ready <= 1.0) {
         bail!("--p-valid and --p-ready must be in (0, 1]");
+    }
+    if a.elements == 0 {
+        bail!("--elements must be at least 1 (default 100000)");
+    }
+    if a.elements > MAX_COSIM_ELEMENTS {
+        bail!("--elements {} is above mnq's bound of {MAX_COSIM_ELEMENTS} per configuration", a.elements);
+    }
+    for f in a.json.iter().chain(&a.vcd) {
+        check_output(f, &[])?;
+    }
+    if let (Some(j), Some(v)) = (&a.json, &a.vcd) {
+        if mnq::io::same_file(j, v) {
+            bail!("--json and --vcd name the same file {}", j.display());
+        }
     }
     mnq::cosim::require("verilator", "verilator")?;
     let opts = mnq::cosim::CosimOptions {
@@ -366,9 +406,19 @@ fn cmd_units(as_json: bool) -> Result<()> {
     for name in units::unit_names() {
         let mut presets = serde_json::Map::new();
         let mut widths = serde_json::Map::new();
+        let mut ranges = serde_json::Map::new();
         for p in [Preset::Reference, Preset::Adapted] {
             let u = units::build(name, p)?;
             presets.insert(p.to_string(), serde_json::to_value(u.params())?);
+            // Accepted input scales on the op's standard rows (requant: at an output scale of 1).
+            let row = sensitivity::Dist::for_op(u.op()).map_or(1, |d| d.row_len());
+            let aux = Aux { out_scale: Some(Scale::PerTensor(1.0)), ..Aux::default() };
+            let (lo, hi, _) = u.input_bits();
+            for bits in [6u32, 8, 16].into_iter().filter(|b| (lo..=hi).contains(b)) {
+                if let Some(r) = u.scale_range(bits, row, &aux) {
+                    ranges.insert(format!("{p}/{bits}b"), json!({"lo": r.lo, "hi": r.hi, "text": r.to_string(), "row_len": row}));
+                }
+            }
             if let Some(dist) = sensitivity::Dist::for_op(u.op()) {
                 for bits in [6u32, 8, 16] {
                     if let Ok(s) = sensitivity::sample(u.as_ref(), bits, dist, 2, 1) {
@@ -389,6 +439,7 @@ fn cmd_units(as_json: bool) -> Result<()> {
             "input_sign": match signed { Some(true) => "signed", Some(false) => "unsigned", None => "signed or unsigned" },
             "presets": presets,
             "internal_width_bits": widths,
+            "scale_range": ranges,
         }));
     }
     if as_json {
@@ -423,6 +474,11 @@ fn cmd_units(as_json: bool) -> Result<()> {
             let ws: Vec<String> = w.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("    widest intermediate (standard input distribution): {}", ws.join(" "));
         }
+        let sr = r["scale_range"].as_object().unwrap();
+        if !sr.is_empty() {
+            let rs: Vec<String> = sr.iter().map(|(k, v)| format!("{k}={}", v["text"].as_str().unwrap())).collect();
+            println!("    accepted input scales (rows of {}): {}", sr.values().next().unwrap()["row_len"], rs.join(" "));
+        }
     }
     Ok(())
 }
@@ -432,6 +488,7 @@ fn cmd_eval(a: &EvalArgs) -> Result<()> {
     if a.output.extension().and_then(|e| e.to_str()) != Some("json") {
         bail!("--output {}: the output is written as JSON; give a .json path", a.output.display());
     }
+    check_output(&a.output, &[&a.input])?;
     let f = read_input(&a.input)?;
     let scale = match (&f.scale, a.scale) {
         (Some(v), _) if v.len() == 1 => Scale::PerTensor(v[0]),
@@ -445,14 +502,17 @@ fn cmd_eval(a: &EvalArgs) -> Result<()> {
         }
     }
     let signed = !a.unsigned;
-    let x = match f.values {
-        Values::Int(q) => QTensor::new(q, &f.shape, scale, a.bits, signed),
+    let (x, clamped) = match f.values {
+        Values::Int(q) => (QTensor::new(q, &f.shape, scale, a.bits, signed), 0),
         Values::Float(x) => match scale {
-            Scale::PerTensor(s) => QTensor::quantize(&x, &f.shape, s, a.bits, signed),
+            Scale::PerTensor(s) => match QTensor::quantize_counted(&x, &f.shape, s, a.bits, signed) {
+                Ok((t, n)) => (Ok(t), n),
+                Err(e) => (Err(e), 0),
+            },
             Scale::PerChannel(_) => bail!("float input needs a per-tensor --scale to be quantised"),
         },
-    }
-    .map_err(|e| anyhow!("{}: {e}", a.input.display()))?;
+    };
+    let x = x.map_err(|e| anyhow!("{}: {e}", a.input.display()))?;
     let aux = Aux {
         gamma: f.gamma,
         beta: f.beta,
@@ -472,8 +532,20 @@ fn cmd_eval(a: &EvalArgs) -> Result<()> {
         "scale": out.scale,
         "encoding": out.encoding,
         "conditions": out.conditions,
+        "clamped_inputs": clamped,
     });
     write_atomic(&a.output, serde_json::to_string(&doc)?.as_bytes())?;
+    if clamped > 0 {
+        let (lo, hi) = mnq::fixed::int_range(a.bits.clamp(1, 63), signed);
+        let s = x.scale.at(0);
+        eprintln!(
+            "note: {clamped} of {} float inputs were beyond the {}-bit range [{:e}, {:e}] at scale {s:e} and were clamped to it",
+            x.data().len(),
+            a.bits,
+            lo as f64 * s,
+            hi as f64 * s
+        );
+    }
     for (c, n) in &out.conditions {
         eprintln!("note: {c:?} in {n} rows/elements (see the unit's documentation for the defined output)");
     }
@@ -494,6 +566,13 @@ fn cmd_error(a: &ErrorArgs) -> Result<()> {
     if a.rows == 0 {
         bail!("--rows must be at least 1");
     }
+    if a.rows > MAX_ERROR_ROWS {
+        bail!("--rows {} is above mnq's bound of {MAX_ERROR_ROWS}", a.rows);
+    }
+    if a.bits.is_empty() || a.preset.is_empty() {
+        bail!("--bits and --preset need at least one value");
+    }
+    check_output_dir(&a.out, &[])?;
     let mut table = Vec::new();
     for name in &names {
         for &preset in &a.preset {

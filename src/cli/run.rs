@@ -1,6 +1,7 @@
 //! `mnq run`: argument parsing for the main job (the pipeline is `mnq::report::model`).
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use mnq::model::data::npy_shape;
 use mnq::report::model::{run, RunOptions};
 use mnq::sensitivity::asqnr::Convention;
 use mnq::sensitivity::assign::Arch;
@@ -18,9 +19,9 @@ pub struct RunArgs {
     /// Activation and weight widths (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "8,6")]
     bits: Vec<u32>,
-    /// Images of the sensitivity analysis (first N of the calibration split).
-    #[arg(long, default_value_t = 256)]
-    sens_images: usize,
+    /// Images of the sensitivity analysis (first N of the calibration split; default 256, or all when fewer).
+    #[arg(long)]
+    sens_images: Option<usize>,
     /// Limit the evaluation images (default: all of the eval split).
     #[arg(long)]
     images: Option<usize>,
@@ -58,16 +59,31 @@ pub struct RunArgs {
 
 /// Run the main job.
 pub fn cmd_run(a: &RunArgs) -> Result<i32> {
-    if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global()?;
-    }
+    super::check_threads("--threads", a.threads)?;
     let name = a.model.file_name().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(&name));
+    // Counts against what the files hold (their headers only), and the output folder, before the run.
+    let (eval, calib) = (a.data.join("eval_images.npy"), a.data.join("calib_images.npy"));
+    for (flag, n, file) in [("--sens-images", a.sens_images, &calib), ("--images", a.images, &eval)] {
+        if n == Some(0) {
+            bail!("{flag} must be at least 1");
+        }
+        if let (Some(n), Ok(shape)) = (n, npy_shape(file)) {
+            if let Some(&have) = shape.first().filter(|&&h| n > h) {
+                bail!("{flag} {n}: {} holds only {have} images", file.display());
+            }
+        }
+    }
+    mnq::io::check_output_dir(&out, &[&a.model, &a.data])?;
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+    }
     let opts = RunOptions {
         model_dir: a.model.clone(),
         eval_images: a.data.join("eval_images.npy"),
         eval_labels: a.data.join("eval_labels.npy"),
         calib_images: a.data.join("calib_images.npy"),
-        sens_images: a.sens_images,
+        sens_images: a.sens_images.unwrap_or(256),
         images: a.images,
         bits: a.bits.clone(),
         arch: a.arch,
@@ -77,7 +93,7 @@ pub fn cmd_run(a: &RunArgs) -> Result<i32> {
         max_pareto_eval: a.max_pareto_eval,
         cost_table: a.cost_table.clone(),
         rtl_manifest: a.rtl_manifest.clone(),
-        out: a.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(name)),
+        out,
         progress: !a.quiet,
     };
     let s = run(&opts)?;

@@ -33,6 +33,20 @@ fn img_err(path: &Path, what: impl Into<String>) -> ModelError {
     ModelError::Images { path: path.to_path_buf(), what: what.into() }
 }
 
+/// Check a `.npy` header against the file's length before a reader allocates what it claims.
+fn check_npy(path: &Path) -> Result<crate::io::npy::NpyHeader, ModelError> {
+    crate::io::npy::check_file(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => img_err(path, e.to_string()),
+        _ => ModelError::Io { path: path.to_path_buf(), source: e },
+    })
+}
+
+/// The shape of the array in a `.npy` file, from its header (checked against the file's length),
+/// without reading the data: how many images a file holds, before loading it.
+pub fn npy_shape(path: &Path) -> Result<Vec<usize>, ModelError> {
+    check_npy(path).map(|h| h.shape)
+}
+
 /// Check an image array's shape against the manifest; returns the number of images.
 fn check_shape(path: &Path, shape: &[usize], m: &Manifest) -> Result<usize, ModelError> {
     let (c, s) = (m.in_chans, m.img_size);
@@ -52,6 +66,7 @@ impl Images {
     /// Read uint8 images (`[N, H, W]` for one channel, or `[N, C, H, W]`) or already normalised
     /// float32 `[N, C, H, W]` from a `.npy` file, checking the size against the manifest.
     pub fn load_npy(path: &Path, m: &Manifest) -> Result<Images, ModelError> {
+        check_npy(path)?;
         let open = || std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source });
         let pixels;
         let n;
@@ -97,6 +112,7 @@ impl Images {
 
     /// Attach labels from a `.npy` of non-negative integers `[N]`, checked against `classes`.
     pub fn with_labels(mut self, path: &Path, classes: usize) -> Result<Images, ModelError> {
+        check_npy(path)?;
         let open = || std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source });
         let v: Vec<i64> = if let Ok(a) = ArrayD::<u8>::read_npy(open()?) {
             a.iter().map(|&x| i64::from(x)).collect()
@@ -173,6 +189,7 @@ impl Reference {
     /// Read `reference.npz` (uncompressed `np.savez`) and check it against the manifest.
     pub fn load(path: &Path, m: &Manifest) -> Result<Reference, ModelError> {
         let f = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        crate::io::npy::check_npz(path).map_err(|w| img_err(path, w))?;
         let mut z = NpzReader::new(f).map_err(|e| img_err(path, format!("not a readable .npz ({e})")))?;
         let inputs: ArrayD<f32> = z.by_name("inputs").map_err(|e| img_err(path, format!("no float32 array 'inputs' ({e})")))?;
         let key = if m.num_classes > 0 { "logits" } else { "features" };

@@ -352,7 +352,7 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
                                     s += *a * bb;
                                 }
                                 if let Some((tab, index)) = table {
-                                    s = s + F::from_f32(tab[index[i * n + j] * nh + h]);
+                                    s += F::from_f32(tab[index[i * n + j] * nh + h]);
                                 }
                                 *r = s;
                             }
@@ -373,7 +373,7 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
                     let neg = F::from_f32(-100.0);
                     for (v, &k) in o.iter_mut().zip(m.iter()) {
                         if k {
-                            *v = *v + neg;
+                            *v += neg;
                         }
                     }
                 }

@@ -650,6 +650,7 @@ impl Builder {
     }
 
     /// `LayerNorm` of slot `x` (rows × c) as layer `name`, output at point `out_point`.
+    #[allow(clippy::too_many_arguments)]
     pub fn layer_norm(&mut self, x: Slot, name: &str, rows: usize, c: usize, in_point: PointId, out_point: PointId, why: &str) -> Slot {
         let norm = self.norm(name, c, why);
         let layer = self.layer(name, Op::LayerNorm, rows, c);

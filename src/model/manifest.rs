@@ -13,6 +13,34 @@ use std::path::Path;
 /// Manifest format version this code reads and writes.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// The largest sizes a manifest may state, far above any published vision transformer (ViT-22B:
+/// depth 48, width 6144). They bound what the layer graph and the forwards allocate, and are
+/// checked before anything is built or read, so a typing slip (`"depth": 1000000000`) is an
+/// error naming the field instead of memory growing until the process is killed.
+pub mod bounds {
+    /// Blocks (`depth`).
+    pub const DEPTH: usize = 1024;
+    /// Embedding width (`embed_dim`, every `swin.embed_dims`).
+    pub const EMBED_DIM: usize = 16384;
+    /// Attention heads per block.
+    pub const HEADS: usize = 1024;
+    /// Image side in pixels (`img_size`).
+    pub const IMG_SIZE: usize = 8192;
+    /// Input channels (`in_chans`).
+    pub const IN_CHANS: usize = 64;
+    /// MLP hidden width (`embed_dim · mlp_ratio`).
+    pub const HIDDEN: usize = 65536;
+    /// Classes (`num_classes`).
+    pub const CLASSES: usize = 1 << 20;
+    /// Tokens entering the first block.
+    pub const TOKENS: usize = 1 << 16;
+    /// Swin stages.
+    pub const STAGES: usize = 16;
+    /// Elements one non-linear layer processes per image (softmax: heads × tokens², the
+    /// attention matrix; GELU: tokens × hidden): 2^28, 2 GiB as f64.
+    pub const LAYER_ELEMENTS: u128 = 1 << 28;
+}
+
 /// Transformer architecture of a model directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,7 +185,12 @@ impl Manifest {
     /// Parse and validate a manifest file.
     pub fn load(path: &Path) -> Result<Manifest, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+        Manifest::parse(&text, path)
+    }
+
+    /// Parse and validate the text of a manifest (`path` names it in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ModelError> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| ModelError::Manifest {
             path: path.to_path_buf(),
             what: format!("not a valid manifest ({e}); see the model directory contract for the fields"),
         })?;
@@ -237,6 +270,20 @@ impl Manifest {
                 return bad(format!("{name} must be at least 1"));
             }
         }
+        for (name, v, max) in [
+            ("depth", self.depth, bounds::DEPTH),
+            ("embed_dim", self.embed_dim, bounds::EMBED_DIM),
+            ("num_heads", self.num_heads, bounds::HEADS),
+            ("img_size", self.img_size, bounds::IMG_SIZE),
+            ("in_chans", self.in_chans, bounds::IN_CHANS),
+            ("num_classes", self.num_classes, bounds::CLASSES),
+        ] {
+            if v > max {
+                return bad(format!(
+                    "{name} {v} is above mnq's bound of {max} (bounds in the README, \"Bad input\"); is the manifest mistyped?"
+                ));
+            }
+        }
         if self.img_size % self.patch_size != 0 {
             return bad(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
         }
@@ -245,6 +292,24 @@ impl Manifest {
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.hidden() == 0 {
             return bad(format!("mlp_ratio {} must be positive", self.mlp_ratio));
+        }
+        if self.mlp_ratio * self.embed_dim as f64 > bounds::HIDDEN as f64 {
+            return bad(format!(
+                "mlp_ratio {} × embed_dim {} = {} hidden units is above mnq's bound of {}",
+                self.mlp_ratio,
+                self.embed_dim,
+                self.mlp_ratio * self.embed_dim as f64,
+                bounds::HIDDEN
+            ));
+        }
+        if self.tokens() > bounds::TOKENS {
+            return bad(format!(
+                "img_size {} with patch_size {} gives {} tokens, above mnq's bound of {}",
+                self.img_size,
+                self.patch_size,
+                self.tokens(),
+                bounds::TOKENS
+            ));
         }
         if !(self.ln_eps.is_finite() && self.ln_eps > 0.0) {
             return bad(format!("ln_eps {} must be a positive number", self.ln_eps));
@@ -268,21 +333,37 @@ impl Manifest {
             (Some(_), _) => return bad(format!("a \"swin\" section belongs to arch swin, not {}", self.arch)),
             (None, _) => {}
         }
+        if let Some((what, n)) = self.largest_layer() {
+            if n > bounds::LAYER_ELEMENTS {
+                return bad(format!(
+                    "the {what} would hold {n} values per image, above mnq's bound of {} (2^28); check img_size, patch_size, embed_dim, num_heads and mlp_ratio",
+                    bounds::LAYER_ELEMENTS
+                ));
+            }
+        }
         if let Some(l) = &self.labels {
             if self.num_classes > 0 && l.len() != self.num_classes {
                 return bad(format!("labels has {} names but num_classes is {}", l.len(), self.num_classes));
             }
         }
         if let Some(q) = &self.quant {
+            for (name, b) in [("weight_bits", q.weight_bits), ("act_bits", q.act_bits)] {
+                if !(2..=32).contains(&b) {
+                    return bad(format!("quant.{name} {b} is outside 2..=32"));
+                }
+            }
             for (name, s) in &q.act_scales {
                 if !(s.is_finite() && *s > 0.0) {
                     return bad(format!("quant.act_scales.{name} = {s} is not a positive number"));
                 }
             }
             for (name, p) in &q.ptf {
-                if p.alpha.len() != self.embed_dim || p.alpha.iter().any(|a| *a > 3) || !(p.min.is_finite() && p.max.is_finite()) {
+                if p.alpha.len() != self.embed_dim
+                    || p.alpha.iter().any(|a| *a > 3)
+                    || !(p.min.is_finite() && p.max.is_finite() && p.min <= p.max)
+                {
                     return bad(format!(
-                        "quant.ptf.{name} needs finite min/max and {} alpha values in 0..=3 (got {})",
+                        "quant.ptf.{name} needs finite min ≤ max and {} alpha values in 0..=3 (got {})",
                         self.embed_dim,
                         p.alpha.len()
                     ));
@@ -296,6 +377,18 @@ impl Manifest {
     /// fields, and every stage's grid divisible by its window (the graph does not pad).
     fn validate_swin(&self, s: &SwinSpec) -> Result<(), String> {
         let n = s.depths.len();
+        if n > bounds::STAGES {
+            return Err(format!("swin.depths has {n} stages, above mnq's bound of {}", bounds::STAGES));
+        }
+        if let Some((i, d)) = s.embed_dims.iter().enumerate().find(|(_, d)| **d > bounds::EMBED_DIM) {
+            return Err(format!("swin.embed_dims[{i}] = {d} is above mnq's bound of {}", bounds::EMBED_DIM));
+        }
+        if let Some((i, h)) = s.num_heads.iter().enumerate().find(|(_, h)| **h > bounds::HEADS) {
+            return Err(format!("swin.num_heads[{i}] = {h} is above mnq's bound of {}", bounds::HEADS));
+        }
+        if let Some((i, d)) = s.depths.iter().enumerate().find(|(_, d)| **d > bounds::DEPTH) {
+            return Err(format!("swin.depths[{i}] = {d} is above mnq's bound of {}", bounds::DEPTH));
+        }
         if n == 0 || s.embed_dims.len() != n || s.num_heads.len() != n || s.window_size.len() != n {
             return Err(format!(
                 "swin.depths, swin.embed_dims, swin.num_heads and swin.window_size need one entry per stage (got {}, {}, {}, {})",
@@ -308,7 +401,7 @@ impl Manifest {
         if self.layer_scale {
             return Err("layer_scale must be false for arch swin (timm's SwinTransformer has no LayerScale)".into());
         }
-        let total: usize = s.depths.iter().sum();
+        let total: usize = s.depths.iter().fold(0usize, |a, &d| a.saturating_add(d));
         if total != self.depth || s.embed_dims[0] != self.embed_dim || s.num_heads[0] != self.num_heads {
             return Err(format!(
                 "depth ({}), embed_dim ({}) and num_heads ({}) must equal the sum of swin.depths ({total}), swin.embed_dims[0] ({}) and swin.num_heads[0] ({})",
@@ -327,6 +420,13 @@ impl Manifest {
             if (d as f64 * self.mlp_ratio) as usize == 0 {
                 return Err(format!("swin stage {st}: mlp_ratio {} gives no hidden units", self.mlp_ratio));
             }
+            if d as f64 * self.mlp_ratio > bounds::HIDDEN as f64 {
+                return Err(format!(
+                    "swin stage {st}: {} hidden units is above mnq's bound of {}",
+                    d as f64 * self.mlp_ratio,
+                    bounds::HIDDEN
+                ));
+            }
             if st > 0 {
                 if grid % 2 != 0 {
                     return Err(format!("swin stage {st}: patch merging needs an even grid, but stage {} is {grid}x{grid}", st - 1));
@@ -341,6 +441,41 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The non-linear layer holding the most values per image, and that count, from the sizes
+    /// alone (no graph is built); `None` for an inconsistent Swin section (reported elsewhere).
+    fn largest_layer(&self) -> Option<(String, u128)> {
+        let u = |v: usize| v as u128;
+        let hidden = |d: usize| (d as f64 * self.mlp_ratio) as u128;
+        let mut best: (String, u128) = (String::new(), 0);
+        let mut see = |what: String, n: u128| {
+            if n > best.1 {
+                best = (what, n);
+            }
+        };
+        match (&self.swin, self.arch()) {
+            (Some(s), Arch::Swin) => {
+                let mut grid = u(self.img_size / self.patch_size);
+                for st in 0..s.depths.len().min(s.embed_dims.len()).min(s.num_heads.len()).min(s.window_size.len()) {
+                    if st > 0 {
+                        grid /= 2;
+                    }
+                    let win = u(s.window_size[st]).min(grid).max(1);
+                    let t = grid * grid;
+                    see(format!("stage {st} attention (heads × tokens × window²)"), u(s.num_heads[st]) * t * win * win);
+                    see(format!("stage {st} GELU (tokens × hidden)"), t * hidden(s.embed_dims[st]));
+                    see(format!("stage {st} LayerNorm (tokens × width)"), t * u(s.embed_dims[st]));
+                }
+            }
+            _ => {
+                let t = u(self.tokens());
+                see("attention matrix (heads × tokens²)".into(), u(self.num_heads) * t * t);
+                see("GELU (tokens × hidden)".into(), t * hidden(self.embed_dim));
+                see("LayerNorm (tokens × embed_dim)".into(), t * u(self.embed_dim));
+            }
+        }
+        (best.1 > 0).then_some(best)
     }
 
     /// The manifest as pretty JSON (with a trailing newline).
@@ -502,11 +637,16 @@ impl Assignment {
     /// Read an assignment file (syntax only; [`Assignment::resolve`] checks it against a model).
     pub fn load(path: &Path) -> Result<Assignment, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-        let a: Assignment = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Assignment { origin: path.display().to_string(), what: format!("not a valid assignment ({e})") })?;
+        Assignment::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse the text of an assignment (`origin` names it in messages); syntax only.
+    pub fn parse(text: &str, origin: &str) -> Result<Assignment, ModelError> {
+        let a: Assignment = serde_json::from_str(text)
+            .map_err(|e| ModelError::Assignment { origin: origin.to_string(), what: format!("not a valid assignment ({e})") })?;
         if a.format != 1 {
             return Err(ModelError::Assignment {
-                origin: path.display().to_string(),
+                origin: origin.to_string(),
                 what: format!("format {} is not supported (expected 1)", a.format),
             });
         }

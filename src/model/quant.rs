@@ -399,8 +399,8 @@ enum QNode {
         x: Slot,
         d: usize,
         pool: Pool,
-        head: Option<QLinear>,
-        head_dist: Option<QLinear>,
+        head: Option<Box<QLinear>>,
+        head_dist: Option<Box<QLinear>>,
         s_norm: f64,
     },
 }
@@ -650,8 +650,8 @@ impl IntModel {
                         x: *x,
                         d: *d,
                         pool: *pool,
-                        head: head.as_ref().map(|h| qlin(h, s_norm, None)),
-                        head_dist: head_dist.as_ref().map(|h| qlin(h, s_norm, None)),
+                        head: head.as_ref().map(|h| Box::new(qlin(h, s_norm, None))),
+                        head_dist: head_dist.as_ref().map(|h| Box::new(qlin(h, s_norm, None))),
                         s_norm,
                     }
                 }

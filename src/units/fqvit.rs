@@ -9,8 +9,9 @@
 
 use super::ibert::ExpConsts;
 use super::{
-    affine, check_bits, mask_row, masked, masked_rows, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
-    Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
+    softmax_mask, underflow_rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe,
+    Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, round_half_even_f64, shift_round, signed_width, QTensor, Rounding, Scale};
 
@@ -59,6 +60,8 @@ impl Softmax {
             .scale
             .per_tensor()
             .ok_or_else(|| UnitError::Aux { unit: "softmax_fqvit", what: "LIS needs a per-tensor input scale".into() })?;
+        check_upshift("softmax_fqvit", self.upshift)?;
+        check_scale(self, x, &Aux::default())?;
         let up = self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s));
         Ok(ExpConsts::new(s, self.n, up))
     }
@@ -81,8 +84,7 @@ impl Softmax {
         };
         if k.c <= 0 {
             // Reference: S = 0, 0/0 = NaN. Defined here as the zero code everywhere.
-            cond.add_n(Condition::ExpUnderflow, data.len() / c.max(1));
-            cond.add_n(Condition::MaskedRow, masked_rows(mask, c));
+            underflow_rows(mask, data.len(), c, &mut cond);
         } else {
             let mut e = vec![0i64; c];
             let mut thr = vec![0u128; levels as usize];
@@ -143,6 +145,9 @@ impl Softmax {
                         }
                     }
                 }
+                if orow.iter().all(|&o| o < 0) {
+                    cond.add(Condition::AllZeroRow);
+                }
             }
         }
         Ok(UnitOutput {
@@ -199,10 +204,14 @@ impl Unit for Softmax {
         Ok(k.widths(hi - lo).max(signed_width(2 * k.e_max() * x.row_len() as i128)))
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, aux, mode, &mut NoProbe, true)
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, aux, Mode::Integer, probe, false)
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false))
+    }
+    fn scale_fits(&self, s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
+        // LIS keeps the exponentials in 64-bit words (and compares them with 64-bit thresholds).
+        ExpConsts::fits(s, self.n, self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s)), Some(63))
     }
 }
 
@@ -278,6 +287,7 @@ impl LayerNorm {
         let sc: Vec<f64> = (0..c).map(|i| x.scale.at(i)).collect();
         let s1 = sc.iter().cloned().fold(f64::INFINITY, f64::min);
         let zp = aux.zero_point;
+        self.fits(x, gamma, beta, &sc, &so, zp)?;
         let data = x.data();
         let mut out = vec![0i64; data.len()];
         let mut cond = Conditions::default();
@@ -368,6 +378,54 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// Checked bounds of the PTF datapath for these scales and parameters: the zero point is a
+    /// code of the input format, the channel factors `s_c/min s` stay below 2^16, and the
+    /// per-channel constants `C·γ/so`, `β/so` (at 2^F) and the outputs fit the 128-bit words
+    /// (the terms of `declared_width`, in floating point so the check itself cannot overflow).
+    fn fits(&self, x: &QTensor, gamma: &[f32], beta: &[f32], sc: &[f64], so: &[f64], zp: i64) -> Result<(), UnitError> {
+        let u = "layernorm_fqvit";
+        let (lo, hi) = int_range(x.bits, x.signed);
+        if !(lo..=hi).contains(&zp) {
+            return Err(UnitError::Aux {
+                unit: u,
+                what: format!("zero point {zp} is not a code of the {}-bit input format [{lo}, {hi}]", x.bits),
+            });
+        }
+        let s1 = sc.iter().cloned().fold(f64::INFINITY, f64::min);
+        let kmax = sc.iter().map(|s| (s / s1).round()).fold(1.0, f64::max);
+        if !below(kmax, 65536.5) {
+            return Err(UnitError::Aux {
+                unit: u,
+                what: format!("the per-channel input scales differ by a factor of {kmax:.3e}; the PTF datapath takes factors up to 2^16 (PTF uses 1, 2, 4, 8)"),
+            });
+        }
+        let c = sc.len() as f64;
+        let f = 2f64.powi(self.frac_bits as i32);
+        let xmax = 2f64.powi(x.bits as i32 + 1) * kmax; // |q − zp|·k, with room for the zero point
+        let limit = 2f64.powi(125);
+        for i in 0..sc.len() {
+            let g = f64::from(gamma[i]).abs() / so[i];
+            let b = f64::from(beta[i]).abs() / so[i];
+            // C·γ/so·2^F shifted by N ≤ 31; (β/so·D + Σ·γ/so)·2^F·2^31 with D ≤ C·xmax, Σ ≤ C·xmax.
+            let gq = c * g * f * 2f64.powi(31);
+            let num = (b + g) * c * xmax * f * 2f64.powi(31);
+            let out = 255.0 * xmax + (b + c * xmax * g);
+            if !(gq < limit && num < limit && out < 2f64.powi(62)) {
+                let need = (f64::from(gamma[i]).abs() * c * xmax + f64::from(beta[i]).abs()) * f * 2f64.powi(31) / limit;
+                return Err(UnitError::Aux {
+                    unit: u,
+                    what: format!(
+                        "output scale {:e} of channel {i} is too fine for γ = {}, β = {}: the constants γ/so, β/so at 2^{} need more than the 128-bit datapath; use an output scale of at least {need:.3e}",
+                        so[i], gamma[i], beta[i], self.frac_bits
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn out_scale_of(s: &Option<Scale>) -> Scale {
     s.clone().unwrap_or(Scale::PerTensor(1.0))
 }
@@ -432,11 +490,11 @@ impl Unit for LayerNorm {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, mode, &mut NoProbe)
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, Mode::Integer, probe)
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
     }
 }
 
@@ -519,11 +577,11 @@ impl Unit for Log2Quant {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_probed_mode(x, mode, &mut NoProbe)
+        checked_output(self.name(), self.run_probed_mode(x, mode, &mut NoProbe))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_probed_mode(x, Mode::Integer, probe)
+        checked_output(self.name(), self.run_probed_mode(x, Mode::Integer, probe))
     }
 }
 

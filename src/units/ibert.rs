@@ -11,8 +11,9 @@
 
 use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
 use super::{
-    affine, check_bits, mask_row, masked, masked_rows, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
-    Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
+    softmax_mask, underflow_rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe,
+    Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, rdiv, round_half_even_f64, signed_width, Dyadic, QTensor, Rounding, Scale};
 
@@ -57,6 +58,25 @@ impl ExpConsts {
             upshift,
             poly_sf: EXP_A * ss,
         }
+    }
+
+    /// Whether the constants at input scale `s` (upshift `up`) fit 64-bit words: `c_int < 2^62`
+    /// (it is never clamped) and, where the exponentials themselves are kept in 64-bit words
+    /// (`e_bits`, LIS), `c_int·2^n < 2^e_bits`. Coarse scales always fit (c_int = 0 is
+    /// reported as [`Condition::ExpUnderflow`]).
+    pub fn fits(s: f64, n: u32, up: u32, e_bits: Option<u32>) -> Result<(), String> {
+        let sp = s / 2f64.powi(up as i32);
+        let c = rdiv(exp_c(), sp * sp);
+        if !below(c, 2f64.powi(62)) {
+            return Err(format!("i-exp's c_int = ⌊1/(a·s²)⌋ = {c:.3e} does not fit 62 bits"));
+        }
+        if let Some(eb) = e_bits {
+            let e = c.floor() * 2f64.powi(n as i32);
+            if !below(e, 2f64.powi(eb as i32)) {
+                return Err(format!("the largest exponential c_int·2^n = {e:.3e} does not fit {eb} bits"));
+            }
+        }
+        Ok(())
     }
 
     /// Upshift so the polynomial has at least 2^10 levels (c_int ≥ 1024): fixes c_int = 0 at coarse scales.
@@ -163,6 +183,8 @@ impl Softmax {
             .scale
             .per_tensor()
             .ok_or_else(|| UnitError::Aux { unit: "softmax_ibert", what: "softmax needs a per-tensor input scale".into() })?;
+        check_upshift("softmax_ibert", self.upshift)?;
+        check_scale(self, x, &Aux::default())?;
         let up = self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s));
         Ok(ExpConsts::new(s, self.n, up))
     }
@@ -178,8 +200,7 @@ impl Softmax {
         let top = if self.clamp_out { (1i64 << self.out_bits) - 1 } else { 1i64 << self.out_bits };
         if k.c <= 0 {
             // Reference: every E is 0, the sum is 0 and 0·∞ = NaN. Defined here as all zeros.
-            cond.add_n(Condition::ExpUnderflow, data.len() / c.max(1));
-            cond.add_n(Condition::MaskedRow, masked_rows(mask, c));
+            underflow_rows(mask, data.len(), c, &mut cond);
             return Ok(UnitOutput {
                 values: out,
                 shape: x.shape().to_vec(),
@@ -237,6 +258,9 @@ impl Softmax {
                         p.see(prod as i128);
                         *o = (prod >> osh).min(top);
                     }
+                    if orow.iter().all(|&o| o == 0) {
+                        cond.add(Condition::AllZeroRow);
+                    }
                 }
             }
             Mode::Reference => {
@@ -257,11 +281,14 @@ impl Softmax {
                             *ei = 0.0;
                             continue;
                         }
-                        let e = k.exp(q - m, p);
-                        if e as f64 >= 2f64.powi(53) {
+                        // E = z·2^sh in float64, as the reference computes it: exact while E < 2^53,
+                        // and never wrapped at the fine scales where E passes 2^63.
+                        let (z, sh) = k.exp_parts(q - m, p);
+                        let e = z as f64 * 2f64.powi(sh as i32);
+                        if e >= 2f64.powi(53) {
                             cond.add(Condition::InexactFloat);
                         }
-                        let z16 = round_half_even_f64(e as f64 / exp_sf);
+                        let z16 = round_half_even_f64(e / exp_sf);
                         let v = d.apply_f64(z16).clamp(-32768.0, 32767.0);
                         *ei = (v * act_sf) / act_sf;
                         sum += *ei;
@@ -270,6 +297,9 @@ impl Softmax {
                     for (o, &ei) in orow.iter_mut().zip(&e16) {
                         *o = ((ei * factor) / 2f64.powi(osh as i32)).floor() as i64;
                         *o = (*o).min(top);
+                    }
+                    if orow.iter().all(|&o| o == 0) {
+                        cond.add(Condition::AllZeroRow);
                     }
                 }
             }
@@ -329,10 +359,13 @@ impl Unit for Softmax {
             .unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, aux, mode, &mut NoProbe, true)
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, aux, Mode::Integer, probe, false)
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false))
+    }
+    fn scale_fits(&self, s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
+        ExpConsts::fits(s, self.n, self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s)), None)
     }
 }
 
@@ -395,7 +428,40 @@ impl Gelu {
                 why: "k must be positive, n at most 60".into(),
             });
         }
+        check_scale(self, x, &Aux::default())
+    }
+
+    /// Checked version of [`Gelu::consts`]: every constant, the output scale and the largest
+    /// output `2^(bits−1)·(|c_int|/2^n + |shift_int| + 2)` fit 62-bit integers and finite floats.
+    fn fits(&self, s: f64, bits: u32) -> Result<(), String> {
+        let lim = 2f64.powi(62);
+        let se = s / self.k;
+        let ss = se * se;
+        let c = rdiv(1.0 / GELU_A, ss).floor();
+        let b = rdiv(GELU_B, se).floor();
+        if !(c.abs() < lim && b.abs() < lim) {
+            return Err(format!("i-GELU's c_int = ⌊1/(a·(s/k)²)⌋ = {c:.3e} does not fit 62 bits"));
+        }
+        let n = self.n.unwrap_or_else(|| bit_length(c.abs() as u128).saturating_sub(12));
+        let sig_sf = (ss * GELU_A) * 2f64.powi(n as i32);
+        let shift = rdiv(1.0, sig_sf).floor();
+        let s_out = (s * sig_sf) / 2.0;
+        if !(sig_sf.is_finite() && s_out.is_finite() && s_out.abs() >= f64::MIN_POSITIVE && shift.abs() < lim) {
+            return Err(format!("the output scale s·a·(s/k)²·2^n/2 = {s_out:e} is not a finite normal number"));
+        }
+        let omax = 2f64.powi(bits as i32 - 1) * ((c.abs() / 2f64.powi(n as i32)).floor() + shift.abs() + 2.0);
+        if !below(omax, lim) {
+            return Err(format!("outputs reach {omax:.3e} (2^(bits−1)·(|c_int|/2^n + |shift_int|)), beyond 62-bit integers"));
+        }
         Ok(())
+    }
+
+    /// Whether the erf of `k` has a single level for positive inputs (and so for negative
+    /// ones): `⌊c/2^n⌋ = ⌊(c + (b+1)²)/2^n⌋`.
+    fn erf_collapsed(k: &GeluConsts) -> bool {
+        let c = i128::from(k.c);
+        let b1 = i128::from(k.b) + 1;
+        (c >> k.n) == ((c + b1 * b1) >> k.n)
     }
 
     fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
@@ -406,6 +472,17 @@ impl Gelu {
             Scale::PerChannel(v) => v.iter().map(|s| self.consts(*s)).collect(),
         };
         let mut cond = Conditions::default();
+        let collapsed: Vec<bool> = consts.iter().map(Self::erf_collapsed).collect();
+        let n_collapsed = if collapsed.len() == 1 {
+            if collapsed[0] {
+                x.data().len()
+            } else {
+                0
+            }
+        } else {
+            (0..x.data().len()).filter(|i| collapsed[i % c]).count()
+        };
+        cond.add_n(Condition::ErfCollapsed, n_collapsed);
         let out: Vec<i64> = x
             .data()
             .iter()
@@ -506,11 +583,14 @@ impl Unit for Gelu {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, mode, &mut NoProbe)
+        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, Mode::Integer, probe)
+        checked_output(self.name(), self.run_with(x, Mode::Integer, probe))
+    }
+    fn scale_fits(&self, s: f64, bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
+        self.fits(s, bits)
     }
 }
 
@@ -612,6 +692,9 @@ impl LayerNorm {
                 Mode::Reference => rdiv(2f64.powi(31), std as f64).floor() as i64,
             };
             p.see(factor as i128);
+            if factor == 0 {
+                cond.add(Condition::FactorUnderflow);
+            }
             ln_scale_row(yrow, factor, &bias, orow, p);
         }
         Ok(UnitOutput {
@@ -678,10 +761,10 @@ impl Unit for LayerNorm {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, mode, &mut NoProbe)
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, Mode::Integer, probe)
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
     }
 }

@@ -8,8 +8,9 @@
 //! (float64 product rounded) and where the reference casts its output to float32.
 
 use super::{
-    affine, check_bits, mask_row, masked, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
-    Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
+    softmax_mask, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit,
+    UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, fl32, int_range, rdiv, signed_width, ClampList, Dyadic, QTensor, Scale};
 
@@ -132,7 +133,27 @@ impl Softmax {
                 why: "out_bits must be 2..=32 and n at most 40".into(),
             });
         }
-        x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "softmax_ivit", what: "softmax needs a per-tensor input scale".into() })
+        check_upshift("softmax_ivit", self.upshift)?;
+        let s = x
+            .scale
+            .per_tensor()
+            .ok_or_else(|| UnitError::Aux { unit: "softmax_ivit", what: "softmax needs a per-tensor input scale".into() })?;
+        check_scale(self, x, &Aux::default())?;
+        Ok(s)
+    }
+
+    /// Whether a row of `row` exponentials (each up to `|x0|·2^n`) at input scale `s` sums
+    /// without overflowing the 64-bit accumulator (with a factor 2 to spare).
+    fn fits(&self, s: f64, row: usize) -> Result<(), String> {
+        let p = self.upshift.unwrap_or_else(|| auto_upshift(s));
+        let x0 = rdiv(-1.0, s / 2f64.powi(p as i32)).floor().abs();
+        let sum = x0 * 2f64.powi(self.n as i32 + 1) * row.max(1) as f64;
+        if !below(sum, 2f64.powi(62)) {
+            return Err(format!(
+                "x0 = ⌊−1/s⌋ = −{x0:.3e}: a row of {row} exponentials of up to |x0|·2^n sums to {sum:.3e}, beyond the 64-bit accumulator"
+            ));
+        }
+        Ok(())
     }
 
     fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
@@ -195,6 +216,9 @@ impl Softmax {
                 let prod = ei as i128 * factor as i128;
                 p.see(prod);
                 *o = (prod >> shift) as i64;
+            }
+            if orow.iter().all(|&o| o == 0) {
+                cond.add(Condition::AllZeroRow);
             }
         }
         Ok(UnitOutput {
@@ -264,10 +288,13 @@ impl Unit for Softmax {
         Ok(widths.into_iter().max().unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, aux, mode, &mut NoProbe, true)
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        self.run_with(x, aux, Mode::Integer, probe, false)
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false))
+    }
+    fn scale_fits(&self, s: f64, _bits: u32, row_len: usize, _aux: &Aux) -> Result<(), String> {
+        self.fits(s, row_len)
     }
 }
 
@@ -307,7 +334,29 @@ impl Gelu {
                 why: "out_bits must be 2..=24 and n at most 40".into(),
             });
         }
-        x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: "gelu_ivit", what: "ShiftGELU needs a per-tensor input scale".into() })
+        check_upshift("gelu_ivit", self.upshift)?;
+        let s = x
+            .scale
+            .per_tensor()
+            .ok_or_else(|| UnitError::Aux { unit: "gelu_ivit", what: "ShiftGELU needs a per-tensor input scale".into() })?;
+        check_scale(self, x, &Aux::default())?;
+        Ok(s)
+    }
+
+    /// Whether input scale `s` gives a float32 output scale that is a normal number (the
+    /// reference keeps scales in float32) and an `x0` whose clamp `n·x0` fits 62 bits.
+    fn fits(&self, s: f64) -> Result<(), String> {
+        let so = f64::from(s as f32) * f64::from(2f32.powi(-(self.out_bits as i32 - 1)));
+        if !(so.is_finite() && so >= f64::from(f32::MIN_POSITIVE) && so <= f64::from(f32::MAX)) {
+            return Err(format!("the output scale f32(s)·2^−(ob−1) = {so:e} is not a normal float32 (I-ViT keeps scales in float32)"));
+        }
+        let s_sig = s * 1.702;
+        let up = self.upshift.unwrap_or_else(|| auto_upshift(s_sig));
+        let x0 = rdiv(-1.0, s_sig / 2f64.powi(up as i32)).floor().abs();
+        if !below(x0 * 64.0, 2f64.powi(62)) {
+            return Err(format!("x0 = ⌊−1/(1.702·s)⌋ = −{x0:.3e}: its clamp n·x0 does not fit 62 bits"));
+        }
+        Ok(())
     }
 
     /// (x0, upshift, n) for input scale `s`.
@@ -478,11 +527,14 @@ impl Unit for Gelu {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, mode, &mut NoProbe, true)
+        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe, true))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, Mode::Integer, probe, false)
+        checked_output(self.name(), self.run_with(x, Mode::Integer, probe, false))
+    }
+    fn scale_fits(&self, s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
+        self.fits(s)
     }
 }
 
@@ -590,6 +642,9 @@ impl LayerNorm {
                 Mode::Reference => rdiv(((1i64 << 31) - 1) as f64, std as f64).floor() as i64,
             };
             p.see(factor as i128);
+            if factor == 0 {
+                cond.add(Condition::FactorUnderflow);
+            }
             ln_scale_row(&y, factor, &bias, orow, p);
         }
         Ok(UnitOutput {
@@ -670,11 +725,11 @@ impl Unit for LayerNorm {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, mode, &mut NoProbe)
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, Mode::Integer, probe)
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
     }
 }
 
@@ -722,6 +777,17 @@ impl Requant {
             Some(Scale::PerTensor(s)) if s.is_finite() && *s > 0.0 => *s,
             _ => return Err(UnitError::Aux { unit: u, what: "requantiser needs a positive per-tensor output scale (--out-scale)".into() }),
         };
+        let s32 = fl32(s_out);
+        if !(s32.is_finite() && s32 >= f64::from(f32::MIN_POSITIVE)) {
+            return Err(UnitError::Aux {
+                unit: u,
+                what: format!("output scale {s_out:e} is not a normal float32 number (the requantiser casts it to float32)"),
+            });
+        }
+        check_scale(self, x, aux)?;
+        if let Some(t) = &aux.identity {
+            check_scale(self, t, aux)?;
+        }
         let c = x.row_len();
         let dy: Vec<Dyadic> = (0..c).map(|i| Self::dyadic(x.scale.at(i), s_out)).collect();
         let id = match &aux.identity {
@@ -830,6 +896,17 @@ impl Unit for Requant {
         }
         Ok(())
     }
+    fn scale_fits(&self, s: f64, bits: u32, _row_len: usize, aux: &Aux) -> Result<(), String> {
+        // z·s_in/s_out must stay well inside 64 bits for every z of the input format.
+        let Some(so) = aux.out_scale.as_ref().and_then(Scale::per_tensor).map(fl32) else {
+            return Ok(());
+        };
+        let ratio = s / so;
+        if !below(ratio * 2f64.powi(bits as i32 - 1), 2f64.powi(61)) {
+            return Err(format!("s_in/s_out = {ratio:.3e} takes {bits}-bit inputs beyond 61-bit outputs"));
+        }
+        Ok(())
+    }
     fn declared_width(&self, x: &QTensor, aux: &Aux) -> Result<u32, UnitError> {
         let zmax = 1i128 << (x.bits - 1);
         let mmax = 1i128 << 31;
@@ -838,10 +915,10 @@ impl Unit for Requant {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, mode, &mut NoProbe)
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        self.run_with(x, aux, Mode::Integer, probe)
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
     }
 }

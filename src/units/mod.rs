@@ -146,6 +146,15 @@ pub enum Condition {
     InexactFloat,
     /// A softmax row whose every element is masked; output all zero probabilities.
     MaskedRow,
+    /// A softmax row (not masked) whose every probability rounds to zero: the row is too long
+    /// or too flat for the output width, and its outputs no longer sum to one.
+    AllZeroRow,
+    /// i-GELU's erf is a single level at this scale and shift (`|c_int|/2^n` too small, or
+    /// `b_int = −1` at coarse scales): the output is the input times a constant, not a GELU.
+    ErfCollapsed,
+    /// A LayerNorm row whose standard deviation exceeds the normalising numerator
+    /// (`⌊2^31/std⌋ = 0`): the output is the bias alone.
+    FactorUnderflow,
 }
 
 /// Output of a unit.
@@ -240,6 +249,74 @@ impl Probe for WidthProbe {
     }
 }
 
+/// The input scales for which a unit's scale-derived constants and intermediates fit its
+/// datapath, for one input width and row length (`Unit::scale_range`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ScaleRange {
+    /// Smallest accepted scale.
+    pub lo: f64,
+    /// Largest accepted scale.
+    pub hi: f64,
+}
+
+impl fmt::Display for ScaleRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Four significant digits, rounded inward so that a scale printed inside is accepted.
+        let lo = if self.lo <= f64::from_bits(1) { "any positive".to_string() } else { sig4(self.lo, true) };
+        let hi = if self.hi >= f64::MAX { "any finite".to_string() } else { sig4(self.hi, false) };
+        write!(f, "[{lo}, {hi}]")
+    }
+}
+
+/// `v` as `d.ddde±x`, rounded up (`up`) or down in the last digit.
+fn sig4(v: f64, up: bool) -> String {
+    let near = format!("{v:.3e}");
+    let (Some((m, e)), Ok(back)) = (near.split_once('e'), near.parse::<f64>()) else {
+        return near;
+    };
+    let (Ok(mut digits), Ok(mut e)) = (m.replace('.', "").parse::<i64>(), e.parse::<i32>()) else {
+        return near;
+    };
+    if up && back < v {
+        digits += 1;
+    } else if !up && back > v {
+        digits -= 1;
+    }
+    if digits >= 10_000 {
+        digits /= 10;
+        e += 1;
+    } else if digits < 1000 {
+        digits *= 10;
+        e -= 1;
+    }
+    format!("{}.{:03}e{e}", digits / 1000, digits % 1000)
+}
+
+/// The interval of scales where `ok` holds, found by bisection in log scale around the first
+/// accepted power of two (nearest 1 first); `None` when no power of two is accepted.
+pub fn scale_range_of(ok: impl Fn(f64) -> bool) -> Option<ScaleRange> {
+    let anchor =
+        (0..=1074).flat_map(|k| [k, -k]).map(|e: i32| f64::from(e).exp2()).filter(|v| v.is_finite() && *v > 0.0).find(|&v| ok(v))?;
+    let smallest = f64::from_bits(1);
+    let edge = |mut inside: f64, mut outside: f64| {
+        for _ in 0..80 {
+            let mid = ((inside.log2() + outside.log2()) / 2.0).exp2();
+            if mid == inside || mid == outside || !(mid > 0.0 && mid.is_finite()) {
+                break;
+            }
+            if ok(mid) {
+                inside = mid;
+            } else {
+                outside = mid;
+            }
+        }
+        inside
+    };
+    let lo = if ok(smallest) { smallest } else { edge(anchor, smallest) };
+    let hi = if ok(f64::MAX) { f64::MAX } else { edge(anchor, f64::MAX) };
+    Some(ScaleRange { lo, hi })
+}
+
 /// Errors of the golden models.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum UnitError {
@@ -275,6 +352,31 @@ pub enum UnitError {
         unit: &'static str,
         /// What is wrong and how to fix it.
         what: String,
+    },
+    /// An input scale whose constants do not fit the unit's datapath.
+    #[error("{unit}: input scale {value:e} is outside the range this unit computes correctly for {bits}-bit inputs in rows of {row}: {} ({why}); quantise the input at a scale inside it", .range.map_or("no scale works with these parameters".to_string(), |r| r.to_string()))]
+    ScaleRange {
+        /// Unit name.
+        unit: &'static str,
+        /// The scale given.
+        value: f64,
+        /// Input width.
+        bits: u32,
+        /// Row length.
+        row: usize,
+        /// The accepted range at this width and row length.
+        range: Option<ScaleRange>,
+        /// Which constant or intermediate does not fit.
+        why: String,
+    },
+    /// An output scale that is not a finite non-zero number (a backstop: the scale checks
+    /// should refuse such inputs first).
+    #[error("{unit}: the output scale came out as {value}, not a finite non-zero number; the input scale or the parameters are outside what the unit supports")]
+    OutputScale {
+        /// Unit name.
+        unit: &'static str,
+        /// The scale computed.
+        value: f64,
     },
     /// A parameter outside its allowed range.
     #[error("{unit}: parameter {param} = {value} is invalid: {why}")]
@@ -321,6 +423,17 @@ pub trait Unit: Send + Sync {
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError>;
     /// Run the integer datapath while observing every intermediate.
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError>;
+    /// Why input scale `s` does not fit this unit's constants and datapath for `bits`-bit
+    /// inputs in rows of `row_len` (checked arithmetic on the scale-derived constants), or `Ok`.
+    /// Units whose constants do not depend on the input scale accept every positive finite one.
+    fn scale_fits(&self, _s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
+        Ok(())
+    }
+    /// The accepted input scales for `bits`-bit inputs in rows of `row_len`: the interval
+    /// where [`Unit::scale_fits`] holds (`None` when no scale does).
+    fn scale_range(&self, bits: u32, row_len: usize, aux: &Aux) -> Option<ScaleRange> {
+        scale_range_of(|s| self.scale_fits(s, bits, row_len, aux).is_ok())
+    }
 }
 
 /// Names of every unit, in registry order.
@@ -367,6 +480,48 @@ pub(crate) fn check_bits(unit: &'static str, x: &QTensor, min: u32, max: u32, si
         });
     }
     Ok(())
+}
+
+/// `v < lim`, and false when `v` is NaN: the form every range check here takes, so that a
+/// NaN constant fails the check instead of passing it.
+#[inline]
+pub(crate) fn below(v: f64, lim: f64) -> bool {
+    v < lim
+}
+
+/// Refuse an input whose scale (every distinct per-channel value) does not fit the unit.
+pub(crate) fn check_scale<U: Unit>(u: &U, x: &QTensor, aux: &Aux) -> Result<(), UnitError> {
+    let row = x.row_len();
+    let mut vals = x.scale.values();
+    vals.sort_by(f64::total_cmp);
+    vals.dedup();
+    for s in vals {
+        if let Err(why) = u.scale_fits(s, x.bits, row, aux) {
+            return Err(UnitError::ScaleRange { unit: u.name(), value: s, bits: x.bits, row, range: u.scale_range(x.bits, row, aux), why });
+        }
+    }
+    Ok(())
+}
+
+/// The backstop on every unit's output: a scale that is not finite, or zero without a zero
+/// LayerNorm weight to explain it, fails the run instead of reaching a file as `null` or `-0`.
+pub(crate) fn checked_output(unit: &'static str, out: Result<UnitOutput, UnitError>) -> Result<UnitOutput, UnitError> {
+    let out = out?;
+    let zero_ok = out.conditions.iter().any(|(c, _)| *c == Condition::ZeroGamma);
+    if let Some(v) = out.scale.values().into_iter().find(|v| !v.is_finite() || (*v == 0.0 && !zero_ok)) {
+        return Err(UnitError::OutputScale { unit, value: v });
+    }
+    Ok(out)
+}
+
+/// Refuse an input left shift that would overflow 64-bit words for inputs of up to 24 bits.
+pub(crate) fn check_upshift(unit: &'static str, up: Option<u32>) -> Result<(), UnitError> {
+    match up {
+        Some(v) if v > 24 => {
+            Err(UnitError::Param { unit, param: "upshift", value: v.to_string(), why: "must be at most 24 (or auto)".into() })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Parse a parameter value, naming the parameter on failure.
@@ -416,6 +571,15 @@ pub(crate) fn mask_row(mask: Option<&[bool]>, r: usize, c: usize) -> Option<&[bo
     mask.map(|m| &m[r * c..(r + 1) * c])
 }
 
+/// Conditions of a softmax whose exponentials all underflow (c_int = 0): every row is
+/// `ExpUnderflow`, except the fully masked ones, which are `MaskedRow` as at any other scale.
+pub(crate) fn underflow_rows(mask: Option<&[bool]>, len: usize, c: usize, cond: &mut Conditions) {
+    let rows = len / c.max(1);
+    let masked = (0..rows).filter(|&r| mask_row(mask, r, c).is_some_and(|m| m.iter().all(|&k| k))).count();
+    cond.add_n(Condition::MaskedRow, masked);
+    cond.add_n(Condition::ExpUnderflow, rows - masked);
+}
+
 /// Maximum over the unmasked elements of a row; None when every element is masked.
 #[inline]
 pub(crate) fn row_max(row: &[i64], mask: Option<&[bool]>) -> Option<i64> {
@@ -423,12 +587,6 @@ pub(crate) fn row_max(row: &[i64], mask: Option<&[bool]>) -> Option<i64> {
         None => row.iter().copied().max(),
         Some(m) => row.iter().zip(m).filter(|(_, &k)| !k).map(|(&q, _)| q).max(),
     }
-}
-
-/// Rows of length `c` whose every element is masked (reported as [`Condition::MaskedRow`]
-/// also where a degenerate scale short-cuts the whole tensor).
-pub(crate) fn masked_rows(mask: Option<&[bool]>, c: usize) -> usize {
-    mask.map_or(0, |m| m.chunks_exact(c.max(1)).filter(|r| r.iter().all(|&f| f)).count())
 }
 
 /// Whether element `j` of a row is masked.
@@ -450,4 +608,22 @@ pub(crate) fn affine<'a>(unit: &'static str, aux: &'a Aux, c: usize) -> Result<(
         }
     }
     Ok((g, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_ranges_print_inward() {
+        let r = ScaleRange { lo: 1.22571e-9, hi: 4.23500001e101 };
+        assert_eq!(r.to_string(), "[1.226e-9, 4.235e101]");
+        assert_eq!(ScaleRange { lo: 9.99951, hi: 9.99949e5 }.to_string(), "[1.000e1, 9.999e5]");
+        assert_eq!(ScaleRange { lo: f64::from_bits(1), hi: f64::MAX }.to_string(), "[any positive, any finite]");
+        assert_eq!(ScaleRange { lo: 3e-320, hi: 1.0 }.to_string(), "[3.000e-320, 1.000e0]");
+        // Bisection finds the edges of an interval to full precision.
+        let r = scale_range_of(|s| (1e-7..=3e5).contains(&s)).unwrap();
+        assert!((r.lo / 1e-7 - 1.0).abs() < 1e-12 && (r.hi / 3e5 - 1.0).abs() < 1e-12, "{r:?}");
+        assert!(scale_range_of(|_| false).is_none());
+    }
 }
