@@ -168,7 +168,7 @@ def parse(argv):
     p.add_argument("--calib-count", type=int, default=256, help="calibration images when the manifest has no scales")
     p.add_argument("--preset", default="adapted", choices=["adapted", "reference"], help="unit parameter preset (mnq's)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (weights, LayerNorm, scales)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (weights, LayerNorm, scales)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
     p.add_argument("--seed", type=int, default=0)
@@ -176,6 +176,8 @@ def parse(argv):
     p.add_argument("--checkpoint", help="checkpoint file (default OUT.ckpt.pt)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--stop-after", type=int,
+                   help="stop after this many steps of this run, with a checkpoint and no OUT (continue with --resume)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -216,6 +218,11 @@ def run(a) -> int:
     except ModelDirError as e:
         raise UserError(str(e)) from None
     m = mm.m
+    if Path(a.assign).suffix == ".json":
+        made_for = json.loads(Path(a.assign).read_text())
+        if made_for.get("model") != m["name"] or made_for.get("bits") != a.bits:
+            print(f"note: the assignment was made for model '{made_for.get('model')}' at {made_for.get('bits')} bits; "
+                  f"training '{m['name']}' at {a.bits}", file=sys.stderr)
     mean, std = m["input"]["mean"], m["input"]["std"]
     calib_note = "the manifest's quant section" + (f" ({a.manifest})" if a.manifest else "")
     if not mm.calibrated:
@@ -283,8 +290,9 @@ def run(a) -> int:
     # order with the rng state, so a resumed run continues exactly as an uninterrupted one.
     order = ck.get("order") if a.resume else None
     run_loss, n_loss = 0.0, 0
+    stop_at = total if a.stop_after is None else min(total, step + a.stop_after)
     try:
-        while step < total:
+        while step < stop_at:
             e_idx, b_idx = divmod(step, steps_per_epoch)
             if b_idx == 0:
                 order = rng.permutation(len(tx))
@@ -324,13 +332,16 @@ def run(a) -> int:
                       file=sys.stderr, flush=True)
                 log.append(rec)
                 run_loss, n_loss = 0.0, 0
-            if epoch_end or step % a.checkpoint_every == 0:
+            if epoch_end or step % a.checkpoint_every == 0 or step == stop_at:
                 atomic_torch_save({"config": config, "model": mm.state_dict(), "ptf": mm.ptf, "opt": opt.state_dict(),
                                    "step": step, "log": log, "rng": rng.bit_generator.state,
                                    "torch_rng": torch.get_rng_state(), "order": order}, ckpt_path)
     except RangeError as e:
         raise UserError(f"the integer forward left its exact range: {e}") from None
 
+    if step < total:
+        print(f"stopped at step {step}/{total}; checkpoint {ckpt_path}; continue with --resume", file=sys.stderr)
+        return 0
     # Final evaluation (the last epoch's record when it has one) and the model directory.
     final = log[-1] if log and log[-1]["step"] == step else None
     if ex is not None and (final is None or "eval_top1" not in final):

@@ -171,9 +171,22 @@ class _STEQuant(torch.autograd.Function):
         return gy, gs, None, None, None, None
 
 
+class _Replace(torch.autograd.Function):
+    """Value exactly `value` (in f's dtype), gradient passed to `f` unchanged."""
+
+    @staticmethod
+    def forward(ctx, f, value):
+        return value.to(f.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
 def _replace(f, value):
-    """Value `value`, gradient of `f` (a unit's STE)."""
-    return f + (value.to(f.dtype) - f).detach()
+    """Value `value`, gradient of `f` (a unit's STE). Not `f + (value − f).detach()`, which
+    rounds in float32 and would leave the value a unit in the last place off."""
+    return _Replace.apply(f, value)
 
 
 class MnqModel(torch.nn.Module):

@@ -440,6 +440,11 @@ class LayerNormIBert:
         self.shift = ("dynamic", 0) if preset == "reference" else ("static", None)
         for k, v in kw.items():
             setattr(self, k, v)
+        if isinstance(self.shift, str):  # mnq's --param form: dynamic:S, frozen:S or static
+            rule, _, sv = self.shift.partition(":")
+            if rule not in ("dynamic", "frozen", "static") or (rule != "static") != bool(sv):
+                raise ValueError(f"layernorm_ibert: shift '{self.shift}' is not dynamic:S, frozen:S or static")
+            self.shift = (rule, int(sv) if sv else None)
 
     @staticmethod
     def static_shift(bits: int, c: int) -> int:

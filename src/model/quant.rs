@@ -201,7 +201,7 @@ fn apply(req: &Requants, v: &[i64], lo: i64, hi: i64, plain: bool, out: &mut Vec
 }
 
 /// FQ-ViT's float GELU of input code `q` (scale `s_in`), quantised to `bits` at `s_out`.
-fn float_gelu_code(q: i64, s_in: f64, s_out: f64, bits: u32) -> i16 {
+pub fn float_gelu_code(q: i64, s_in: f64, s_out: f64, bits: u32) -> i16 {
     let (lo, hi) = int_range(bits, true);
     round_half_even_f64(gelu(q as f64 * s_in) / s_out).clamp(lo as f64, hi as f64) as i16
 }
