@@ -60,7 +60,8 @@ def infer_top1(mnq, args, json_path: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", default="8,6,4")
-    p.add_argument("--epochs", default="1,4", help="epoch counts of the QAT runs (comma-separated)")
+    p.add_argument("--epochs", default="1,4",
+                   help="epoch counts of the QAT runs: '1,4' for every width, or per width '4:1,4;6:1;8:1'")
     p.add_argument("--train-count", type=int, default=10000, help="training subset per QAT run")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: qat.py's)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -71,7 +72,14 @@ def main(argv=None) -> int:
     p.add_argument("--only", help="only assignments whose name contains this (for partial runs)")
     a = p.parse_args(argv)
     bits_list = [int(b) for b in a.bits.split(",")]
-    epochs = [float(e) for e in a.epochs.split(",")]
+    if ":" in a.epochs:
+        per = {int(k): [float(e) for e in v.split(",")] for k, v in (x.split(":") for x in a.epochs.split(";"))}
+    else:
+        per = {b: [float(e) for e in a.epochs.split(",")] for b in bits_list}
+    missing = [b for b in bits_list if b not in per]
+    if missing:
+        raise SystemExit(f"error: --epochs gives no epoch counts for {missing} bits")
+    epochs = sorted({e for b in bits_list for e in per[b]})
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if not Path(a.mnq).is_file():
@@ -94,7 +102,7 @@ def main(argv=None) -> int:
                    os.path.relpath(qat_assign, ROOT), "ptq_top1": ptq["top1"], "float_top1": ptq["float_top1"],
                    "images": ptq["images"]}
             rows.append(row)
-            for e in epochs:
+            for e in per[bits]:
                 out = work / f"qat_{bits}b_{name}_{e:g}ep"
                 cmd = [sys.executable, HERE / "qat.py", "--model", ROOT / "sim" / "models" / "deit_tiny_fmnist",
                        "--manifest", man, "--assign", qat_assign, "--bits", bits, "--epochs", e,
@@ -106,7 +114,8 @@ def main(argv=None) -> int:
     def run_job(job):
         row, e, out, cmd = job
         if not (out / "manifest.json").is_file():
-            sh(cmd, work / f"{out.name}.log")
+            ck = out.with_name(out.name + ".ckpt.pt")
+            sh(cmd + (["--resume"] if ck.is_file() else []), work / f"{out.name}.log")
         q = json.loads((out / "manifest.json").read_text())["quant"]["qat"]
         res = infer_top1(a.mnq, ["--model", out, "--bits", row["bits"]], work / f"{out.name}_infer.json")
         return row, e, q, res
@@ -124,7 +133,7 @@ def main(argv=None) -> int:
 
     meta = {
         "command": "/usr/bin/python3 sim/qat_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "train_count": a.train_count, "epochs": epochs, "batch_size": a.batch_size,
+        "train_count": a.train_count, "epochs": {str(b): per[b] for b in bits_list}, "batch_size": a.batch_size,
         "lr": a.lr, "wall_s": round(time.time() - t0), "eval_images": rows[0]["images"] if rows else 0,
     }
     write(Path(a.out), rows, epochs, meta)
@@ -150,6 +159,10 @@ def write(out: Path, rows, epochs, meta):
     md.write("|---:|---|---:|" + "---:|" * len(epochs) + "\n")
     for r in rows:
         md.write(f"| {r['bits']} | {r['model']} | {pct(r['ptq_top1'])} | " + " | ".join(pct(r.get(k)) for k in keys) + " |\n")
+    not_run = [f"{e:g} epoch{'s' if e != 1 else ''} at {b} bits" for e in epochs for b in map(int, meta["epochs"])
+               if e not in meta["epochs"][str(b)]]
+    if not_run:
+        md.write(f"\n— = not run: {', '.join(not_run)}.\n")
     md.write(f"\nCommand: `{meta['command']}` ({meta['wall_s']} s wall).\n")
     (out / "table.md").write_text(md.getvalue())
     buf = io.StringIO()

@@ -15,8 +15,7 @@ straight-through estimator around each unit (see its docstring).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
