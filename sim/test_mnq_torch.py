@@ -394,6 +394,46 @@ class Gradients(unittest.TestCase):
                 # fc1 accumulator, so its fc1 scale is unused)
                 self.assertEqual(sorted(set(learned) - set(nz)), sorted(unused))
 
+    def test_unit_modules(self):
+        """Each unit as a module: value = the unit's exact output, gradient = the float op's."""
+        import torch.nn.functional as F
+        from mnq_torch import UnitModule
+        rng = np.random.default_rng(11)
+        for name in UNITS:
+            with self.subTest(unit=name):
+                q, scale, bits, signed, aux, params = unit_case(name, rng)
+                qt = torch.tensor(q, dtype=torch.int64).unsqueeze(0)
+                sv = np.array(scale) if np.ndim(scale) else scale
+                sc = torch.as_tensor(np.asarray(scale, dtype=np.float64))
+                zp = aux.get("zero_point", 0)
+                x = ((qt - zp).to(torch.float64) * sc).to(torch.float32).requires_grad_(True)
+                extra = {k: v for k, v in aux.items() if k not in ("gamma", "beta")}
+                g = torch.tensor(aux["gamma"], requires_grad=True) if "gamma" in aux else None
+                b = torch.tensor(aux["beta"], requires_grad=True) if "beta" in aux else None
+                out, y = UnitModule(name, "adapted", **params)(qt, x, sv, bits, signed, gamma=g, beta=b, **extra)
+                ref = through_torch(name, "adapted", q, scale, bits, signed, aux, params)
+                self.assertTrue(torch.equal(out.values, ref.values))
+                from mnq_torch.ste import dequantize
+                self.assertTrue(torch.equal(y.detach(), dequantize(ref, x).to(torch.float32)))
+                self.assertGreater(y.numel(), 3)
+                w = torch.randn(y.shape)
+                (y * w).sum().backward()
+                x2 = x.detach().clone().requires_grad_(True)
+                op = name.split("_")[0]
+                if op == "softmax":
+                    f = torch.softmax(x2, -1)
+                elif op == "gelu":
+                    f = F.gelu(x2)
+                elif op == "layernorm":
+                    f = F.layer_norm(x2, (x2.shape[-1],), g.detach(), b.detach(), 1e-6)
+                else:
+                    lo, hi = -(1 << (params["out_bits"] - 1)), (1 << (params["out_bits"] - 1)) - 1
+                    f = x2 * ((out.values > lo) & (out.values < hi)).float()
+                (f * w).sum().backward()
+                self.assertTrue(torch.equal(x.grad, x2.grad))
+                if g is not None:
+                    self.assertTrue(bool((g.grad != 0).any()) and bool((b.grad != 0).any()))
+
     def test_ste_clips(self):
         from mnq_torch.model import _STEQuant
         y = torch.tensor([-20.0, -1.0, 0.4, 1.0, 20.0], requires_grad=True)

@@ -4,4 +4,5 @@ and `sim/README.md`)."""
 
 from .fixed import RangeError  # noqa: F401
 from .model import MnqModel, ModelDirError  # noqa: F401
+from .ste import UnitModule  # noqa: F401
 from .units import build as build_unit  # noqa: F401
