@@ -82,6 +82,12 @@ pub struct InferArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write every image's logits to this .npz: `int_logits` (int64 [N, K]: the integers the
+    /// logits come from, the head accumulators — DeiT: class head, then distillation head),
+    /// `logits` (float64 [N, classes], the integer model's) and `float_logits` (float64, the
+    /// float forward's), for exact comparisons with another implementation (sim/mnq_torch).
+    #[arg(long)]
+    logits: Option<PathBuf>,
 }
 
 /// Options of `mnq calibrate`.
@@ -171,20 +177,53 @@ fn pct(v: Option<f64>) -> String {
     v.map_or("n/a (no labels)".into(), |v| format!("{:.2} %", 100.0 * v))
 }
 
+/// Every image's integer and float outputs, written as an .npz (see `InferArgs::logits`).
+fn write_logits(path: &Path, model: &Model, qm: &IntModel, images: &Images, float: FloatArg) -> Result<()> {
+    use rayon::prelude::*;
+    let outs = (0..images.len())
+        .into_par_iter()
+        .map(|i| {
+            let img = images.image(i);
+            let q = qm.forward(&img, None)?;
+            let f = match float {
+                FloatArg::F32 => model.forward_float::<f32>(&img, None),
+                FloatArg::F64 => model.forward_float::<f64>(&img, None),
+            };
+            Ok((q, f))
+        })
+        .collect::<Result<Vec<_>, mnq::model::ModelError>>()?;
+    let n = outs.len();
+    let (k, c) = (outs[0].0.int_logits.len(), outs[0].0.logits.len());
+    let ints = ndarray::Array2::from_shape_vec((n, k), outs.iter().flat_map(|(q, _)| q.int_logits.iter().copied()).collect())?;
+    let logits = ndarray::Array2::from_shape_vec((n, c), outs.iter().flat_map(|(q, _)| q.logits.iter().copied()).collect())?;
+    let flogits = ndarray::Array2::from_shape_vec((n, c), outs.iter().flat_map(|(_, f)| f.logits.iter().copied()).collect())?;
+    let mut w = ndarray_npy::NpzWriter::new(std::io::Cursor::new(Vec::new()));
+    w.add_array("int_logits", &ints)?;
+    w.add_array("logits", &logits)?;
+    w.add_array("float_logits", &flogits)?;
+    write_atomic(path, &w.finish()?.into_inner())?;
+    Ok(())
+}
+
 /// `mnq infer`.
 pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
     super::check_threads("--threads", a.threads)?;
     if a.calib_images == Some(0) {
         bail!("--calib-images must be at least 1");
     }
-    if let Some(j) = &a.json {
-        // Before the run: an unwritable path, or one of the inputs, fails now, not after it.
-        let (mf, w) = (a.model.join("manifest.json"), a.model.join("model.safetensors"));
-        let (e, l, c) = (a.data.join("eval_images.npy"), a.data.join("eval_labels.npy"), a.data.join("calib_images.npy"));
-        let mut inputs: Vec<&Path> = vec![&mf, &w, &e, &l, &c];
-        inputs.extend(a.manifest.as_deref());
-        inputs.extend(a.assign.as_deref());
-        mnq::io::check_output(j, &inputs)?;
+    if let Some(p) = &a.logits {
+        if p.extension().and_then(|e| e.to_str()) != Some("npz") {
+            bail!("--logits {}: the logits are written as an .npz archive; give a .npz path", p.display());
+        }
+    }
+    // Before the run: an unwritable output path, or one that is an input, fails now, not after it.
+    let (mf, w) = (a.model.join("manifest.json"), a.model.join("model.safetensors"));
+    let (e, l, c) = (a.data.join("eval_images.npy"), a.data.join("eval_labels.npy"), a.data.join("calib_images.npy"));
+    let mut inputs: Vec<&Path> = vec![&mf, &w, &e, &l, &c];
+    inputs.extend(a.manifest.as_deref());
+    inputs.extend(a.assign.as_deref());
+    for out in a.json.iter().chain(a.logits.iter()) {
+        mnq::io::check_output(out, &inputs)?;
     }
     let model = load_model(&a.model, a.manifest.as_deref())?;
     let m = &model.manifest;
@@ -353,6 +392,10 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
         });
         write_atomic(p, (serde_json::to_string_pretty(&v)? + "\n").as_bytes())?;
         eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.logits {
+        pool.install(|| write_logits(p, &model, &qm, &images, a.float))?;
+        eprintln!("wrote {} (int_logits, logits, float_logits for {} images)", p.display(), images.len());
     }
     Ok(0)
 }

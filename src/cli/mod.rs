@@ -483,12 +483,45 @@ fn cmd_units(as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `mnq eval --unit gelu_fqvit`: FQ-ViT's float GELU fallback (not a golden unit) on signed
+/// `--bits` codes, quantised to `--bits` at `--out-scale`, as the integer forward computes it.
+fn eval_float_gelu(a: &EvalArgs) -> Result<()> {
+    let f = read_input(&a.input)?;
+    let s = match (&f.scale, a.scale) {
+        (Some(v), _) if v.len() == 1 => v[0],
+        (None, Some(s)) => s,
+        _ => bail!("gelu_fqvit needs one per-tensor input scale (--scale S or \"scale\" in the JSON input)"),
+    };
+    let so = a.out_scale.or(f.out_scale).ok_or_else(|| anyhow!("gelu_fqvit needs --out-scale (the scale its output is quantised to)"))?;
+    if !(s.is_finite() && s > 0.0 && so.is_finite() && so > 0.0) || a.unsigned || !mnq::model::quant::SUPPORTED_BITS.contains(&a.bits) {
+        bail!("gelu_fqvit takes signed 4..=8-bit codes with positive input and output scales");
+    }
+    let Values::Int(q) = f.values else { bail!("{}: gelu_fqvit takes integer codes (\"q\")", a.input.display()) };
+    let x = QTensor::new(q, &f.shape, Scale::PerTensor(s), a.bits, true).map_err(|e| anyhow!("{}: {e}", a.input.display()))?;
+    let values: Vec<i64> = x.data().iter().map(|&v| i64::from(mnq::model::quant::float_gelu_code(v, s, so, a.bits))).collect();
+    let doc = json!({
+        "unit": "gelu_fqvit",
+        "note": "FQ-ViT's float GELU fallback: not an integer unit",
+        "shape": f.shape,
+        "values": values,
+        "scale": so,
+        "encoding": {"kind": "linear"},
+        "conditions": [],
+    });
+    write_atomic(&a.output, serde_json::to_string(&doc)?.as_bytes())?;
+    println!("wrote {} ({} values)", a.output.display(), values.len());
+    Ok(())
+}
+
 fn cmd_eval(a: &EvalArgs) -> Result<()> {
-    let unit = build_unit(&a.unit)?;
     if a.output.extension().and_then(|e| e.to_str()) != Some("json") {
         bail!("--output {}: the output is written as JSON; give a .json path", a.output.display());
     }
     check_output(&a.output, &[&a.input])?;
+    if a.unit.unit == mnq::model::FLOAT_GELU {
+        return eval_float_gelu(a);
+    }
+    let unit = build_unit(&a.unit)?;
     let f = read_input(&a.input)?;
     let scale = match (&f.scale, a.scale) {
         (Some(v), _) if v.len() == 1 => Scale::PerTensor(v[0]),

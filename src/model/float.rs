@@ -512,7 +512,7 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
     /// Run to the end and return the logits (features for a head-less model).
     pub fn finish(mut self) -> Output {
         while self.next_tap().is_some() {}
-        Output { logits: std::mem::take(&mut self.logits) }
+        Output { logits: std::mem::take(&mut self.logits), int_logits: Vec::new() }
     }
 }
 

@@ -215,6 +215,11 @@ pub struct Tap<'a> {
 pub struct Output {
     /// Logits (or features when the model has no head).
     pub logits: Vec<f64>,
+    /// Integer forward: the integers the logits are computed from, so that another
+    /// implementation can be compared exactly — the head accumulators (DeiT: the class head's,
+    /// then the distillation head's), or the pooled final-norm codes of a head-less model.
+    /// Empty for the float forward.
+    pub int_logits: Vec<i64>,
 }
 
 impl Output {

@@ -201,7 +201,7 @@ fn apply(req: &Requants, v: &[i64], lo: i64, hi: i64, plain: bool, out: &mut Vec
 }
 
 /// FQ-ViT's float GELU of input code `q` (scale `s_in`), quantised to `bits` at `s_out`.
-fn float_gelu_code(q: i64, s_in: f64, s_out: f64, bits: u32) -> i16 {
+pub fn float_gelu_code(q: i64, s_in: f64, s_out: f64, bits: u32) -> i16 {
     let (lo, hi) = int_range(bits, true);
     round_half_even_f64(gelu(q as f64 * s_in) / s_out).clamp(lo as f64, hi as f64) as i16
 }
@@ -721,6 +721,7 @@ pub struct IntRun<'q> {
     tap_out: Vec<f64>,
     cond: Vec<(Condition, usize)>,
     logits: Vec<f64>,
+    int_logits: Vec<i64>,
 }
 
 impl<'q> IntRun<'q> {
@@ -739,6 +740,7 @@ impl<'q> IntRun<'q> {
             tap_out: Vec::new(),
             cond: Vec::new(),
             logits: Vec::new(),
+            int_logits: Vec::new(),
         }
     }
 
@@ -1119,9 +1121,11 @@ impl<'q> IntRun<'q> {
             QNode::Head { x, d, pool, head, head_dist, s_norm } => {
                 let d = *d;
                 let h = self.vals[*x].codes();
-                let logits = |lin: &QLinear, row: &[i16], s: &mut Scratch| -> Vec<f64> {
+                let mut ints = Vec::new();
+                let mut logits = |lin: &QLinear, row: &[i16], s: &mut Scratch| -> Vec<f64> {
                     let mut acc = Vec::new();
                     lin.acc(row, 1, plain, &mut s.i32, &mut acc);
+                    ints.extend_from_slice(&acc);
                     acc.iter().zip(&lin.acc_scale).map(|(&a, &sc)| a as f64 * sc).collect()
                 };
                 let pooled: Vec<i16>;
@@ -1142,6 +1146,10 @@ impl<'q> IntRun<'q> {
                     }
                     (Some(hl), _, _) => logits(hl, feats, &mut s),
                 };
+                if head.is_none() {
+                    ints.extend(feats.iter().map(|&v| i64::from(v)));
+                }
+                self.int_logits = ints;
                 self.s = s;
                 Ok(None)
             }
@@ -1169,7 +1177,7 @@ impl<'q> IntRun<'q> {
     /// Run to the end and return the logits.
     pub fn finish(mut self) -> Result<Output, ModelError> {
         while self.next_tap()?.is_some() {}
-        Ok(Output { logits: std::mem::take(&mut self.logits) })
+        Ok(Output { logits: std::mem::take(&mut self.logits), int_logits: std::mem::take(&mut self.int_logits) })
     }
 }
 
