@@ -230,7 +230,16 @@ fn lis_codes_read_as_powers_of_two() {
 /// positions, and at the others exactly what the unit gives on the row with the masked entries
 /// removed (the definition of a softmax mask, README "Swin"). I-ViT's adapted sum width depends
 /// on the row length, so both runs fix it.
-fn check_masked(name: &str, preset: Preset, mode: Mode, bits: u32, c: usize, q: &[i64], flags: &[bool], s: f64) -> Result<(), TestCaseError> {
+fn check_masked(
+    name: &str,
+    preset: Preset,
+    mode: Mode,
+    bits: u32,
+    c: usize,
+    q: &[i64],
+    flags: &[bool],
+    s: f64,
+) -> Result<(), TestCaseError> {
     let mut unit = units::build(name, preset).unwrap();
     if name == "softmax_ivit" {
         unit.set_param("sum_bits", "44").unwrap();

@@ -131,8 +131,8 @@ fn integer_forward_every_method_and_masks() {
         let mut configs: Vec<Vec<_>> = mixes.iter().map(|&m| model.layers.iter().map(|l| unit_for(l.op, m)).collect()).collect();
         configs.push(model.layers.iter().enumerate().map(|(i, l)| unit_for(l.op, mixes[i % 3])).collect());
         for units in configs {
-            let qm = IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units })
-                .unwrap();
+            let qm =
+                IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units }).unwrap();
             for i in 0..imgs.len() {
                 let img = imgs.image(i);
                 let mut sm = 0;

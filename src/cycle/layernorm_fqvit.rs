@@ -559,8 +559,14 @@ mod tests {
         let unit = fqvit::LayerNorm::preset(Preset::Adapted);
         let config = config(bits, &unit, &sc, &g, &b, &so, zp).unwrap();
         let scale = if per_channel { Scale::PerChannel(sc) } else { Scale::PerTensor(s) };
-        let aux =
-            Aux { gamma: Some(g), beta: Some(b), zero_point: zp, out_scale: Some(Scale::PerTensor(STANDARD_OUT_SCALE)), identity: None, mask: None };
+        let aux = Aux {
+            gamma: Some(g),
+            beta: Some(b),
+            zero_point: zp,
+            out_scale: Some(Scale::PerTensor(STANDARD_OUT_SCALE)),
+            identity: None,
+            mask: None,
+        };
         Layer { scale, aux, config }
     }
 
@@ -573,7 +579,7 @@ mod tests {
             (vec![true], vec![true])
         };
         let n = beats.len();
-        let st = Stimulus { lanes, config, beats, in_allow, out_ready };
+        let st = Stimulus { lanes, config, beats, masks: Vec::new(), in_allow, out_ready };
         let c = rows[0].len() as u64;
         let t = run(&mut LayerNormFqvit::new(bits, lanes), &st, n, 200 * (c + 5) * rows.len() as u64 * 80 + 10_000);
         let mut out = Vec::new();

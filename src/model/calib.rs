@@ -117,9 +117,7 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
             },
         );
     if let Some((p, _)) = points.iter().zip(&stats).find(|(_, s)| !(s.min.is_finite() && s.max.is_finite())) {
-        return Err(ModelError::Quant {
-            what: format!("the float forward produced non-finite values at '{}' during calibration", p.name),
-        });
+        return Err(ModelError::Quant { what: format!("the float forward produced non-finite values at '{}' during calibration", p.name) });
     }
 
     // Pass 2: PTF errors and |x| histograms.

@@ -513,11 +513,14 @@ impl Node {
             Node::Add { .. } => "residual add".into(),
             Node::ToResidual { .. } => "to residual".into(),
             Node::Gather { kind, .. } => kind.describe(),
-            Node::Head { pool, .. } => format!("head ({})", match pool {
-                Pool::ClassToken => "class token",
-                Pool::Distilled => "class + distillation",
-                Pool::Mean => "mean pool",
-            }),
+            Node::Head { pool, .. } => format!(
+                "head ({})",
+                match pool {
+                    Pool::ClassToken => "class token",
+                    Pool::Distilled => "class + distillation",
+                    Pool::Mean => "mean pool",
+                }
+            ),
         }
     }
 }

@@ -257,7 +257,9 @@ impl Manifest {
         }
         match (&self.swin, self.arch()) {
             (Some(s), Arch::Swin) => self.validate_swin(s).map_err(ManifestProblem::Other)?,
-            (None, Arch::Swin) => return bad("arch swin needs a \"swin\" section (depths, embed_dims, num_heads, window_size per stage)".into()),
+            (None, Arch::Swin) => {
+                return bad("arch swin needs a \"swin\" section (depths, embed_dims, num_heads, window_size per stage)".into())
+            }
             (Some(_), _) => return bad(format!("a \"swin\" section belongs to arch swin, not {}", self.arch)),
             (None, _) => {}
         }

@@ -143,7 +143,11 @@ pub fn write_random_model(dir: &Path, manifest: &Manifest, seed: u64) -> Result<
     for (name, (shape, _)) in &expected {
         let n: usize = shape.iter().product();
         let fan_in = if name.ends_with(".weight") && shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { 1 };
-        let values: Vec<f32> = if name.ends_with("norm1.weight") || name.ends_with("norm2.weight") || name == "norm.weight" || name.ends_with(".norm.weight") {
+        let values: Vec<f32> = if name.ends_with("norm1.weight")
+            || name.ends_with("norm2.weight")
+            || name == "norm.weight"
+            || name.ends_with(".norm.weight")
+        {
             (0..n).map(|_| 1.0 + 0.2 * rng.gen_range(-1.0f32..1.0)).collect()
         } else if name.ends_with("relative_position_bias_table") {
             let nd = Normal::new(0.0f32, 0.5).expect("valid std");

@@ -9,9 +9,8 @@
 
 use super::ibert::ExpConsts;
 use super::{
-    mask_row, masked, no_mask, row_max, softmax_mask,
-    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
-    Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, check_bits, mask_row, masked, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
+    Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, round_half_even_f64, shift_round, signed_width, QTensor, Rounding, Scale};
 
@@ -101,7 +100,11 @@ impl Softmax {
                 for (j, (ei, &q)) in e.iter_mut().zip(row).enumerate() {
                     *ei = if masked(mrow, j) {
                         0
-                    } else if table.is_empty() { k.exp(q - m, p) } else { table[(m - q) as usize] };
+                    } else if table.is_empty() {
+                        k.exp(q - m, p)
+                    } else {
+                        table[(m - q) as usize]
+                    };
                     sum += *ei as i128;
                 }
                 p.see(sum);

@@ -11,9 +11,8 @@
 
 use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
 use super::{
-    mask_row, masked, no_mask, row_max, softmax_mask,
-    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
-    Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, check_bits, mask_row, masked, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
+    Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, div_round, int_range, isqrt, rdiv, round_half_even_f64, signed_width, Dyadic, QTensor, Rounding, Scale};
 
@@ -222,7 +221,11 @@ impl Softmax {
                     for (j, (ei, &q)) in e16.iter_mut().zip(row).enumerate() {
                         *ei = if masked(mrow, j) {
                             0
-                        } else if table.is_empty() { req(k.exp_parts(q - m, p), d, p) } else { table[(m - q) as usize] };
+                        } else if table.is_empty() {
+                            req(k.exp_parts(q - m, p), d, p)
+                        } else {
+                            table[(m - q) as usize]
+                        };
                         sum += *ei;
                     }
                     p.see(sum as i128);

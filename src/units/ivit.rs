@@ -8,9 +8,8 @@
 //! (float64 product rounded) and where the reference casts its output to float32.
 
 use super::{
-    mask_row, masked, no_mask, row_max, softmax_mask,
-    affine, check_bits, parse_param, rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo,
-    Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
+    affine, check_bits, mask_row, masked, no_mask, parse_param, row_max, rows, softmax_mask, unknown_param, Aux, Condition, Conditions,
+    Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit, UnitError, UnitOutput, WidthProbe,
 };
 use crate::fixed::{bit_length, fl32, int_range, rdiv, signed_width, ClampList, Dyadic, QTensor, Scale};
 

@@ -47,7 +47,9 @@ pub fn block(g: &mut Builder, prefix: &str, x: Slot, res: PointId, s: BlockShape
     let h = g.layer_norm(x, &format!("{prefix}.norm1"), t, d, res, n1, why.d);
     // Swin: roll and partition into windows (skipped when one unshifted window is the grid).
     let (h, n, windows) = match s.window {
-        Some((grid, w, shift)) if w < grid || shift > 0 => (g.gather(h, GatherKind::ShiftPartition { grid, window: w, shift }), w * w, true),
+        Some((grid, w, shift)) if w < grid || shift > 0 => {
+            (g.gather(h, GatherKind::ShiftPartition { grid, window: w, shift }), w * w, true)
+        }
         Some((_, w, _)) => (h, w * w, false),
         None => (h, t, false),
     };

@@ -41,7 +41,8 @@ pub fn build(m: &Manifest) -> Graph {
         g.push(Node::ToResidual { x: h, out: x, point: pr });
         res = pr;
     }
-    let why = Why { d: "swin.depths, swin.embed_dims", h: "swin.depths, swin.embed_dims, mlp_ratio", bias: "swin.window_size, swin.num_heads" };
+    let why =
+        Why { d: "swin.depths, swin.embed_dims", h: "swin.depths, swin.embed_dims, mlp_ratio", bias: "swin.window_size, swin.num_heads" };
     let mut dim = d0;
     let mut blk = 0;
     for (st, &depth) in s.depths.iter().enumerate() {
