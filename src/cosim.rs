@@ -97,6 +97,8 @@ pub struct CosimReport {
     pub first_mismatch: Option<String>,
     /// Output elements where the cycle model differs from the golden model.
     pub golden_mismatches: usize,
+    /// Input elements streamed with their mask flag set (softmax: Swin's shifted windows and corner masks).
+    pub masked: usize,
     /// Latency, row period and throughput of the cycle model with no input gaps and no back-pressure.
     pub timing: Option<cycle::Timing>,
     /// Cycles simulated.
@@ -122,8 +124,9 @@ impl CosimReport {
             )
         };
         let t = self.timing.map(|t| format!("; latency {} cycles, row period {:.1} cycles", t.latency, t.row_period)).unwrap_or_default();
+        let masked = if self.masked > 0 { format!("; {} masked elements", self.masked) } else { String::new() };
         format!(
-            "{head}; golden {}{t}; cycle model {:.2e} cycles/s, Verilator {:.2e} cycles/s",
+            "{head}; golden {}{masked}{t}; cycle model {:.2e} cycles/s, Verilator {:.2e} cycles/s",
             if self.golden_mismatches == 0 { "exact".to_string() } else { format!("{} mismatches", self.golden_mismatches) },
             self.model_cycles_per_s,
             self.verilator_cycles_per_s
@@ -139,7 +142,8 @@ pub struct Session {
     pub rows: Vec<Vec<i64>>,
     /// Input scale.
     pub scale: f64,
-    /// LayerNorm affine parameters of the rows (empty for the other units).
+    /// LayerNorm affine parameters of the rows, or the softmax mask of the rows (one flag per
+    /// element, rows concatenated; as streamed in `stim.masks`).
     pub aux: units::Aux,
     /// Per-channel input scales, where they differ by channel (PTF LayerNorm); else `scale`.
     pub channel_scales: Option<Vec<f64>>,
@@ -158,6 +162,21 @@ pub fn golden_unit(cfg: &RtlConfig, preset: Preset) -> Result<Box<dyn units::Uni
         u.set_param("sum_bits", "31").and_then(|_| u.set_param("out_bits", "16")).map_err(|e| CosimError::Config(e.to_string()))?;
     }
     Ok(u)
+}
+
+/// The configuration writes of a softmax layer with input scale `s` and rows of `row` elements,
+/// constants from `preset`, or why the generated hardware cannot take them.
+pub fn softmax_config(cfg: &RtlConfig, preset: Preset, s: f64, row: usize) -> Result<Vec<(u32, u32)>, String> {
+    match cfg.unit.as_str() {
+        "softmax_ivit" => {
+            let golden = ivit::Softmax::preset(preset);
+            let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
+            cycle::softmax::shift_config(cfg.bits, cfg.lanes, s, up, golden.n, row)
+        }
+        "softmax_ibert" => cycle::softmax::poly_config(cfg.bits, cfg.lanes, &ibert::Softmax::preset(preset), s, row),
+        "softmax_fqvit" => cycle::softmax::log_config(cfg.bits, cfg.lanes, &crate::units::fqvit::Softmax::preset(preset), s, row),
+        other => Err(format!("{other} is not a softmax")),
+    }
 }
 
 /// The configuration writes of one layer with rows of `row` elements, and the input scale
@@ -179,16 +198,7 @@ pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> R
         }
         "softmax_ivit" | "softmax_ibert" | "softmax_fqvit" => {
             let s = crate::sensitivity::symmetric_scale(&draw(Dist::Attention, 64, seed), bits);
-            let c = if cfg.unit == "softmax_ivit" {
-                let golden = ivit::Softmax::preset(preset);
-                let up = golden.upshift.unwrap_or_else(|| ivit::auto_upshift(s));
-                cycle::softmax::shift_config(bits, cfg.lanes, s, up, golden.n, row)
-            } else if cfg.unit == "softmax_ibert" {
-                cycle::softmax::poly_config(bits, cfg.lanes, &ibert::Softmax::preset(preset), s, row)
-            } else {
-                cycle::softmax::log_config(bits, cfg.lanes, &crate::units::fqvit::Softmax::preset(preset), s, row)
-            };
-            (c, s)
+            (softmax_config(cfg, preset, s, row), s)
         }
         "layernorm_ivit" | "layernorm_ibert" | "layernorm_fqvit" => {
             let s = crate::sensitivity::symmetric_scale(&draw(Dist::Layernorm, 16, seed), bits);
@@ -222,11 +232,20 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
     let out_ready: Vec<bool> = (0..p).map(|_| pattern.gen_bool(opts.p_ready)).collect();
     let mut out = Vec::new();
     let mut push = |rows: Vec<Vec<i64>>, config: Vec<(u32, u32)>, scale: f64, aux: units::Aux| {
+        let mut masks = Vec::new();
+        if let Some(m) = &aux.mask {
+            let mut at = 0;
+            for r in &rows {
+                masks.extend(cycle::masks_of(&[&m[at..at + r.len()]], cfg.lanes));
+                at += r.len();
+            }
+        }
         out.push(Session {
             stim: Stimulus {
                 lanes: cfg.lanes,
                 config,
                 beats: cycle::beats_of(&rows, cfg.lanes),
+                masks,
                 in_allow: in_allow.clone(),
                 out_ready: out_ready.clone(),
             },
@@ -276,6 +295,15 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             let long: Vec<i64> = (0..cycle::softmax::NMAX).map(|_| rng.gen_range(lo..=hi)).collect();
             push(vec![long, vec![lo; cycle::softmax::NMAX]], cfgw(cycle::softmax::NMAX)?, s, units::Aux::default());
             push(vec![vec![hi], vec![lo], vec![0]], cfgw(1)?, s, units::Aux::default());
+            // Swin's shifted windows: the masks of the last window row and column regions (window
+            // 7 on 14×14 shifted by 3: N = 49; 4 on 8×8 by 2: N = 16; 2 on 4×4 by 1: N = 4), then
+            // corner masks: all masked, one lane unmasked, masked lanes holding the largest code,
+            // random masks.
+            for (grid, window, shift, heads) in [(14, 7, 3, 1), (8, 4, 2, 2), (4, 2, 1, 4)] {
+                let (rows, mask) = swin_rows((grid, window, shift), heads, s, bits, opts.seed, &mut rng);
+                let aux = units::Aux { mask: Some(mask.into()), ..units::Aux::default() };
+                push(rows, cfgw(window * window)?, s, aux);
+            }
         }
         "layernorm_ivit" | "layernorm_ibert" | "layernorm_fqvit" => {
             let probe = draw(Dist::Layernorm, 16, opts.seed);
@@ -344,10 +372,56 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
     Ok(out)
 }
 
+/// Rows of one Swin shifted-window attention layer (`heads` heads of every window of a
+/// `grid`×`grid` token grid, windows of `window`, shifted by `shift`: timm's mask) with
+/// attention logits at scale `s`, followed by corner rows; returns the rows and their mask
+/// flags (concatenated).
+fn swin_rows(
+    (grid, window, shift): (usize, usize, usize),
+    heads: usize,
+    s: f64,
+    bits: u32,
+    seed: u64,
+    rng: &mut rand::rngs::StdRng,
+) -> (Vec<Vec<i64>>, Vec<bool>) {
+    let hi = (1i64 << (bits - 1)) - 1;
+    let lo = -hi - 1;
+    let wm = crate::model::graph::WindowMask::shifted(grid, window, shift);
+    let n = wm.n;
+    let flags = wm.expand(heads);
+    let want = flags.len();
+    let mut x = Vec::with_capacity(want);
+    let mut k = 0u64;
+    while x.len() < want {
+        x.extend(draw(Dist::Attention, 8, seed.wrapping_add(5000 + 100 * n as u64 + k)));
+        k += 1;
+    }
+    x.truncate(want);
+    let mut rows = quantise_rows(&x, n, s, bits);
+    let mut mask = flags.to_vec();
+    let random_row = |rng: &mut rand::rngs::StdRng| -> Vec<i64> { (0..n).map(|_| rng.gen_range(lo..=hi)).collect() };
+    let one = rng.gen_range(0..n);
+    let corners: Vec<(Vec<i64>, Vec<bool>)> = vec![
+        (random_row(rng), vec![true; n]),
+        (vec![hi; n], vec![true; n]),
+        ((0..n).map(|j| if j == one { lo } else { hi }).collect(), (0..n).map(|j| j != one).collect()),
+        (random_row(rng), (0..n).map(|j| j != n - 1).collect()),
+        ((0..n).map(|j| if j == 0 { hi } else { 0 }).collect(), (0..n).map(|j| j == 0).collect()),
+        (random_row(rng), (0..n).map(|_| rng.gen_bool(0.5)).collect()),
+        (random_row(rng), (0..n).map(|_| rng.gen_bool(0.9)).collect()),
+        (random_row(rng), vec![false; n]),
+    ];
+    for (r, m) in corners {
+        rows.push(r);
+        mask.extend(m);
+    }
+    (rows, mask)
+}
+
 fn write_stimulus(path: &Path, cfg: &RtlConfig, st: &Stimulus, max_cycles: u64) -> Result<(), CosimError> {
     use std::fmt::Write;
     let mut t = String::new();
-    let _ = writeln!(t, "mnq-stim 1");
+    let _ = writeln!(t, "mnq-stim 2");
     let _ = writeln!(
         t,
         "lanes {} in_bits {} out_bits {} expect {} max_cycles {}",
@@ -364,8 +438,8 @@ fn write_stimulus(path: &Path, cfg: &RtlConfig, st: &Stimulus, max_cycles: u64) 
     let bits = |v: &[bool]| v.iter().map(|&b| if b { '1' } else { '0' }).collect::<String>();
     let _ = writeln!(t, "pattern {}\n{}\n{}", st.in_allow.len(), bits(&st.in_allow), bits(&st.out_ready));
     let _ = writeln!(t, "beats {}", st.beats.len());
-    for (d, l) in &st.beats {
-        let _ = write!(t, "{}", u8::from(*l));
+    for (b, (d, l)) in st.beats.iter().enumerate() {
+        let _ = write!(t, "{} {}", u8::from(*l), st.masks.get(b).copied().unwrap_or(0));
         for v in d {
             let _ = write!(t, " {v}");
         }
@@ -430,7 +504,9 @@ pub fn build(cfg: &RtlConfig, rtl: &Path, work: &Path, trace: bool) -> Result<Pa
         return Ok(exe);
     }
     let top_h = dir.join("top.h");
-    std::fs::write(&top_h, format!("#include \"V{name}.h\"\nusing Top = V{name};\n")).map_err(io(&top_h))?;
+    // Only the softmaxes have the in_mask port; the harness drives it where it exists.
+    let has_mask = if cfg.unit.starts_with("softmax") { "#define MNQ_HAS_MASK 1\n" } else { "" };
+    std::fs::write(&top_h, format!("#include \"V{name}.h\"\nusing Top = V{name};\n{has_mask}")).map_err(io(&top_h))?;
     let log = dir.join("build.log");
     let mut cmd = Command::new("verilator");
     // Lint is checked separately (verilator -Wall in the tests); a warning must not stop a simulation build.
@@ -459,12 +535,16 @@ pub fn build(cfg: &RtlConfig, rtl: &Path, work: &Path, trace: bool) -> Result<Pa
 pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dyn units::Unit) -> Result<usize, CosimError> {
     let mut bad = 0;
     let mut bi = 0;
+    let mut at = 0;
     // Element-wise units see each row alone; row-wise units see a layer's rows as one tensor.
     for group in ses.rows.chunk_by(|a, b| a.len() == b.len() && !cfg.unit.starts_with("gelu")) {
         let len = group[0].len();
         let scale = ses.channel_scales.clone().map_or(Scale::PerTensor(ses.scale), Scale::PerChannel);
         let x = QTensor::new(group.concat(), &[group.len(), len], scale, cfg.bits, true).map_err(|e| CosimError::Config(e.to_string()))?;
-        let want = golden.run(&x, &ses.aux, Mode::Integer).map_err(|e| CosimError::Config(e.to_string()))?.values;
+        // The group's slice of the session's mask (one flag per element).
+        let aux = units::Aux { mask: ses.aux.mask.as_ref().map(|m| m[at..at + x.data().len()].into()), ..ses.aux.clone() };
+        at += x.data().len();
+        let want = golden.run(&x, &aux, Mode::Integer).map_err(|e| CosimError::Config(e.to_string()))?.values;
         for (r, w) in group.iter().zip(want.chunks(len)) {
             let mut got = Vec::with_capacity(r.len());
             while got.len() < r.len() {
@@ -508,6 +588,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
         mismatches: 0,
         first_mismatch: None,
         golden_mismatches: 0,
+        masked: 0,
         timing: None,
         cycles: 0,
         model_cycles_per_s: 0.0,
@@ -563,6 +644,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
         }
         report.beats += mt.beats.len();
         report.elements += ses.rows.iter().map(Vec::len).sum::<usize>();
+        report.masked += ses.aux.mask.as_ref().map_or(0, |m| m.iter().filter(|&&k| k).count());
         report.cycles += mt.cycles;
     }
     report.model_cycles_per_s = report.cycles as f64 / model_s.max(1e-9);

@@ -3,7 +3,8 @@
 // Reads a stimulus written by mnq (configuration writes, input beats, the input-valid and
 // output-ready patterns), drives the unit with exactly the protocol of `src/cycle/mod.rs`,
 // and writes every output beat with the cycle it moved on. `top.h` (written by mnq next to
-// the build) names the Verilated class as `Top`.
+// the build) names the Verilated class as `Top` and defines MNQ_HAS_MASK for units with the
+// per-lane `in_mask` port (the softmaxes); each beat of the stimulus carries its lane mask.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -59,8 +60,8 @@ int main(int argc, char** argv) {
     uint64_t max_cycles;
     size_t n_cfg, n_pat, n_beats, expect_out;
     in >> magic >> version;
-    if (magic != "mnq-stim" || version != 1) {
-        std::cerr << "harness: " << argv[1] << " is not an mnq stimulus (version 1)\n";
+    if (magic != "mnq-stim" || version != 2) {
+        std::cerr << "harness: " << argv[1] << " is not an mnq stimulus (version 2)\n";
         return 2;
     }
     std::string key;
@@ -73,14 +74,22 @@ int main(int argc, char** argv) {
     in >> key >> n_beats;
     std::vector<std::vector<int64_t>> beats(n_beats, std::vector<int64_t>(lanes));
     std::vector<int> last(n_beats);
+    std::vector<uint32_t> mask(n_beats);
     for (size_t b = 0; b < n_beats; b++) {
-        in >> last[b];
+        in >> last[b] >> mask[b];
         for (int l = 0; l < lanes; l++) in >> beats[b][l];
     }
     if (!in) {
         std::cerr << "harness: truncated stimulus " << argv[1] << "\n";
         return 2;
     }
+#ifndef MNQ_HAS_MASK
+    for (size_t b = 0; b < n_beats; b++)
+        if (mask[b]) {
+            std::cerr << "harness: beat " << b << " of " << argv[1] << " masks lanes, but this unit has no in_mask port\n";
+            return 2;
+        }
+#endif
 
     auto ctx = std::make_unique<VerilatedContext>();
     auto top = std::make_unique<Top>(ctx.get());
@@ -118,6 +127,9 @@ int main(int argc, char** argv) {
     top->reset = 1;
     top->cfg_we = 0;
     top->in_valid = 0;
+#ifdef MNQ_HAS_MASK
+    top->in_mask = 0;
+#endif
     top->out_ready = 0;
     top->eval();
     edge();
@@ -137,6 +149,9 @@ int main(int argc, char** argv) {
         top->in_valid = valid;
         top->in_last = valid ? last[next] : 0;
         for (int l = 0; l < lanes; l++) put_field(top->in_data, l * in_bits, in_bits, valid ? beats[next][l] : 0);
+#ifdef MNQ_HAS_MASK
+        top->in_mask = valid ? mask[next] : 0;
+#endif
         top->out_ready = n_pat ? ready[j % n_pat] == '1' : true;
         top->eval();
         if (valid && top->in_ready) next++;

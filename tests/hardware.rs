@@ -1,7 +1,8 @@
 //! Hardware chain: the committed Verilog is what the generator writes, it lints clean under
 //! `verilator -Wall` (with the justified waivers of `testbenches/lint.vlt`), yosys synthesises
 //! it with no combinational loop (`check -assert`) to the committed cost table's figures, and under Verilator it equals the cycle model on every beat and every cycle, which in
-//! turn equals the golden model. Needs verilator and yosys (installed by `.ci/run`).
+//! turn equals the golden model — softmaxes on masked (Swin) rows too. Needs verilator and
+//! yosys (installed by `.ci/run`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -80,7 +81,41 @@ fn cosim_default_set_is_cycle_exact() {
     for l in lines {
         let beats: usize = l.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
         assert!(beats >= 25_000, "{l}");
+        // Every softmax also streams Swin's shifted-window masks (N = 49, 16, 4) and corner masks.
+        if l.starts_with("softmax") {
+            let masked: usize =
+                l.split("golden exact; ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+            assert!(masked >= 2_000 && l.contains(" masked elements"), "{l}");
+        }
     }
+}
+
+#[test]
+fn cosim_detects_an_rtl_that_ignores_the_mask() {
+    // With the mask input tied to 0 the unmasked streams still agree; the first masked stream
+    // (Swin, N = 49: stream 3) must show mismatches.
+    let d = tempfile::tempdir().unwrap();
+    let v = std::fs::read_to_string(root().join("rtl/softmax_ivit_8b_l1.v")).unwrap();
+    assert_eq!(v.matches("row$in_mask = in_mask;").count(), 1);
+    std::fs::write(d.path().join("softmax_ivit_8b_l1.v"), v.replace("row$in_mask = in_mask;", "row$in_mask = 1'b0;")).unwrap();
+    let work = d.path().join("work");
+    let o = mnq(&[
+        "cosim",
+        "--unit",
+        "softmax_ivit",
+        "--bits",
+        "8",
+        "--lanes",
+        "1",
+        "--elements",
+        "2000",
+        "--rtl",
+        d.path().to_str().unwrap(),
+        "--work",
+        work.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("mismatches; first: stream 3, beat"), "{}", text(&o));
 }
 
 #[test]

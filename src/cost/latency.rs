@@ -119,7 +119,7 @@ pub fn measure(cfg: &RtlConfig, n: usize) -> Result<RowTiming, CostError> {
     let rows: Vec<&[i64]> = q.chunks(n).collect();
     let beats = cycle::beats_of(&rows, cfg.lanes);
     let total = beats.len();
-    let stim = Stimulus { lanes: cfg.lanes, config, beats, in_allow: vec![true], out_ready: vec![true] };
+    let stim = Stimulus { lanes: cfg.lanes, config, beats, masks: Vec::new(), in_allow: vec![true], out_ready: vec![true] };
     let max_cycles = 10_000 + 200 * total as u64;
     let tr = cycle::run(cycle::model(cfg).as_mut(), &stim, total, max_cycles);
     if tr.beats.len() < total {

@@ -31,6 +31,8 @@ pub struct Pins {
     pub in_valid: bool,
     /// Input lanes.
     pub in_data: [i64; MAX_LANES],
+    /// Per-lane mask flags of the input beat, bit i for lane i (1 = masked; only the softmaxes read it).
+    pub in_mask: u32,
     /// Last beat of a row.
     pub in_last: bool,
     /// Downstream ready.
@@ -79,6 +81,18 @@ pub fn beats_of<R: AsRef<[i64]>>(rows: &[R], lanes: usize) -> Vec<(Vec<i64>, boo
     beats
 }
 
+/// Per-element mask flags of rows as one lane mask per beat (bit i = lane i masked), laid out
+/// as [`beats_of`] lays out the rows; padding lanes are unmasked.
+pub fn masks_of<R: AsRef<[bool]>>(rows: &[R], lanes: usize) -> Vec<u32> {
+    let mut masks = Vec::new();
+    for r in rows {
+        for chunk in r.as_ref().chunks(lanes) {
+            masks.push(chunk.iter().enumerate().filter(|(_, &m)| m).fold(0u32, |a, (i, _)| a | 1 << i));
+        }
+    }
+    masks
+}
+
 /// What to stream through a unit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stimulus {
@@ -88,6 +102,8 @@ pub struct Stimulus {
     pub config: Vec<(u32, u32)>,
     /// Input beats: (lane values, last).
     pub beats: Vec<(Vec<i64>, bool)>,
+    /// Per-beat lane mask flags (bit i = lane i masked), parallel to `beats`; empty = nothing masked.
+    pub masks: Vec<u32>,
     /// Input-valid pattern (repeats).
     pub in_allow: Vec<bool>,
     /// Output-ready pattern (repeats).
@@ -143,8 +159,10 @@ pub fn run<M: Clocked + ?Sized>(model: &mut M, stim: &Stimulus, expect_out: usiz
             let (d, l) = &stim.beats[next];
             pins.in_data[..d.len()].copy_from_slice(d);
             pins.in_last = *l;
+            pins.in_mask = stim.masks.get(next).copied().unwrap_or(0);
         } else {
             pins.in_last = false;
+            pins.in_mask = 0;
         }
         pins.out_ready = stim.out_ready.get(j % pr).copied().unwrap_or(true);
         let o = model.step(&pins);

@@ -1,16 +1,23 @@
-//! The row-buffer softmax microarchitecture shared by `softmax_ivit` (Shiftmax) and
-//! `softmax_ibert` (i-exp): one row buffer and four phases; only the exponent, the divider's
-//! numerator and the output stage differ (a [`Kernel`]).
+//! The row-buffer softmax microarchitecture shared by `softmax_ivit` (Shiftmax),
+//! `softmax_ibert` (i-exp) and `softmax_fqvit` (LIS, no divider): one row buffer with a mask
+//! bit per lane and four phases; only the exponent, the divider's numerator and the output
+//! stage differ (a [`Kernel`]).
 //!
 //! ```text
-//!  LOAD  in_ready = 1: each beat is written to the row RAM (nb = ⌈N/LANES⌉ words) and the
-//!        running maximum m is updated over the valid lanes.                      nb cycles
-//!  SUM   the RAM is read word by word (registered read, one cycle late); for every valid
+//!  LOAD  in_ready = 1: each beat is written to the row RAM (nb = ⌈N/LANES⌉ words), its lane
+//!        mask flags to the mask RAM beside it (one bit per lane), and the running maximum m
+//!        is updated over the live lanes (valid and unmasked).                    nb cycles
+//!  SUM   the RAM is read word by word (registered read, one cycle late); for every live
 //!        lane E = exp_shift(m − q) by comparators against k·x0 (k = 1..15), S += ΣE.  nb + 1 cycles
 //!  DIV   factor = ⌊numerator / S⌋ by a restoring divider, one quotient bit a cycle.  D cycles
 //!  OUT   the RAM is read again, E recomputed, out = kernel(E, factor) into the output
-//!        register; a read is issued whenever the register is free or being emptied.  nb + 1 cycles
+//!        register (a masked lane: kernel(0, factor), probability zero); a read is issued
+//!        whenever the register is free or being emptied.                        nb + 1 cycles
 //! ```
+//! Masks (Swin's shifted windows) are the golden models' (`units::Aux::mask`): a masked
+//! element is left out of its row's maximum and sum and gets probability exactly zero (code
+//! 0, or the LIS zero flag −1); a row with every element masked gives all zeros (its sum is
+//! 0, the divider's quotient is then meaningless and multiplied only by masked lanes' zeros).
 //! With no gaps and no back-pressure, and nb = ⌈N/LANES⌉: latency (first input beat to first
 //! output beat) 2·nb + D + 3 cycles, row period 3·nb + D + 3 cycles (Shiftmax, D = 31: 428 and
 //! 625 for N = 197, LANES = 1, measured by `mnq cosim`). One row at a time.
@@ -130,9 +137,12 @@ struct Regs {
     phase: Phase,
     wptr: usize,
     m: i64,
+    /// Some live lane of the row has been loaded (m holds a maximum).
+    seen: bool,
     rptr: usize,
     raddr: usize,
     rdata: [i64; MAX_LANES],
+    rmask: u32,
     rvalid: bool,
     rdi: usize,
     sum: i64,
@@ -155,6 +165,8 @@ pub struct RowSoftmax<K: Kernel> {
     cfg: Common,
     r: Regs,
     ram: Vec<[i64; MAX_LANES]>,
+    /// The mask RAM beside the row RAM: one flag per lane of each word.
+    mram: Vec<u32>,
 }
 
 impl<K: Kernel> RowSoftmax<K> {
@@ -169,9 +181,11 @@ impl<K: Kernel> RowSoftmax<K> {
                 phase: Phase::Load,
                 wptr: 0,
                 m: 0,
+                seen: false,
                 rptr: 0,
                 raddr: 0,
                 rdata: [0; MAX_LANES],
+                rmask: 0,
                 rvalid: false,
                 rdi: 0,
                 sum: 0,
@@ -185,7 +199,13 @@ impl<K: Kernel> RowSoftmax<K> {
                 odata: [0; MAX_LANES],
             },
             ram: vec![[0; MAX_LANES]; NMAX / lanes],
+            mram: vec![0; NMAX / lanes],
         }
+    }
+
+    /// Whether lane `i` of beat `b` with mask flags `mask` holds an unmasked element.
+    fn live(&self, b: usize, mask: u32, i: usize) -> bool {
+        i < self.valid_lanes(b) && mask >> i & 1 == 0
     }
 
     /// Valid lanes of beat `b`.
@@ -223,6 +243,7 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
         let issue = self.issue(pins);
         nx.raddr = if issue { cur.rptr } else { cur.raddr };
         nx.rdata = self.ram[nx.raddr.min(self.ram.len() - 1)];
+        nx.rmask = self.mram[nx.raddr.min(self.mram.len() - 1)];
         let mut write = None;
         if pins.reset {
             nx.phase = Phase::Load;
@@ -234,15 +255,16 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                 Phase::Load => {
                     if pins.in_valid {
                         let mut w = [0i64; MAX_LANES];
-                        let mut m = if cur.wptr == 0 { i64::MIN } else { cur.m };
+                        let (mut m, mut seen) = (cur.m, cur.wptr != 0 && cur.seen);
                         for (i, wi) in w.iter_mut().enumerate().take(self.lanes) {
                             *wi = sext(pins.in_data[i] as u64, self.bits);
-                            if i < self.valid_lanes(cur.wptr) {
-                                m = m.max(*wi);
+                            if self.live(cur.wptr, pins.in_mask, i) && (!seen || *wi > m) {
+                                (m, seen) = (*wi, true);
                             }
                         }
-                        write = Some((cur.wptr, w));
+                        write = Some((cur.wptr, w, pins.in_mask));
                         nx.m = m;
+                        nx.seen = seen;
                         nx.wptr = cur.wptr + 1;
                         if cur.wptr + 1 == self.cfg.nbeats {
                             nx.phase = Phase::Sum;
@@ -259,7 +281,10 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                     }
                     nx.rvalid = issue;
                     if cur.rvalid {
-                        let e: i64 = (0..self.valid_lanes(cur.rdi)).map(|i| self.kernel.exp(&self.cfg, cur.m, cur.rdata[i])).sum();
+                        let e: i64 = (0..self.lanes)
+                            .filter(|&i| self.live(cur.rdi, cur.rmask, i))
+                            .map(|i| self.kernel.exp(&self.cfg, cur.m, cur.rdata[i]))
+                            .sum();
                         nx.sum = cur.sum + e;
                         if cur.rdi + 1 == self.cfg.nbeats && K::DIV_BITS == 0 {
                             // No divider (LIS): the output stage compares against the sum itself.
@@ -301,7 +326,8 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                     if cur.rvalid && free {
                         let mut o = [0i64; MAX_LANES];
                         for (i, oi) in o.iter_mut().enumerate().take(self.valid_lanes(cur.rdi)) {
-                            *oi = self.kernel.out(self.kernel.exp(&self.cfg, cur.m, cur.rdata[i]), cur.factor);
+                            let e = if self.live(cur.rdi, cur.rmask, i) { self.kernel.exp(&self.cfg, cur.m, cur.rdata[i]) } else { 0 };
+                            *oi = self.kernel.out(e, cur.factor);
                         }
                         nx.odata = o;
                         nx.ov = true;
@@ -331,8 +357,9 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                 a => self.kernel.configure(a, d),
             }
         }
-        if let Some((a, w)) = write {
+        if let Some((a, w, mask)) = write {
             self.ram[a] = w;
+            self.mram[a] = mask;
         }
         self.r = nx;
     }
@@ -521,4 +548,59 @@ pub fn log_config(bits: u32, lanes: usize, unit: &crate::units::fqvit::Softmax, 
     let mut v = common_config(bits, lanes, up, k.x0, unit.n, Log::NQ, row)?;
     v.extend([(7, k.b as u32), (8, k.c as u32)]);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cycle::{beats_of, masks_of, run, Stimulus};
+
+    /// Outputs of rows of one length, streamed back to back through one Shiftmax model, with
+    /// their mask flags.
+    fn shiftmax(lanes: usize, rows: &[(&[i64], &[bool])]) -> Vec<Vec<i64>> {
+        let n = rows[0].0.len();
+        let (codes, flags): (Vec<&[i64]>, Vec<&[bool]>) = rows.iter().copied().unzip();
+        let st = Stimulus {
+            lanes,
+            config: shift_config(8, lanes, 0.05, 0, 15, n).unwrap(),
+            beats: beats_of(&codes, lanes),
+            masks: masks_of(&flags, lanes),
+            in_allow: vec![true],
+            out_ready: vec![true],
+        };
+        let mut m = RowSoftmax::new(8, lanes, Shift { ob: 16 });
+        let t = run(&mut m, &st, st.beats.len(), 10_000);
+        let out: Vec<i64> = t.beats.iter().flat_map(|b| b.data.clone()).collect();
+        out.chunks(n.div_ceil(lanes) * lanes).map(|r| r[..n].to_vec()).collect()
+    }
+
+    #[test]
+    fn masks_of_packs_lane_flags_per_beat() {
+        assert_eq!(masks_of(&[vec![true, false, true, true, false]], 4), vec![0b1101, 0b0]);
+        assert_eq!(masks_of(&[vec![false, true], vec![true]], 1), vec![0, 1, 1]);
+    }
+
+    #[test]
+    fn a_masked_element_is_left_out_of_maximum_and_sum() {
+        // The masked 127 in lane 0 of the first beat must neither be the maximum nor take a
+        // share of the sum: the unmasked elements get what they get without it.
+        for lanes in [1, 2, 4] {
+            let with = shiftmax(lanes, &[(&[127, 5, -3, 20, 7], &[true, false, false, false, false])]);
+            let without = shiftmax(lanes, &[(&[5, -3, 20, 7], &[false; 4])]);
+            assert_eq!(with[0][0], 0, "LANES {lanes}");
+            assert_eq!(&with[0][1..], &without[0][..], "LANES {lanes}");
+        }
+    }
+
+    #[test]
+    fn an_all_masked_row_gives_zeros_and_leaves_the_next_row_alone() {
+        for lanes in [1, 2, 4] {
+            let row: &[i64] = &[9, -4, 100];
+            let out = shiftmax(lanes, &[(row, &[true; 3]), (row, &[false; 3]), (row, &[true, true, false])]);
+            assert_eq!(out[0], vec![0; 3], "LANES {lanes}");
+            assert_eq!(out[1], shiftmax(lanes, &[(row, &[false; 3])])[0], "LANES {lanes}: the row after an all-masked one");
+            // A lone unmasked element takes the whole probability, as in a row of its own.
+            assert_eq!(out[2], vec![0, 0, shiftmax(lanes, &[(&[100], &[false])])[0][0]], "LANES {lanes}");
+        }
+    }
 }

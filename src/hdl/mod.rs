@@ -12,6 +12,7 @@ pub mod prims;
 pub mod softmax_fqvit;
 pub mod softmax_ibert;
 pub mod softmax_ivit;
+pub mod softmax_row;
 
 use layernorm_ibert::LayerNormIbert;
 use layernorm_ivit::LayerNormIvit;
@@ -261,6 +262,20 @@ impl RtlConfig {
                 )
             }
         };
+        let mut ports = vec![
+            "clock".into(),
+            "reset (synchronous)".into(),
+            format!("cfg_we, cfg_addr[{}:0], cfg_data[31:0]", self.cfg_addr_bits() - 1),
+            format!("in_valid, in_ready, in_data[{}:0], in_last", self.bits as usize * self.lanes - 1),
+        ];
+        if self.unit.starts_with("softmax") {
+            ports.push(format!(
+                "in_mask[{}:0]: bit i = lane i masked (left out of the row's maximum and sum, output probability zero{})",
+                self.lanes - 1,
+                if self.unit == "softmax_fqvit" { ": code -1" } else { ": 0" }
+            ));
+        }
+        ports.push(format!("out_valid, out_ready, out_data[{}:0], out_last", out_bits as usize * self.lanes - 1));
         ManifestEntry {
             name: self.name(),
             file: format!("{}.v", self.name()),
@@ -269,13 +284,7 @@ impl RtlConfig {
             lanes: self.lanes,
             in_bits_per_lane: self.bits,
             out_bits_per_lane: out_bits,
-            ports: vec![
-                "clock".into(),
-                "reset (synchronous)".into(),
-                format!("cfg_we, cfg_addr[{}:0], cfg_data[31:0]", self.cfg_addr_bits() - 1),
-                format!("in_valid, in_ready, in_data[{}:0], in_last", self.bits as usize * self.lanes - 1),
-                format!("out_valid, out_ready, out_data[{}:0], out_last", out_bits as usize * self.lanes - 1),
-            ],
+            ports,
             config_registers: regs,
             latency_cycles: latency,
             row_period_cycles: period,

@@ -1,14 +1,15 @@
-//! `softmax_ivit` (Shiftmax) as a rust_hdl block: one row buffer and four phases, register for
-//! register the cycle model `cycle::softmax_ivit` (its module comment draws the phases and
-//! gives the latency and row-period formulas).
+//! `softmax_ivit` (Shiftmax) as a rust_hdl block: one row buffer (`softmax_row::RowBuffer`,
+//! shared by the three softmaxes: row RAM, mask RAM, lane validity, running maximum) and four
+//! phases, register for register the cycle model `cycle::softmax::RowSoftmax<Shift>` (its
+//! module comment draws the phases and gives the latency and row-period formulas).
 //!
 //! Per lane, `ShiftExp` computes exp_shift(m − q) combinationally from the RAM's registered
 //! read data: upshift, x·(1 + 1/2 − 1/16) with arithmetic shifts, the clamp at n·x0, fifteen
 //! signed comparators against k·x0 giving ⌊x/x0⌋ and the remainder, and a left shift.
 
 use super::prims::{Asr, MulSlice, Pack, SExt, SLe};
+use super::softmax_row::RowBuffer;
 use rust_hdl::prelude::*;
-use rust_hdl::widgets::prelude::RAM;
 
 /// Exponent comparators (k·x0 for k = 1..=NQ).
 pub const NQ: usize = 15;
@@ -158,6 +159,9 @@ pub struct SoftmaxIvit<const B: usize, const L: usize, const DW: usize, const X:
     pub in_ready: Signal<Out, Bit>,
     /// LANES input codes.
     pub in_data: Signal<In, Bits<DW>>,
+    /// Mask flags of the beat, bit i for lane i: 1 = masked (left out of the row's maximum and
+    /// sum, probability zero).
+    pub in_mask: Signal<In, Bits<L>>,
     /// Last beat of a row (the row length is configured; `last` must agree with it).
     pub in_last: Signal<In, Bit>,
     /// Output beat valid.
@@ -168,13 +172,11 @@ pub struct SoftmaxIvit<const B: usize, const L: usize, const DW: usize, const X:
     pub out_data: Signal<Out, Bits<ODW>>,
     /// Last beat of a row.
     pub out_last: Signal<Out, Bit>,
-    ram: RAM<Bits<DW>, AW>,
+    row: RowBuffer<B, L, DW, AW>,
     exps: [ShiftExp<B, X, TB, NQ>; L],
     tpack: Pack<NQ, X, TB>,
-    mcmp: [SLe<B>; L],
     prod: [MulSlice<32, 32, 16, 16>; L],
     pack: Pack<L, 16, ODW>,
-    lane_no: [Constant<Bits<5>>; L],
     thr_addr: [Constant<Bits<6>>; NQ],
     width: Constant<Bits<8>>,
     ph_load: Constant<Bits<2>>,
@@ -200,7 +202,6 @@ pub struct SoftmaxIvit<const B: usize, const L: usize, const DW: usize, const X:
     thr: [DFF<Bits<X>>; NQ],
     phase: DFF<Bits<2>>,
     wptr: DFF<Bits<11>>,
-    m: DFF<Bits<B>>,
     rptr: DFF<Bits<11>>,
     raddr: DFF<Bits<AW>>,
     rvalid: DFF<Bit>,
@@ -219,7 +220,6 @@ pub struct SoftmaxIvit<const B: usize, const L: usize, const DW: usize, const X:
     consume: Signal<Local, Bit>,
     wlast: Signal<Local, Bit>,
     rlast: Signal<Local, Bit>,
-    mrun: Signal<Local, Bits<B>>,
     esum: Signal<Local, Bits<42>>,
     nsum: Signal<Local, Bits<42>>,
     r2: Signal<Local, Bits<32>>,
@@ -241,18 +241,17 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
             in_valid: Default::default(),
             in_ready: Default::default(),
             in_data: Default::default(),
+            in_mask: Default::default(),
             in_last: Default::default(),
             out_valid: Default::default(),
             out_ready: Default::default(),
             out_data: Default::default(),
             out_last: Default::default(),
-            ram: Default::default(),
+            row: Default::default(),
             exps: array_init::array_init(|_| Default::default()),
             tpack: Default::default(),
-            mcmp: array_init::array_init(|_| Default::default()),
             prod: array_init::array_init(|_| Default::default()),
             pack: Default::default(),
-            lane_no: array_init::array_init(|i| Constant::new((i as u64).to_bits())),
             thr_addr: array_init::array_init(|k| Constant::new((32 + k as u64).to_bits())),
             width: Constant::new((B as u64).to_bits()),
             ph_load: Constant::new(0u64.to_bits()),
@@ -278,7 +277,6 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
             thr: array_init::array_init(|_| Default::default()),
             phase: Default::default(),
             wptr: Default::default(),
-            m: Default::default(),
             rptr: Default::default(),
             raddr: Default::default(),
             rvalid: Default::default(),
@@ -297,7 +295,6 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
             consume: Default::default(),
             wlast: Default::default(),
             rlast: Default::default(),
-            mrun: Default::default(),
             esum: Default::default(),
             nsum: Default::default(),
             r2: Default::default(),
@@ -311,8 +308,7 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
     #[hdl_gen]
     fn update(&mut self) {
         dff_setup!(
-            self, clock, up, x0, lim, n, nbeats, lastn, phase, wptr, m, rptr, raddr, rvalid, rdi, sum, rem, quo, div, cnt, factor, ov,
-            olast
+            self, clock, up, x0, lim, n, nbeats, lastn, phase, wptr, rptr, raddr, rvalid, rdi, sum, rem, quo, div, cnt, factor, ov, olast
         );
         for k in 0..NQ {
             self.thr[k].clock.next = self.clock.val();
@@ -353,23 +349,27 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
                 self.issue.next = true;
             }
         }
-        self.ram.read_clock.next = self.clock.val();
-        self.ram.write_clock.next = self.clock.val();
+        self.row.clock.next = self.clock.val();
         if self.issue.val() {
-            self.ram.read_address.next = self.rptr.q.val().get_bits::<AW>(0);
+            self.row.raddr.next = self.rptr.q.val().get_bits::<AW>(0);
             self.raddr.d.next = self.rptr.q.val().get_bits::<AW>(0);
         } else {
-            self.ram.read_address.next = self.raddr.q.val();
+            self.row.raddr.next = self.raddr.q.val();
         }
-        self.ram.write_address.next = self.wptr.q.val().get_bits::<AW>(0);
-        self.ram.write_data.next = self.in_data.val();
-        self.ram.write_enable.next = false;
+        self.row.waddr.next = self.wptr.q.val().get_bits::<AW>(0);
+        self.row.in_data.next = self.in_data.val();
+        self.row.in_mask.next = self.in_mask.val();
+        self.row.write.next = false;
         self.wlast.next = (self.wptr.q.val() + self.one11.val()) == self.nbeats.q.val();
         self.rlast.next = (self.rdi.q.val() + self.one11.val()) == self.nbeats.q.val();
-        // Lanes: the exponent from the read data, the running maximum from the input beat.
+        self.row.first.next = self.wptr.q.val() == self.zero11.val();
+        self.row.wlast.next = self.wlast.val();
+        self.row.rlast.next = self.rlast.val();
+        self.row.lastn.next = self.lastn.q.val();
+        // Lanes: the exponent from the read data and the row maximum (kept by the row buffer).
         for i in 0..L {
-            self.exps[i].m.next = self.m.q.val();
-            self.exps[i].q.next = self.ram.read_data.val().get_bits::<B>(i * self.width.val().index());
+            self.exps[i].m.next = self.row.m.val();
+            self.exps[i].q.next = self.row.rdata.val().get_bits::<B>(i * self.width.val().index());
             self.exps[i].up.next = self.up.q.val();
             self.exps[i].x0.next = self.x0.q.val();
             self.exps[i].lim.next = self.lim.q.val();
@@ -380,23 +380,10 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
             self.pack.lane[i].next = self.odata[i].q.val();
         }
         self.out_data.next = self.pack.data.val();
-        // Running maximum over the valid lanes of the beat being written.
-        if self.wptr.q.val() == self.zero11.val() {
-            self.mrun.next = self.in_data.val().get_bits::<B>(0);
-        } else {
-            self.mrun.next = self.m.q.val();
-        }
-        for i in 0..L {
-            self.mcmp[i].a.next = self.mrun.val();
-            self.mcmp[i].b.next = self.in_data.val().get_bits::<B>(i * self.width.val().index());
-            if self.mcmp[i].y.val() & (!self.wlast.val() | (self.lane_no[i].val() < self.lastn.q.val())) {
-                self.mrun.next = self.in_data.val().get_bits::<B>(i * self.width.val().index());
-            }
-        }
-        // Sum of the valid lanes' exponents of the word read last cycle.
+        // Sum of the live (valid, unmasked) lanes' exponents of the word read last cycle.
         self.esum.next = self.zero42.val();
         for i in 0..L {
-            if !self.rlast.val() | (self.lane_no[i].val() < self.lastn.q.val()) {
+            if self.row.rlive[i].val() {
                 self.esum.next = self.esum.val() + self.exps[i].e42.val();
             }
         }
@@ -409,8 +396,7 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
             self.rvalid.d.next = false;
         } else if self.phase.q.val() == self.ph_load.val() {
             if self.in_valid.val() {
-                self.ram.write_enable.next = true;
-                self.m.d.next = self.mrun.val();
+                self.row.write.next = true;
                 self.wptr.d.next = self.wptr.q.val() + self.one11.val();
                 if self.wlast.val() {
                     self.phase.d.next = self.ph_sum.val();
@@ -467,7 +453,8 @@ impl<const B: usize, const L: usize, const DW: usize, const X: usize, const TB: 
             self.rvalid.d.next = self.issue.val() | (self.rvalid.q.val() & !self.free.val());
             if self.rvalid.q.val() & self.free.val() {
                 for i in 0..L {
-                    if !self.rlast.val() | (self.lane_no[i].val() < self.lastn.q.val()) {
+                    // Masked lanes (probability zero) and padding lanes give 0.
+                    if self.row.rlive[i].val() {
                         self.odata[i].d.next = self.prod[i].y.val();
                     } else {
                         self.odata[i].d.next = self.zero16.val();
