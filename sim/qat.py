@@ -271,7 +271,7 @@ def run(a) -> int:
     if a.resume:
         if not ckpt_path.is_file():
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location=device)
+        ck = torch.load(ckpt_path, map_location="cpu")  # the RNG state must stay a CPU tensor
         if ck["config"] != config:
             diff = [k for k in config if ck["config"].get(k) != config[k]]
             raise UserError(f"--resume: {ckpt_path} was made with other settings ({', '.join(diff)})")
