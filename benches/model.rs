@@ -67,7 +67,8 @@ fn setup_n(n: usize) -> Setup {
     let imgs = Images::load_npy(&p, &m).expect("images");
     let mut calib = imgs.clone();
     calib.truncate(4);
-    let q = calibrate(&model, &calib, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: None }, &|| {}).expect("calibrate");
+    let q =
+        calibrate(&model, &calib, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: None, mse: false }, &|| {}).expect("calibrate");
     let units = Assignment::single(&model.layers, &m.name, 8, Method::IVit).resolve(&model.layers, "bench").expect("assignment");
     let scales = ActScales::from_section(&q, 8, &model.graph);
     let qm =

@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="QAT runs at once (one torch thread each)")
     p.add_argument("--mnq", default=str(ROOT / "target" / "release" / "mnq"))
     p.add_argument("--only", help="only assignments whose name contains this (for partial runs)")
+    p.add_argument("--merge", help="an earlier table.json whose rows and columns this run's results join "
+                   "(a later run of other epoch counts completes a table instead of replacing it)")
     a = p.parse_args(argv)
     bits_list = [int(b) for b in a.bits.split(",")]
     if ":" in a.epochs:
@@ -136,8 +138,40 @@ def main(argv=None) -> int:
         "train_count": a.train_count, "epochs": {str(b): per[b] for b in bits_list}, "batch_size": a.batch_size,
         "lr": a.lr, "wall_s": round(time.time() - t0), "eval_images": rows[0]["images"] if rows else 0,
     }
+    if a.merge:
+        rows, epochs, meta = merge(Path(a.merge), rows, epochs, meta)
     write(Path(a.out), rows, epochs, meta)
     return 0
+
+
+def merge(path: Path, rows, epochs, meta):
+    """Join this run's rows to an earlier table's: same (bits, model) rows gain the new columns,
+    and a PTQ figure that differs between the two runs is an error (they must share calibration)."""
+    try:
+        old = json.loads(path.read_text())
+        old_rows, old_meta = old["rows"], old["meta"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: --merge {path}: not a table.json written by this script ({e})")
+    by_key = {(r["bits"], r["model"]): dict(r) for r in old_rows}
+    for r in rows:
+        k = (r["bits"], r["model"])
+        if k in by_key and by_key[k]["ptq_top1"] != r["ptq_top1"]:
+            raise SystemExit(f"error: --merge {path}: PTQ top-1 of {r['bits']}-bit {r['model']} differs "
+                             f"({by_key[k]['ptq_top1']} there, {r['ptq_top1']} here): not the same calibration")
+        by_key.setdefault(k, {}).update(r)
+    per = {b: set(v) for b, v in old_meta["epochs"].items()}
+    for b, v in meta["epochs"].items():
+        per.setdefault(b, set()).update(v)
+    all_epochs = sorted({float(e) for v in per.values() for e in v} | set(epochs))
+    merged = {
+        "command": old_meta["command"] + "`, then `" + meta["command"],
+        "train_count": meta["train_count"], "batch_size": meta["batch_size"], "lr": meta["lr"],
+        "epochs": {b: sorted(v) for b, v in per.items()},
+        "wall_s": old_meta["wall_s"] + meta["wall_s"], "eval_images": meta["eval_images"] or old_meta["eval_images"],
+    }
+    if (old_meta["train_count"], old_meta["batch_size"], old_meta["lr"]) != (meta["train_count"], meta["batch_size"], meta["lr"]):
+        raise SystemExit(f"error: --merge {path}: that table used another --train-count, --batch-size or --lr")
+    return list(by_key.values()), all_epochs, merged
 
 
 def pct(v):
@@ -163,7 +197,7 @@ def write(out: Path, rows, epochs, meta):
                if e not in meta["epochs"][str(b)]]
     if not_run:
         md.write(f"\n— = not run: {', '.join(not_run)}.\n")
-    md.write(f"\nCommand: `{meta['command']}` ({meta['wall_s']} s wall).\n")
+    md.write(f"\nCommand{'s' if '`, then `' in meta['command'] else ''}: `{meta['command']}` ({meta['wall_s']} s wall).\n")
     (out / "table.md").write_text(md.getvalue())
     buf = io.StringIO()
     cols = ["bits", "model", "assignment", "ptq_top1"] + keys + [k.replace("_top1", "_torch_top1") for k in keys] + \

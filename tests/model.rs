@@ -459,7 +459,7 @@ fn assignment_roundtrip_and_errors() {
 // Integer forward.
 
 fn calibrated(model: &Model, imgs: &Images, bits: u32) -> ActScales {
-    let q = calibrate(model, imgs, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| {}).unwrap();
+    let q = calibrate(model, imgs, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None, mse: false }, &|| {}).unwrap();
     ActScales::from_section(&q, bits, &model.graph)
 }
 
@@ -524,7 +524,7 @@ fn integer_forward_is_deterministic_and_mixed_assignments_run() {
         // 4-bit activations and weights run too (the narrowest supported width).
         let units4 = cfg.units.clone();
         let s4 = ActScales::from_section(
-            &calibrate(&model, &imgs, &CalibOptions { weight_bits: 4, act_bits: 4, percentile: None }, &|| {}).unwrap(),
+            &calibrate(&model, &imgs, &CalibOptions { weight_bits: 4, act_bits: 4, percentile: None, mse: false }, &|| {}).unwrap(),
             4,
             &model.graph,
         );
@@ -630,7 +630,7 @@ fn calibration_scales_and_manifest_roundtrip() {
     let m = manifest("vit", false, 4);
     let model = write(dir.path(), &m, 41);
     let imgs = images(dir.path(), &m, 5, 42);
-    let q = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: None }, &|| {}).unwrap();
+    let q = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: None, mse: false }, &|| {}).unwrap();
     let names: Vec<String> = model.graph.points.iter().map(|p| p.name.clone()).collect();
     assert_eq!(q.act_scales.keys().cloned().collect::<std::collections::BTreeSet<_>>(), names.iter().cloned().collect());
     // Min/max: input scale = max|x| / 127 over the images.
@@ -652,7 +652,7 @@ fn calibration_scales_and_manifest_roundtrip() {
     assert_eq!(q.ptf.len(), 5);
     assert!(q.ptf.values().all(|p| p.alpha.len() == 24 && p.alpha.iter().all(|a| *a <= 3) && p.min < p.max));
     // A percentile gives ranges no larger than min/max.
-    let qp = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: Some(99.0) }, &|| {}).unwrap();
+    let qp = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: Some(99.0), mse: false }, &|| {}).unwrap();
     for (k, s) in &qp.act_scales {
         assert!(*s <= q.act_scales[k] * (1.0 + 1e-12), "{k}");
     }
@@ -691,9 +691,9 @@ fn quantisation_errors_are_clear() {
             IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: 8, preset: Preset::Adapted, units: units.clone() });
         assert!(e.err().unwrap().to_string().contains(&format!("weight width {bits} bits is not supported")));
     }
-    let e = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 12, percentile: None }, &|| {});
+    let e = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 12, percentile: None, mse: false }, &|| {});
     assert!(e.unwrap_err().to_string().contains("12-bit activations"));
-    let e = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: Some(0.0) }, &|| {});
+    let e = calibrate(&model, &imgs, &CalibOptions { weight_bits: 8, act_bits: 8, percentile: Some(0.0), mse: false }, &|| {});
     assert!(e.unwrap_err().to_string().contains("percentile"));
     let mut s = scales.clone();
     s.scales.remove("blocks.1.attn.matmul_qk");
@@ -752,7 +752,8 @@ fn bundled_model_integer_accuracy_tracks_float() {
         Images::load_npy(&data.join("eval_images.npy"), &model.manifest).unwrap().with_labels(&data.join("eval_labels.npy"), 10).unwrap();
     eval.truncate(300);
     for bits in [8u32, 6] {
-        let q = calibrate(&model, &calib, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| {}).unwrap();
+        let q =
+            calibrate(&model, &calib, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None, mse: false }, &|| {}).unwrap();
         let scales = ActScales::from_section(&q, bits, &model.graph);
         for method in [Method::IVit, Method::IBert, Method::FqVit] {
             let r = evaluate::<f32>(&model, &int_model(&model, &scales, bits, method), &eval, &|| {}).unwrap();

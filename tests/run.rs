@@ -28,6 +28,11 @@ fn run_end_to_end_small() {
         "assignment_abs-sqnr-diff_8b.json",
         "pareto_latency_8b.csv",
         "pareto_criterion_latency_8b.png",
+        "attribution_8b.md",
+        "attribution_8b.csv",
+        "attribution_8b.json",
+        "attribution_8b.svg",
+        "attribution_8b.png",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
@@ -59,6 +64,15 @@ fn run_end_to_end_small() {
             .unwrap();
         assert_eq!(rule[l["name"].as_str().unwrap()], best["unit"]);
     }
+    // The attribution's all-integer variant is the rule's model the accuracy step evaluated.
+    let at = &r["attribution"][0]["attribution"];
+    let rule_acc = b["accuracy"].as_array().unwrap().iter().find(|a| a["name"] == "rule_sqnr-diff").unwrap();
+    assert_eq!(at["results"][0]["variant"]["name"], "integer");
+    assert_eq!(at["results"][0]["top1"], rule_acc["top1"]);
+    assert_eq!(at["results"][0]["agreement"], rule_acc["agreement"]);
+    assert_eq!(at["float_top1"], r["float_top1"]);
+    let n_layers = table.as_array().unwrap().len();
+    assert_eq!(at["results"].as_array().unwrap().len(), 5 + n_layers, "integer, linear only, 3 op kinds, one per layer");
     // Accuracy entries are fractions.
     for a in b["accuracy"].as_array().unwrap() {
         let t = a["top1"].as_f64().unwrap();

@@ -125,7 +125,7 @@ fn integer_forward_every_method_and_masks() {
         .collect();
     assert!(masks.iter().filter(|m| m.is_some()).count() == 2, "stages 0 and 1 have a shifted block each");
     for bits in [8u32, 6] {
-        let q = calibrate(&model, imgs, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| {}).unwrap();
+        let q = calibrate(&model, imgs, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None, mse: false }, &|| {}).unwrap();
         let scales = ActScales::from_section(&q, bits, &model.graph);
         let mixes = [Method::IBert, Method::FqVit, Method::IVit];
         let mut configs: Vec<Vec<_>> = mixes.iter().map(|&m| model.layers.iter().map(|l| unit_for(l.op, m)).collect()).collect();

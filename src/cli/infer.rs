@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use mnq::io::write_atomic;
-use mnq::model::manifest::{Assignment, OrderedLayers};
+use mnq::model::attribution::{attribute, variants};
+use mnq::model::manifest::{Assignment, LayerUnit, OrderedLayers};
 use mnq::model::{calibrate, evaluate, ActScales, CalibOptions, EvalReport, Images, IntModel, Model, QuantConfig, QuantSection};
-use mnq::units::{Method, Preset};
+use mnq::units::{Method, Op, Preset};
 use std::path::{Path, PathBuf};
 
 /// Default model directory (the bundled trained model).
@@ -43,9 +44,9 @@ pub enum FloatArg {
     F64,
 }
 
-/// Options of `mnq infer`.
+/// Which model, images, units and scales an integer run uses (`mnq infer`, `mnq attribute`).
 #[derive(Debug, clap::Args)]
-pub struct InferArgs {
+pub struct ModelSel {
     /// Model directory (manifest.json + model.safetensors).
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: PathBuf,
@@ -79,6 +80,55 @@ pub struct InferArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+/// An op kind that `--float-ops` keeps in float64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpArg {
+    /// Every Softmax layer.
+    Softmax,
+    /// Every GELU layer.
+    Gelu,
+    /// Every LayerNorm layer.
+    Layernorm,
+}
+
+impl OpArg {
+    fn op(self) -> Op {
+        match self {
+            OpArg::Softmax => Op::Softmax,
+            OpArg::Gelu => Op::Gelu,
+            OpArg::Layernorm => Op::LayerNorm,
+        }
+    }
+}
+
+/// Options of `mnq attribute`.
+#[derive(Debug, clap::Args)]
+pub struct AttributeArgs {
+    #[command(flatten)]
+    sel: ModelSel,
+    /// Also keep each layer in float64 alone (one more integer forward per layer and image).
+    #[arg(long)]
+    per_layer: bool,
+    /// Folder for attribution_<bits>b_<units>.{md,csv,json,svg,png} (default: print the table only).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the SVG/PNG plot.
+    #[arg(long)]
+    no_plots: bool,
+}
+
+/// Options of `mnq infer`.
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    sel: ModelSel,
+    /// Keep these op kinds in float64 inside the integer model (comma-separated: softmax,
+    /// gelu, layernorm): each such layer computes its op exactly on the dequantised input, and
+    /// only the linear quantisation is left on it (error attribution; see `mnq attribute`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    float_ops: Vec<OpArg>,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -108,6 +158,10 @@ pub struct CalibrateArgs {
     /// Range from this percentile of |x| instead of min/max (act_bits points only).
     #[arg(long)]
     percentile: Option<f64>,
+    /// Outlier-aware ranges: per act_bits point, the clipping range with the least squared
+    /// quantisation error over the calibration values (instead of min/max or a percentile).
+    #[arg(long, conflicts_with = "percentile")]
+    mse: bool,
     /// Weight and activation bits the scales are for.
     #[arg(long, default_value_t = 8)]
     bits: u32,
@@ -206,15 +260,25 @@ fn write_logits(path: &Path, model: &Model, qm: &IntModel, images: &Images, floa
 }
 
 /// `mnq infer`.
-pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
+/// Everything an integer run needs, resolved from [`ModelSel`].
+struct Prepared {
+    model: Model,
+    images: Images,
+    eval_path: PathBuf,
+    pool: rayon::ThreadPool,
+    /// How the units were chosen, for the printout.
+    how: String,
+    units: Vec<LayerUnit>,
+    section: QuantSection,
+    scales_note: String,
+}
+
+/// Check the outputs against the inputs, load the model and images, resolve the units and the
+/// scales (calibrating on the fly when the manifest has none).
+fn prepare(a: &ModelSel, outputs: &[&Path]) -> Result<Prepared> {
     super::check_threads("--threads", a.threads)?;
     if a.calib_images == Some(0) {
         bail!("--calib-images must be at least 1");
-    }
-    if let Some(p) = &a.logits {
-        if p.extension().and_then(|e| e.to_str()) != Some("npz") {
-            bail!("--logits {}: the logits are written as an .npz archive; give a .npz path", p.display());
-        }
     }
     // Before the run: an unwritable output path, or one that is an input, fails now, not after it.
     let (mf, w) = (a.model.join("manifest.json"), a.model.join("model.safetensors"));
@@ -222,7 +286,7 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
     let mut inputs: Vec<&Path> = vec![&mf, &w, &e, &l, &c];
     inputs.extend(a.manifest.as_deref());
     inputs.extend(a.assign.as_deref());
-    for out in a.json.iter().chain(a.logits.iter()) {
+    for out in outputs {
         mnq::io::check_output(out, &inputs)?;
     }
     let model = load_model(&a.model, a.manifest.as_deref())?;
@@ -297,7 +361,10 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
             let c = q
                 .calibration
                 .as_ref()
-                .map_or(String::new(), |c| format!(", calibrated on {} images at percentile {}", c.images, c.percentile));
+                .map_or(String::new(), |c| match &c.clip {
+                    Some(k) => format!(", calibrated on {} images ({k} clipping)", c.images),
+                    None => format!(", calibrated on {} images at percentile {}", c.images, c.percentile),
+                });
             let conv =
                 if q.act_bits != a.bits { format!("; made for {} bits, ranges kept for {}", q.act_bits, a.bits) } else { String::new() };
             (q.clone(), format!("the manifest's quant section{c}{conv}"))
@@ -316,11 +383,35 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
                 ci.len(),
                 p.display()
             );
-            let opts = CalibOptions { weight_bits: a.bits, act_bits: a.bits, percentile: None };
+            let opts = CalibOptions { weight_bits: a.bits, act_bits: a.bits, percentile: None, mse: false };
             let q = pool.install(|| run_calibration(&model, &ci, &opts))?;
             (q, format!("calibrated on the fly on {} images of {} (min/max)", ci.len(), p.display()))
         }
     };
+    Ok(Prepared { model, images, eval_path, pool, how, units, section, scales_note })
+}
+
+/// `mnq infer`.
+pub fn cmd_infer(args: &InferArgs) -> Result<i32> {
+    if let Some(p) = &args.logits {
+        if p.extension().and_then(|e| e.to_str()) != Some("npz") {
+            bail!("--logits {}: the logits are written as an .npz archive; give a .npz path", p.display());
+        }
+    }
+    let outputs: Vec<&Path> = args.json.iter().chain(args.logits.iter()).map(|p| p.as_path()).collect();
+    let a = &args.sel;
+    let Prepared { model, images, eval_path, pool, mut how, mut units, section, scales_note } = prepare(a, &outputs)?;
+    let m = &model.manifest;
+    if !args.float_ops.is_empty() {
+        let ops: Vec<Op> = args.float_ops.iter().map(|o| o.op()).collect();
+        for (u, l) in units.iter_mut().zip(&model.layers) {
+            if ops.contains(&l.op) {
+                *u = LayerUnit::Exact(l.op);
+            }
+        }
+        let names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
+        how += &format!("; {} kept in float64 (--float-ops)", names.join(", "));
+    }
     let scales = ActScales::from_section(&section, a.bits, &model.graph);
     let cfg = QuantConfig { weight_bits: a.bits, act_bits: a.bits, preset: a.preset, units };
     let qm = IntModel::new(&model, &scales, cfg)?;
@@ -347,7 +438,11 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
     println!("images: {} from {}", report.images, eval_path.display());
     println!("integer: {}-bit weights and activations, units {how}, preset {}", a.bits, a.preset);
     println!("scales: {scales_note}");
-    if qm.config.units.iter().any(|u| !u.is_integer()) {
+    let exact = qm.config.units.iter().filter(|u| matches!(u, LayerUnit::Exact(_))).count();
+    if exact > 0 {
+        println!("note: {exact} layers compute their op in float64 on the dequantised input (*_float): not integer units");
+    }
+    if qm.config.units.iter().any(|u| matches!(u, LayerUnit::FloatGelu)) {
         println!(
             "note: gelu_fqvit layers run FQ-ViT's float GELU (dequantised input, output quantised to {} bits): not an integer unit",
             a.bits
@@ -380,7 +475,7 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
             cond.join(", ")
         );
     }
-    if let Some(p) = &a.json {
+    if let Some(p) = &args.json {
         let v = serde_json::json!({
             "model": m.name,
             "model_dir": a.model,
@@ -393,9 +488,58 @@ pub fn cmd_infer(a: &InferArgs) -> Result<i32> {
         write_atomic(p, (serde_json::to_string_pretty(&v)? + "\n").as_bytes())?;
         eprintln!("wrote {}", p.display());
     }
-    if let Some(p) = &a.logits {
+    if let Some(p) = &args.logits {
         pool.install(|| write_logits(p, &model, &qm, &images, a.float))?;
         eprintln!("wrote {} (int_logits, logits, float_logits for {} images)", p.display(), images.len());
+    }
+    Ok(0)
+}
+
+/// `mnq attribute`: where the integer model's accuracy goes (linear quantisation, each op's
+/// units, with `--per-layer` each layer's).
+pub fn cmd_attribute(args: &AttributeArgs) -> Result<i32> {
+    let a = &args.sel;
+    let label = match (&a.assign, a.method) {
+        (Some(p), _) => p.file_stem().map_or("assign".into(), |s| s.to_string_lossy().into_owned()),
+        (None, Some(m)) => m.method().name().to_string(),
+        (None, None) => "manifest".into(),
+    };
+    let stem = format!("attribution_{}b_{label}", a.bits);
+    let targets: Vec<PathBuf> = match &args.out {
+        Some(d) => {
+            let exts: &[&str] = if args.no_plots { &["md", "csv", "json"] } else { &["md", "csv", "json", "svg", "png"] };
+            exts.iter().map(|e| d.join(format!("{stem}.{e}"))).collect()
+        }
+        None => Vec::new(),
+    };
+    let outputs: Vec<&Path> = targets.iter().map(|p| p.as_path()).collect();
+    let Prepared { model, images, eval_path, pool, how, units, section, scales_note } = prepare(a, &outputs)?;
+    let m = &model.manifest;
+    let scales = ActScales::from_section(&section, a.bits, &model.graph);
+    let vars = variants(&model.layers, &units, args.per_layer);
+    let pb = progress(images.len(), &format!("attribution ({} variants)", vars.len()));
+    let at = pool.install(|| match a.float {
+        FloatArg::F32 => attribute::<f32>(&model, &scales, a.bits, a.preset, vars, &images, &|| pb.inc(1)),
+        FloatArg::F64 => attribute::<f64>(&model, &scales, a.bits, a.preset, vars, &images, &|| pb.inc(1)),
+    })?;
+    pb.finish_and_clear();
+    let header = format!(
+        "# Where the accuracy goes: {} at {} bits, units {how}\n\nImages: {} from {}. Scales: {scales_note}. Each variant is the integer model with the listed layers computing their op in float64 on the dequantised input (`*_float`), output requantised as from a unit; `mnq attribute{}` measured it.",
+        m.name,
+        a.bits,
+        at.images,
+        eval_path.display(),
+        if args.per_layer { " --per-layer" } else { "" }
+    );
+    print!("{}", mnq::report::attribution::markdown(&at, &header));
+    if let Some(d) = &args.out {
+        let meta = serde_json::json!({
+            "model": m.name, "model_dir": a.model, "bits": a.bits, "preset": a.preset, "units": how,
+            "scales": scales_note, "per_layer": args.per_layer,
+        });
+        for p in mnq::report::attribution::write(d, &stem, &at, &header, meta, args.no_plots)? {
+            eprintln!("wrote {}", p.display());
+        }
     }
     Ok(0)
 }
@@ -433,7 +577,7 @@ pub fn cmd_calibrate(a: &CalibrateArgs) -> Result<i32> {
     }
     let mut images = Images::load_npy(&path, m)?;
     take(&mut images, a.images, "--images")?;
-    let opts = CalibOptions { weight_bits: a.bits, act_bits: a.bits, percentile: a.percentile };
+    let opts = CalibOptions { weight_bits: a.bits, act_bits: a.bits, percentile: a.percentile, mse: a.mse };
     let pool = pool(a.threads)?;
     let mut q = pool.install(|| run_calibration(&model, &images, &opts))?;
     // Keep an assignment the manifest already had.
@@ -446,7 +590,7 @@ pub fn cmd_calibrate(a: &CalibrateArgs) -> Result<i32> {
         m.name,
         images.len(),
         path.display(),
-        a.percentile.map_or("min/max".to_string(), |p| format!("percentile {p}")),
+        if a.mse { "MSE clipping search".to_string() } else { a.percentile.map_or("min/max".to_string(), |p| format!("percentile {p}")) },
         q.act_scales.len(),
         a.bits,
         q.ptf.len()

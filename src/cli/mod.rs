@@ -52,6 +52,8 @@ pub enum Command {
     Cost(cost::CostArgs),
     /// Float and integer inference of a model directory: top-1, agreement, per-layer ASQNR.
     Infer(infer::InferArgs),
+    /// Where the integer model's accuracy goes: the linear quantisation against each op's (each layer's) units.
+    Attribute(infer::AttributeArgs),
     /// Activation scales (and PTF parameters) from calibration images, into the manifest.
     Calibrate(infer::CalibrateArgs),
     /// Print a model's layer graph: the op list both executors run, with every non-linear layer.
@@ -267,6 +269,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Cost(a) => cost::run(&a),
         Command::Infer(a) => infer::cmd_infer(&a),
         Command::Calibrate(a) => infer::cmd_calibrate(&a),
+        Command::Attribute(a) => infer::cmd_attribute(&a),
         Command::Run(a) => run::cmd_run(&a),
         Command::Graph { model } => cmd_graph(&model).map(|_| 0),
     }

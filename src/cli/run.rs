@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Error attribution of the sqnr-diff rule's model: none, ops (linear quantisation and each
+    /// op kind in float64), layers (also each layer alone; one more integer forward per layer).
+    #[arg(long, value_enum, default_value = "layers")]
+    attribution: mnq::model::attribution::Level,
     /// Output folder (default reports/<model name>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -93,6 +97,7 @@ pub fn cmd_run(a: &RunArgs) -> Result<i32> {
         max_pareto_eval: a.max_pareto_eval,
         cost_table: a.cost_table.clone(),
         rtl_manifest: a.rtl_manifest.clone(),
+        attribution: a.attribution,
         out,
         progress: !a.quiet,
     };

@@ -27,6 +27,9 @@ pub struct CalibOptions {
     pub act_bits: u32,
     /// Percentile of |x| in (0, 100] for the activation ranges (None or 100 = min/max).
     pub percentile: Option<f64>,
+    /// Outlier-aware ranges instead: the clipping range of each act_bits point that minimises
+    /// the point's own quantisation error (mean squared, over every calibration value).
+    pub mse: bool,
 }
 
 /// Result of a calibration: the quant section to store.
@@ -72,6 +75,9 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
     }
     if images.is_empty() {
         return Err(ModelError::Quant { what: "calibration needs at least one image".into() });
+    }
+    if opts.mse && opts.percentile.is_some_and(|p| p < 100.0) {
+        return Err(ModelError::Quant { what: "choose a percentile or the MSE clipping search, not both".into() });
     }
     let g = &model.graph;
     let points = &g.points;
@@ -131,7 +137,7 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
             (scale8, zp)
         })
         .collect();
-    let want_hist = opts.percentile.is_some_and(|p| p < 100.0);
+    let want_hist = opts.mse || opts.percentile.is_some_and(|p| p < 100.0);
     let new_acc = || Acc {
         hist: if want_hist { vec![vec![0u64; BINS]; np] } else { Vec::new() },
         ptf: ln_points.iter().map(|&(_, c)| vec![[0.0; 4]; c]).collect(),
@@ -193,6 +199,7 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
             (s.amax, super::quant::RESIDUAL_BITS)
         } else {
             let r = match opts.percentile {
+                _ if opts.mse && s.amax > 0.0 => mse_clip(&acc.hist[pi], s.amax, opts.act_bits),
                 Some(pc) if pc < 100.0 && s.amax > 0.0 => percentile(&acc.hist[pi], s.amax, pc),
                 _ => s.amax,
             };
@@ -229,9 +236,46 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
             images: images.len(),
             percentile: opts.percentile.unwrap_or(100.0),
             source: images.path.display().to_string(),
+            clip: opts.mse.then(|| "mse".to_string()),
         }),
         extra: BTreeMap::new(),
     })
+}
+
+/// The clipping range `c` of a symmetric `bits`-bit quantiser (step `Δ = c/(2^(bits−1)−1)`)
+/// with the least mean squared error over a histogram of |x| on [0, top]: values beyond `c`
+/// cost `(|x| − c)²`, values within it the rounding error, `Δ²/12` where a bin holds several
+/// steps and the error at the bin centre where a step spans bins. The candidates are the bin
+/// edges, searched from `top` down, so ties keep the wider range. Only ever narrows min/max.
+pub fn mse_clip(hist: &[u64], top: f64, bits: u32) -> f64 {
+    let n = hist.len();
+    let w = top / n as f64;
+    let centres: Vec<f64> = (0..n).map(|i| (i as f64 + 0.5) * w).collect();
+    let mut best = (f64::INFINITY, top);
+    for k in (1..=n).rev() {
+        let c = k as f64 * w;
+        let d = c / qmax(bits);
+        let mut err = 0.0;
+        for (i, &m) in hist.iter().enumerate() {
+            if m == 0 {
+                continue;
+            }
+            let x = centres[i];
+            let e = if x > c {
+                (x - c) * (x - c)
+            } else if d <= w {
+                d * d / 12.0
+            } else {
+                let r = x - d * round_half_even_f64(x / d);
+                r * r
+            };
+            err += m as f64 * e;
+        }
+        if err < best.0 {
+            best = (err, c);
+        }
+    }
+    best.1
 }
 
 /// The `pc`-th percentile of |x| from a histogram over [0, top], interpolated within the bin.
@@ -263,5 +307,51 @@ mod tests {
         assert!((percentile(&h, 2.0, 99.0) - 1.98).abs() < 1e-12);
         assert_eq!(percentile(&h, 1.0, 100.0), 1.0);
         assert_eq!(percentile(&[0, 0], 3.0, 50.0), 3.0);
+    }
+
+    fn hist_of(v: &[f64], top: f64) -> Vec<u64> {
+        let mut h = vec![0u64; BINS];
+        for x in v {
+            h[((x.abs() / top) * BINS as f64).min(BINS as f64 - 1.0) as usize] += 1;
+        }
+        h
+    }
+
+    fn quant_mse(v: &[f64], c: f64, bits: u32) -> f64 {
+        let d = c / qmax(bits);
+        v.iter().map(|&x| (x - (round_half_even_f64(x / d).clamp(-qmax(bits), qmax(bits))) * d).powi(2)).sum::<f64>() / v.len() as f64
+    }
+
+    #[test]
+    fn mse_clip_cuts_outliers_and_keeps_uniform_ranges() {
+        use rand::{Rng, SeedableRng};
+        use rand_distr::{Distribution, Normal};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let normal = Normal::new(0.0, 1.0).unwrap();
+        // A unit Gaussian with 0.01 % outliers at ±40. The search trades their clipping error
+        // against every other value's rounding error: at 4 bits min/max rounds most values to
+        // zero and the search clips; at 8 bits the outliers cost more than the rounding, and
+        // the search keeps (nearly) the full range. Either way it is never worse than min/max.
+        let mut v: Vec<f64> = (0..100_000).map(|_| normal.sample(&mut rng)).collect();
+        for x in v.iter_mut().step_by(10_000) {
+            *x = if rng.gen::<bool>() { 40.0 } else { -40.0 };
+        }
+        let top = v.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        for bits in [8, 6, 4] {
+            let c = mse_clip(&hist_of(&v, top), top, bits);
+            let (e_mse, e_max) = (quant_mse(&v, c, bits), quant_mse(&v, top, bits));
+            assert!(e_mse <= e_max * 1.01, "{bits} bits: clip {c}: {e_mse} vs {e_max}");
+            if bits == 4 {
+                assert!(c < top / 4.0 && e_mse < e_max / 2.0, "4 bits: clip {c} of {top}, {e_mse} vs {e_max}");
+            }
+            if bits == 8 {
+                assert!(c > 0.9 * top, "8 bits: clip {c} of {top}");
+            }
+        }
+        // A uniform tensor has nothing to clip at 8 bits.
+        let u: Vec<f64> = (0..100_000).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let top = u.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        let c = mse_clip(&hist_of(&u, top), top, 8);
+        assert!(c > 0.97 * top, "uniform: {c} of {top}");
     }
 }

@@ -106,6 +106,9 @@ pub struct CalibInfo {
     pub percentile: f64,
     /// File the images came from.
     pub source: String,
+    /// Range scheme other than min/max or a percentile (`"mse"`: the clipping search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<String>,
 }
 
 /// The optional `quant` section of a manifest.
@@ -499,10 +502,17 @@ pub enum LayerUnit {
     /// FQ-ViT has no integer GELU: float GELU on the dequantised input, output quantised to the
     /// activation width, as FQ-ViT itself does. **Not an integer unit.**
     FloatGelu,
+    /// The operation in float64 on the dequantised input (`softmax_float`, `gelu_float`,
+    /// `layernorm_float`): the error-attribution baseline, which leaves only the linear
+    /// quantisation on that layer. Never a candidate of `mnq run`; **not an integer unit**.
+    Exact(Op),
 }
 
 /// Name under which the FQ-ViT float GELU fallback appears in assignments.
 pub const FLOAT_GELU: &str = "gelu_fqvit";
+
+/// The ops that have an exact float64 form ([`LayerUnit::Exact`]), named `<op>_float`.
+pub const EXACT_OPS: [Op; 3] = [Op::Softmax, Op::Gelu, Op::LayerNorm];
 
 impl LayerUnit {
     /// Parse a unit name as it appears in an assignment.
@@ -510,8 +520,11 @@ impl LayerUnit {
         if name == FLOAT_GELU {
             return Ok(LayerUnit::FloatGelu);
         }
+        if let Some(op) = EXACT_OPS.into_iter().find(|op| name == LayerUnit::Exact(*op).name()) {
+            return Ok(LayerUnit::Exact(op));
+        }
         units::build(name, Preset::Adapted).map(|_| LayerUnit::Unit(name.to_string())).map_err(|_| {
-            format!("unknown unit '{name}' (known: {}, {FLOAT_GELU} = FQ-ViT's float GELU fallback)", layer_unit_names().join(", "))
+            format!("unknown unit '{name}' (known: {}, {FLOAT_GELU} = FQ-ViT's float GELU fallback, softmax_float/gelu_float/layernorm_float = the op in float64)", layer_unit_names().join(", "))
         })
     }
 
@@ -520,6 +533,10 @@ impl LayerUnit {
         match self {
             LayerUnit::Unit(n) => n,
             LayerUnit::FloatGelu => FLOAT_GELU,
+            LayerUnit::Exact(Op::Softmax) => "softmax_float",
+            LayerUnit::Exact(Op::Gelu) => "gelu_float",
+            // Built only from EXACT_OPS, so the remaining op is LayerNorm.
+            LayerUnit::Exact(_) => "layernorm_float",
         }
     }
 
@@ -528,12 +545,14 @@ impl LayerUnit {
         match self {
             LayerUnit::Unit(n) => units::build(n, Preset::Adapted).map(|u| u.op()).unwrap_or(Op::Requant),
             LayerUnit::FloatGelu => Op::Gelu,
+            LayerUnit::Exact(op) => *op,
         }
     }
 
-    /// Whether the layer runs in integer arithmetic (false only for the float GELU fallback).
+    /// Whether the layer runs in integer arithmetic (false for the float GELU fallback and the
+    /// exact float64 ops).
     pub fn is_integer(&self) -> bool {
-        !matches!(self, LayerUnit::FloatGelu)
+        matches!(self, LayerUnit::Unit(_))
     }
 }
 

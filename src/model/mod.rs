@@ -10,6 +10,7 @@
 //! the model's activations.
 
 pub mod arch;
+pub mod attribution;
 pub mod calib;
 pub mod data;
 pub mod eval;

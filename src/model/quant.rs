@@ -474,7 +474,7 @@ impl IntModel {
                     unit: n.clone(),
                     source: Box::new(source),
                 })?),
-                LayerUnit::FloatGelu => None,
+                LayerUnit::FloatGelu | LayerUnit::Exact(_) => None,
             };
             qlayers.push(QLayer { unit, choice: choice.clone(), aux: Aux::default() });
         }
@@ -605,7 +605,9 @@ impl IntModel {
                     let out_scale = point_scale(*point)?;
                     let acc = acc_scale[*x].clone();
                     let ql = &qlayers[*layer];
-                    let wants_acc = ql.unit.as_ref().is_some_and(|u| u.name() == "gelu_ibert");
+                    // I-BERT's i-GELU and the exact float64 GELU take the fc1 accumulator itself.
+                    let wants_acc =
+                        ql.unit.as_ref().is_some_and(|u| u.name() == "gelu_ibert") || matches!(ql.choice, LayerUnit::Exact(_));
                     let gelu_lut = match ql.choice {
                         LayerUnit::FloatGelu => {
                             let (lo, hi) = int_range(ab, true);
@@ -762,6 +764,10 @@ impl<'q> IntRun<'q> {
 
     fn run_unit(&self, li: usize, x: &QTensor) -> Result<UnitOutput, ModelError> {
         let ql = &self.qm.qlayers[li];
+        if let LayerUnit::Exact(op) = ql.choice {
+            return units::float::exact_output(op, x, &ql.aux, self.qm.manifest.ln_eps)
+                .map_err(|what| ModelError::Quant { what: format!("layer {}: {}: {what}", self.qm.layers[li].name, ql.choice.name()) });
+        }
         let unit = ql.unit.as_ref().expect("integer layer has a unit");
         unit.run(x, &ql.aux, Mode::Integer).map_err(|e| self.unit_err(li, e))
     }

@@ -263,6 +263,95 @@ pub fn pareto_scatter(stem: &Path, fig: &ParetoScatter) -> Result<Vec<PathBuf>, 
     render(stem, (760, 520), fig)
 }
 
+/// Error-attribution figure, one horizontal bar per variant of the integer model (all
+/// integer, linear quantisation only, one op kind or one layer in float64): top-1 points lost
+/// against the float model (left) and the logits' ASQNR against it (right).
+pub struct AttributionBars<'a> {
+    /// Title of the figure.
+    pub title: &'a str,
+    /// Variant labels, top to bottom.
+    pub labels: &'a [String],
+    /// Points lost (float top-1 − variant top-1) per variant.
+    pub lost: &'a [f64],
+    /// Logits ASQNR (dB) per variant (infinite: drawn at the largest finite value).
+    pub asqnr: &'a [f64],
+    /// Series index of each bar (its colour): 0 all integer, 1 linear only, 2 op kind, 3 layer.
+    pub kind: &'a [usize],
+}
+
+impl Figure for AttributionBars<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let root = root.titled(self.title, ("sans-serif", 20)).map_err(|x| e(&x))?;
+        let w = root.dim_in_pixel().0;
+        let (left, right) = root.split_horizontally(w * 58 / 100);
+        let n = self.labels.len().max(1);
+        const NAMES: [&str; 4] = ["all integer", "linear quantisation only", "one op kind in float64", "one layer in float64"];
+        let labels = self.labels;
+        let fmt = move |y: &f64| {
+            let i = (y - 0.5).round();
+            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[labels.len() - 1 - i as usize].clone()
+            } else {
+                String::new()
+            }
+        };
+        // (area, values, axis title, label area width)
+        type Panel<'p, D> = (&'p DrawingArea<D, Shift>, &'p [f64], &'p str, u32);
+        let panels: [Panel<DB>; 2] =
+            [(&left, self.lost, "top-1 points lost against float", 230), (&right, self.asqnr, "logits ASQNR against float, dB", 10)];
+        for (pi, (area, vals, desc, ylab)) in panels.into_iter().enumerate() {
+            let (lo, hi) = range_of(vals.iter().cloned(), true);
+            let mut c = ChartBuilder::on(area)
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(ylab)
+                .build_cartesian_2d(lo..hi, 0f64..n as f64)
+                .map_err(|x| e(&x))?;
+            let mut mesh = c.configure_mesh();
+            mesh.disable_y_mesh().x_desc(desc).y_labels(4 * n + 1);
+            if pi == 0 {
+                mesh.y_label_formatter(&fmt);
+            } else {
+                mesh.y_label_formatter(&|_| String::new());
+            }
+            mesh.draw().map_err(|x| e(&x))?;
+            let fin_hi = vals.iter().cloned().filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+            for (k, name) in NAMES.iter().enumerate() {
+                let col = series_colour(k);
+                let bars: Vec<_> = vals
+                    .iter()
+                    .zip(self.kind)
+                    .enumerate()
+                    .filter(|(_, (v, &kk))| kk == k && !v.is_nan())
+                    .map(|(i, (&v, _))| {
+                        let v = if v.is_finite() { v } else { fin_hi };
+                        let y = (n - 1 - i) as f64;
+                        Rectangle::new([(0.0, y + 0.15), (v, y + 0.85)], col.filled())
+                    })
+                    .collect();
+                if bars.is_empty() {
+                    continue;
+                }
+                let s = c.draw_series(bars).map_err(|x| e(&x))?;
+                if pi == 0 {
+                    s.label(*name).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
+                }
+            }
+            if pi == 0 {
+                c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Draw [`AttributionBars`] as `<stem>.svg` and `<stem>.png`.
+pub fn attribution_bars(stem: &Path, fig: &AttributionBars) -> Result<Vec<PathBuf>, IoError> {
+    let h = (160 + 22 * fig.labels.len() as u32).max(360);
+    render(stem, (1000, h), fig)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

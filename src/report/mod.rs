@@ -1,6 +1,7 @@
 //! Plots (SVG and PNG, via plotters) and tables (Markdown, CSV, JSON) for people and tools.
 //! Every file is written atomically: a failed run leaves no partial file.
 
+pub mod attribution;
 pub mod charts;
 pub mod cost;
 pub mod model;

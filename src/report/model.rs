@@ -7,6 +7,7 @@
 
 use super::charts::{self, OutputHistograms, ParetoScatter, ScatterPoint, SqnrBars};
 use crate::io::{write_atomic, IoError};
+use crate::model::attribution;
 use crate::model::manifest::{unit_for, OrderedLayers};
 use crate::model::{
     self, calibrate, evaluate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig,
@@ -81,6 +82,8 @@ pub struct RunOptions {
     pub cost_table: PathBuf,
     /// RTL manifest with the cycle-model formulas (`rtl/manifest.json`).
     pub rtl_manifest: PathBuf,
+    /// Error attribution of the SQNR-diff rule's model (linear quantisation against units).
+    pub attribution: crate::model::attribution::Level,
     /// Output folder.
     pub out: PathBuf,
     /// Show progress bars.
@@ -341,6 +344,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         let mut lines = Vec::new();
         let mut index = String::new();
         let mut per_bits = Vec::new();
+        let mut attributions: Vec<(u32, attribution::Attribution)> = Vec::new();
         let calibrated = m.quant.is_none();
         let mut float_top1 = None;
         for &bits in &o.bits {
@@ -349,7 +353,12 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 Some(q) => q.clone(),
                 None => {
                     let b = bar(o.progress, 2 * calib.len() as u64, format!("{bits}-bit: calibrating on {} images", calib.len()));
-                    let c = calibrate(&model, &calib, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None }, &|| b.inc(1))?;
+                    let c = calibrate(
+                        &model,
+                        &calib,
+                        &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None, mse: false },
+                        &|| b.inc(1),
+                    )?;
                     b.finish();
                     c
                 }
@@ -535,6 +544,23 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 };
                 acc.push(Accuracy { name: n.clone(), kind: kind.clone(), ..r });
             }
+            // 6. Where the accuracy goes: the SQNR-diff rule's model with op kinds (layers) in float64.
+            if o.attribution != attribution::Level::None {
+                let ma = to_model_assignment(&name, bits, &rules[0].1);
+                let units = ma.resolve(&layers, "rule_sqnr-diff")?;
+                let vars = attribution::variants(&layers, &units, o.attribution == attribution::Level::Layers);
+                let b = bar(o.progress, eval.len() as u64, format!("{bits}-bit: attribution, {} variants", vars.len()));
+                let at = attribution::attribute::<f32>(&model, &scales, bits, Preset::Adapted, vars, &eval, &|| b.inc(1))?;
+                b.finish();
+                let header = format!(
+                    "# Where the accuracy goes: {name} at {bits} bits, the sqnr-diff rule's assignment\n\nEach variant is the integer model with the listed layers computing their op in float64 on the dequantised input (`*_float`, output requantised as from a unit), on the {} evaluation images.",
+                    eval.len()
+                );
+                let stem = format!("attribution_{bits}b");
+                let meta = json!({"model": name, "bits": bits, "assignment": format!("assignment_sqnr-diff_{bits}b.json"), "level": o.attribution});
+                crate::report::attribution::write(&tmp, &stem, &at, &header, meta, false)?;
+                attributions.push((bits, at));
+            }
             // Pareto plots: accuracy against cost of the evaluated points, criterion against cost of all.
             for (ax, key) in [("area", Axis::Area), ("latency", Axis::Latency)] {
                 let Some(f) = fronts.get(ax) else { continue };
@@ -672,6 +698,33 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         results.insert("bits".into(), json!(jbits));
         let idx = index_md(&name, o, &per_bits_summary(&per_bits), ft, &costs, calibrated, &sens_imgs, &eval, secs);
         let _ = write!(index, "{idx}");
+        if !attributions.is_empty() {
+            let _ = writeln!(
+                index,
+                "\n## Where the accuracy goes (sqnr-diff rule's model)\n\nThe integer model re-run with layers computing their op in float64 (`mnq attribute`; `--attribution {}`): float minus \"linear only\" is the loss of the linear quantisation alone, the rest is the non-linear units'.\n\n| bits | integer top-1 | linear only (all non-linear ops float64) | softmax float | gelu float | layernorm float | tables |\n|---:|---:|---:|---:|---:|---:|---|",
+                match o.attribution {
+                    attribution::Level::Layers => "layers",
+                    _ => "ops",
+                }
+            );
+            for (bits, at) in &attributions {
+                let cell = |n: &str| at.results.iter().find(|r| r.variant.name == n).map_or("—".to_string(), |r| pct(r.top1));
+                let _ = writeln!(
+                    index,
+                    "| {bits} | {} | {} | {} | {} | {} | [attribution_{bits}b.md](attribution_{bits}b.md), [plot](attribution_{bits}b.svg) |",
+                    cell("integer"),
+                    cell("linear only"),
+                    cell("softmax float"),
+                    cell("gelu float"),
+                    cell("layernorm float")
+                );
+            }
+            let _ = writeln!(index, "\nFloat top-1 {}; differences below about 1 point are within the sampling noise of {} images. The per-layer rows and the logits' ASQNR are in each table.", pct(ft), eval.len());
+            results.insert(
+                "attribution".into(),
+                json!(attributions.iter().map(|(b, a)| json!({"bits": b, "attribution": a})).collect::<Vec<_>>()),
+            );
+        }
         files.push(("index.md".into(), index.into_bytes()));
         files.push((
             "results.json".into(),

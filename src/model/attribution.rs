@@ -1,0 +1,204 @@
+//! Where the accuracy goes: the integer model re-run with chosen layers computed in float64
+//! ([`LayerUnit::Exact`]) instead of their units, against the float model on the same images.
+//!
+//! With every non-linear layer exact, only the linear quantisation is left (weights,
+//! activations, requantisers, 16-bit residuals): its loss is the float model's top-1 minus that
+//! variant's. Each op kind kept exact in turn, and with `per_layer` each layer in turn, shows
+//! how many points that op's (that layer's) units cost: the variant's top-1 minus the
+//! all-integer model's. The float logits are computed once per image and shared.
+
+use super::float::Real;
+use super::manifest::{LayerUnit, EXACT_OPS};
+use super::quant::{ActScales, IntModel, QuantConfig};
+use super::{Images, Layer, Model, ModelError};
+use crate::model::eval::{db20, sqnr_ratio};
+use crate::units::Preset;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// How much attribution `mnq run` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// None.
+    None,
+    /// Linear quantisation and each op kind (5 variants).
+    Ops,
+    /// Also each layer alone (one more variant per non-linear layer).
+    Layers,
+}
+
+/// What a variant keeps in float64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VariantKind {
+    /// Nothing: the model as assigned.
+    Integer,
+    /// Every non-linear layer.
+    LinearOnly,
+    /// Every layer of one op kind.
+    Op,
+    /// One layer.
+    Layer,
+}
+
+/// One re-run of the integer model: which layers are exact.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    /// What it keeps in float64.
+    pub kind: VariantKind,
+    /// Short name (`integer`, `linear only`, `softmax float`, `layer blocks.0.attn.softmax float`).
+    pub name: String,
+    /// What it measures, for the report.
+    pub what: String,
+    /// Unit of every layer in execution order.
+    #[serde(skip)]
+    pub units: Vec<LayerUnit>,
+    /// Number of layers computed exactly.
+    pub exact_layers: usize,
+}
+
+/// The variants for a base assignment: all integer, every non-linear layer exact, each op kind
+/// exact alone (only kinds the model has), and with `per_layer` each layer exact alone.
+pub fn variants(layers: &[Layer], base: &[LayerUnit], per_layer: bool) -> Vec<Variant> {
+    let make = |kind: VariantKind, name: String, what: String, exact: &dyn Fn(&Layer) -> bool| {
+        let units: Vec<LayerUnit> =
+            layers.iter().zip(base).map(|(l, u)| if exact(l) { LayerUnit::Exact(l.op) } else { u.clone() }).collect();
+        let exact_layers = layers.iter().filter(|l| exact(l)).count();
+        Variant { kind, name, what, units, exact_layers }
+    };
+    let mut v = vec![
+        make(VariantKind::Integer, "integer".into(), "every layer through its unit (the model as assigned)".into(), &|_| false),
+        make(
+            VariantKind::LinearOnly,
+            "linear only".into(),
+            "every Softmax, GELU and LayerNorm in float64: only the linear quantisation left".into(),
+            &|_| true,
+        ),
+    ];
+    for op in EXACT_OPS {
+        if layers.iter().any(|l| l.op == op) {
+            v.push(make(
+                VariantKind::Op,
+                format!("{} float", op.name()),
+                format!("every {} layer in float64, the rest through its unit", op.name()),
+                &|l| l.op == op,
+            ));
+        }
+    }
+    if per_layer {
+        for t in layers {
+            v.push(make(VariantKind::Layer, format!("{} float", t.name), format!("only layer {} in float64", t.name), &|l| {
+                l.index == t.index
+            }));
+        }
+    }
+    v
+}
+
+/// Result of one variant on the evaluated images.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    /// The variant.
+    pub variant: Variant,
+    /// Top-1 of the variant (when labels are known).
+    pub top1: Option<f64>,
+    /// Fraction of images where it predicts the float model's class.
+    pub agreement: f64,
+    /// Mean over images of the logits' `E[x²]/E[(x−q)²]` against the float model, in dB.
+    pub logits_asqnr_db: Option<f64>,
+}
+
+/// The whole attribution of one assignment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attribution {
+    /// Images evaluated.
+    pub images: usize,
+    /// Float precision of the reference forward.
+    pub float: String,
+    /// Float model's top-1 (when labels are known).
+    pub float_top1: Option<f64>,
+    /// Every variant, in [`variants`] order (the first is the all-integer model).
+    pub results: Vec<VariantResult>,
+}
+
+impl Attribution {
+    /// Points of top-1 lost by the linear quantisation alone (float − linear only).
+    pub fn linear_loss(&self) -> Option<f64> {
+        Some(self.float_top1? - self.results.get(1)?.top1?)
+    }
+
+    /// Points of top-1 a variant recovers over the all-integer model.
+    pub fn recovered(&self, r: &VariantResult) -> Option<f64> {
+        Some(r.top1? - self.results.first()?.top1?)
+    }
+}
+
+/// Run every variant on every image (in parallel on the current rayon pool), calling `tick`
+/// after each image.
+pub fn attribute<F: Real>(
+    model: &Model,
+    scales: &ActScales,
+    bits: u32,
+    preset: Preset,
+    variants: Vec<Variant>,
+    images: &Images,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Attribution, ModelError> {
+    let qms: Vec<IntModel> = variants
+        .iter()
+        .map(|v| IntModel::new(model, scales, QuantConfig { weight_bits: bits, act_bits: bits, preset, units: v.units.clone() }))
+        .collect::<Result<_, _>>()?;
+    let nv = qms.len();
+    #[derive(Clone)]
+    struct Acc {
+        n: usize,
+        float_ok: usize,
+        ok: Vec<usize>,
+        agree: Vec<usize>,
+        sqnr: Vec<f64>,
+    }
+    let zero = || Acc { n: 0, float_ok: 0, ok: vec![0; nv], agree: vec![0; nv], sqnr: vec![0.0; nv] };
+    let acc = (0..images.len())
+        .into_par_iter()
+        .try_fold(zero, |mut a, i| -> Result<Acc, ModelError> {
+            let img = images.image(i);
+            let fo = model.forward_float::<F>(&img, None);
+            let ft = fo.top1();
+            let label = images.labels.as_ref().map(|l| l[i]);
+            a.float_ok += usize::from(label == Some(ft));
+            for (k, qm) in qms.iter().enumerate() {
+                let qo = qm.forward(&img, None)?;
+                let qt = qo.top1();
+                a.ok[k] += usize::from(label == Some(qt));
+                a.agree[k] += usize::from(qt == ft);
+                a.sqnr[k] += sqnr_ratio(&fo.logits, &qo.logits);
+            }
+            a.n += 1;
+            tick();
+            Ok(a)
+        })
+        .try_reduce(zero, |mut a, b| {
+            a.n += b.n;
+            a.float_ok += b.float_ok;
+            for k in 0..nv {
+                a.ok[k] += b.ok[k];
+                a.agree[k] += b.agree[k];
+                a.sqnr[k] += b.sqnr[k];
+            }
+            Ok(a)
+        })?;
+    let n = acc.n.max(1) as f64;
+    let labelled = images.labels.is_some();
+    let results = variants
+        .into_iter()
+        .enumerate()
+        .map(|(k, variant)| VariantResult {
+            variant,
+            top1: labelled.then(|| acc.ok[k] as f64 / n),
+            agreement: acc.agree[k] as f64 / n,
+            logits_asqnr_db: db20(acc.sqnr[k] / n),
+        })
+        .collect();
+    Ok(Attribution { images: acc.n, float: F::name().to_string(), float_top1: labelled.then(|| acc.float_ok as f64 / n), results })
+}
