@@ -15,7 +15,12 @@ through its command line and compares integers:
   accumulators) and float64 logits equal bit for bit;
 * gradients of the QAT surrogate finite everywhere and non-zero wherever the float model's are;
 * sim/qat.py: a few steps, the model directory it writes read by `mnq infer` with the same
-  integer logits, an interrupted run resumed to the same weights, and its error messages.
+  integer logits, an interrupted run resumed to the same weights, and its error messages;
+* the bundled Swin (windows, cyclic shift, relative position bias, shifted-window masks, patch
+  merging, mean pooling): single methods at 8 bits and mixed assignments at 6 bits through
+  `mnq infer --logits` — 0 differing integer logits; the masked softmax units (masked entries
+  exactly code 0 or the zero flag, the rest what `mnq eval` gives the row without them); the
+  QAT surrogate's gradients; two sim/qat.py steps on Swin read back by `mnq infer`.
 
 Ends with a cargo-style "test result:" line that .ci/run counts.
 """
@@ -551,6 +556,185 @@ class QatScript(unittest.TestCase):
         r = self.qat("--assign", "ivit", "--bits", 8, "--steps", 1, "--out", out)
         self.assertEqual(r.returncode, 2)
         self.assertIn("exists; pass --force", r.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Swin
+
+SWIN = ROOT / "sim" / "models" / "swin_tiny_fmnist"
+SWIN_RULES = ROOT / "reports" / "swin_tiny_fmnist"
+_swin_manifests = {}
+
+
+def swin_calibrated(bits: int) -> Path:
+    """The bundled Swin calibrated by `mnq calibrate` on the 256 images `mnq infer` calibrates on
+    the fly (the tests let mnq infer calibrate on the fly and mnq_torch read this file, so the
+    two calibrations are compared as well)."""
+    if bits not in _swin_manifests:
+        p = T / f"swin_manifest_{bits}.json"
+        mnq("calibrate", "--model", SWIN, "--bits", bits, "--images", 256, "--out", p, "--threads", 1)
+        _swin_manifests[bits] = p
+    return _swin_manifests[bits]
+
+
+def swin_torch(bits, assign, n, **kw):
+    mm = MnqModel(SWIN, bits=bits, assignment=assign, manifest=swin_calibrated(bits), **kw)
+    x = torch.from_numpy(MnqModel.normalise(images(n), mm.m["input"]["mean"], mm.m["input"]["std"]))
+    with torch.no_grad():
+        o = mm(x, "int")
+    return mm, o["int_logits"].numpy(), o["logits"].numpy()
+
+
+class Swin(unittest.TestCase):
+    """The bundled Swin: integer logits image by image equal to `mnq infer`'s; masks; QAT."""
+
+    N = 40
+
+    def compare(self, bits, assign):
+        mi, ml, _ = mnq_logits(bits, assign, None, self.N, model=SWIN)
+        _, ti, tl = swin_torch(bits, assign, self.N)
+        self.assertEqual(mi.shape, (self.N, 10))
+        self.assertEqual(int((mi != ti).sum()), 0, f"Swin {bits} bits {assign}: integer logits differ")
+        self.assertTrue(np.array_equal(ml, tl), f"Swin {bits} bits {assign}: float64 logits differ")
+        return mi
+
+    def test_single_methods_8_bits(self):
+        for assign in ("ivit", "fqvit"):
+            with self.subTest(assign=assign):
+                self.compare(8, assign)
+
+    def test_mixed_assignments_6_bits(self):
+        for path in (SWIN_RULES / "assignment_sqnr-diff_6b.json", SWIN_RULES / "assignment_abs-sqnr-diff_6b.json"):
+            with self.subTest(rule=path.name):
+                self.assertGreaterEqual(len({u.split("_")[1] for u in json.loads(path.read_text())["layers"].values()}), 2)
+                self.compare(6, path)
+
+    def test_masks_matter_and_are_exact_zeros(self):
+        """In the model: every masked softmax output is exactly 0 (the zero flag for FQ-ViT), and
+        leaving the masks out changes the integer logits (mnq applies them: they matter)."""
+        from mnq_torch import model as M
+        seen = {}
+        for assign in ("ibert", "ivit", "fqvit"):
+            mm = MnqModel(SWIN, bits=8, assignment=assign, manifest=swin_calibrated(8))
+            for name, u in list(mm.units.items()):
+                if name.endswith("attn.softmax"):
+                    def wrapped(q, scale, bits, signed=True, _u=u, _n=name, **aux):
+                        o = _u(q, scale, bits, signed, **aux)
+                        if "mask" in aux:
+                            m = aux["mask"].expand(q.shape)
+                            zero = -1 if o.encoding == "log2" else 0
+                            seen[(_u.name, _n)] = (int(m.sum()), bool((o.values[m] == zero).all()),
+                                                   bool((o.values[~m] != zero).any()))
+                        return o
+                    wrapped.name = u.name
+                    mm.units[name] = wrapped
+            x = torch.from_numpy(MnqModel.normalise(images(4), mm.m["input"]["mean"], mm.m["input"]["std"]))
+            with torch.no_grad():
+                mm(x, "int")
+        # shifted blocks: stage 0 block 1 only (stage 1 is one 7x7 window, unshifted)
+        self.assertEqual(sorted({n for _, n in seen}), ["layers.0.blocks.1.attn.softmax"])
+        self.assertEqual(len(seen), 3)
+        for k, (nmask, zeros, rest) in seen.items():
+            self.assertGreater(nmask, 0, k)
+            self.assertTrue(zeros, f"{k}: a masked entry is not exactly zero")
+            self.assertTrue(rest, k)
+        mi, _, _ = mnq_logits(8, "ivit", None, 16, model=SWIN)
+        orig = M.window_mask
+        try:
+            M.window_mask = lambda g, w, s: np.zeros_like(orig(g, w, s))
+            _, ti, _ = swin_torch(8, "ivit", 16)
+        finally:
+            M.window_mask = orig
+        self.assertGreater(int((mi != ti).sum()), 0, "the shifted-window masks change nothing")
+
+    def test_masked_units_against_mnq_eval(self):
+        """Each softmax unit with a random mask: masked entries exactly 0 (FQ-ViT: the zero flag
+        −1), a fully masked row all zeros, and the unmasked entries of a row what `mnq eval`
+        gives that row without its masked elements (mnq's `softmax_mask_is_a_shorter_row`)."""
+        rng = np.random.default_rng(31)
+        d = T / "masks"
+        d.mkdir(exist_ok=True)
+        checked = 0
+        for name in ("softmax_ibert", "softmax_ivit", "softmax_fqvit"):
+            for preset in ("reference", "adapted"):
+                bits, c = int(rng.choice([4, 6, 8])), 49
+                q = np.clip(np.round(rng.normal(0, (1 << bits) / 4, (4, c))), -(1 << (bits - 1)), (1 << (bits - 1)) - 1).astype(np.int64)
+                mask = rng.random((4, c)) < 0.4
+                mask[0, 0] = False
+                mask[3] = True  # a fully masked row
+                scale = float(np.exp(rng.uniform(np.log(0.01), np.log(0.5))))
+                u = units.build(name, preset)
+                o = u(torch.tensor(q).unsqueeze(0), scale, bits, True, mask=torch.tensor(mask).unsqueeze(0))
+                v = o.values[0].numpy()
+                zero = -1 if o.encoding == "log2" else 0
+                self.assertTrue((v[mask] == zero).all(), f"{name} {preset}: masked entries not zero")
+                self.assertTrue((v[3] == zero).all())
+                self.assertTrue((v[~mask] != zero).any())
+                for r in range(3):
+                    keep = ~mask[r]
+                    params = {}
+                    if name == "softmax_ivit" and preset == "adapted":
+                        # adapted Shiftmax sizes its sum by the row length (masked elements
+                        # included): give the shorter row the full row's sum_bits
+                        params["sum_bits"] = u.constants(scale, c)[2]
+                    ref = through_mnq(name, preset, q[r][keep][None], scale, bits, True, {}, params, d)
+                    self.assertEqual(v[r][keep].tolist(), ref["values"], f"{name} {preset} row {r}")
+                    checked += 1
+        self.assertEqual(checked, 18)
+
+    def test_qat_gradients(self):
+        import torch.nn.functional as F
+        n = 16
+        y = torch.from_numpy(np.load(DATA / "eval_labels.npy")[:n].astype(np.int64))
+        for bits, assign in [(6, SWIN_RULES / "assignment_sqnr-diff_6b.json"), (8, "ivit")]:
+            with self.subTest(bits=bits, assign=str(assign)):
+                mm = MnqModel(SWIN, bits=bits, assignment=assign, manifest=swin_calibrated(bits))
+                x = torch.from_numpy(MnqModel.normalise(images(n), mm.m["input"]["mean"], mm.m["input"]["std"]))
+                F.cross_entropy(mm(x, "float")["surrogate"], y).backward()
+                fgrad = {k: p.grad.clone() for k, p in mm.params.items()}
+                mm.zero_grad()
+                o = mm(x, "qat")
+                with torch.no_grad():
+                    ref = mm(x, "int")
+                self.assertTrue(torch.equal(o["surrogate"].detach(), ref["logits"].to(torch.float32)))
+                F.cross_entropy(o["surrogate"], y).backward()
+                for k, p in mm.params.items():
+                    self.assertTrue(bool(torch.isfinite(p.grad).all()), f"{k}: non-finite gradient")
+                    if bool((fgrad[k] != 0).any()):
+                        self.assertTrue(bool((p.grad != 0).any()), f"{k}: zero gradient where the float model's is not")
+                self.assertTrue(bool((mm.p("layers.0.blocks.1.attn.relative_position_bias_table").grad != 0).any()))
+                learned = [k for k, s in mm.scales.items() if s.requires_grad]
+                nz = [k for k in learned if mm.scales[k].grad is not None and float(mm.scales[k].grad) != 0.0]
+                self.assertTrue(all(bool(torch.isfinite(mm.scales[k].grad).all()) for k in nz))
+                units_of = dict(zip([n for n, _ in mm.layers], mm.assignment))
+                unused = [k.replace(".", "__").replace("__act", "__fc1") for k, u in units_of.items() if u == "gelu_ibert"]
+                self.assertEqual(sorted(set(learned) - set(nz)), sorted(unused))
+
+    def test_qat_script_on_swin(self):
+        """Two sim/qat.py steps on the Swin (it calibrates itself: the manifest has no quant
+        section); the directory, read by mnq infer, gives the integers mnq_torch gives."""
+        tr = T / "swin_train"
+        tr.mkdir(exist_ok=True)
+        np.save(tr / "train_images.npy", np.load(DATA / "eval_images.npy")[1000:1064])
+        np.save(tr / "train_labels.npy", np.load(DATA / "eval_labels.npy")[1000:1064])
+        out = T / "swin_qat"
+        cmd = [sys.executable, str(HERE / "qat.py"), "--model", str(SWIN), "--train-data", str(tr), "--eval-count", "16",
+               "--batch-size", "32", "--quiet", "--assign", "ivit", "--bits", "8", "--steps", "2", "--calib-count", "64",
+               "--out", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        man = json.loads((out / "manifest.json").read_text())
+        self.assertEqual(man["quant"]["qat"]["steps"], 2)
+        self.assertEqual(set(man["quant"]["act_scales"]), set(MnqModel(SWIN, allow_uncalibrated=True).points))
+        # The PTF entries have each LayerNorm's own width (32, 64, 128): mnq reads them as written.
+        self.assertEqual(len(man["quant"]["ptf"]["layers.1.downsample.norm"]["alpha"]), 128)
+        mm = MnqModel(out, bits=8)
+        mi, ml, _ = mnq_logits(8, None, None, 16, model=out)
+        x = torch.from_numpy(MnqModel.normalise(images(16), mm.m["input"]["mean"], mm.m["input"]["std"]))
+        with torch.no_grad():
+            o = mm(x, "int")
+        self.assertEqual(int((o["int_logits"].numpy() != mi).sum()), 0)
+        self.assertTrue(np.array_equal(o["logits"].numpy(), ml))
 
 
 if __name__ == "__main__":

@@ -159,3 +159,59 @@ fn integer_forward_every_method_and_masks() {
         }
     }
 }
+
+/// The patch-merging LayerNorm's PTF channel factors are computed on the merged tokens (the
+/// order that LayerNorm sees), and a calibrated Swin manifest, whose LayerNorms have different
+/// widths per stage, loads again.
+#[test]
+fn calibration_follows_the_patch_merge_and_round_trips() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sim/models/swin_tiny_fmnist");
+    let model = Model::load(&dir).unwrap();
+    let mut imgs =
+        Images::load_npy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("sim/data/fashion_mnist/calib_images.npy"), &model.manifest).unwrap();
+    imgs.truncate(8);
+    let bits = 8u32;
+    let q = calibrate(&model, &imgs, &CalibOptions { weight_bits: bits, act_bits: bits, percentile: None, mse: false }, &|| {}).unwrap();
+    let merges: Vec<_> = model.layers.iter().filter(|l| l.name.contains("downsample")).collect();
+    assert!(!merges.is_empty(), "the bundled Swin has a patch merge");
+    let levels = ((1u64 << bits) - 1) as f64;
+    for l in merges {
+        let p = &q.ptf[&l.name];
+        let c = l.row_len;
+        // The same PTF search by hand on the LayerNorm's own input (the float tap).
+        let scale8 = ((p.max - p.min) / levels).max(f64::from(f32::EPSILON));
+        let zp = (-(p.min / scale8).round_ties_even()).clamp(0.0, levels);
+        let mut err = vec![[0.0f64; 4]; c];
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for i in 0..imgs.len() {
+            let img = imgs.image(i);
+            let mut cb = |t: &mnq::model::Tap| {
+                if t.layer.index != l.index {
+                    return;
+                }
+                for row in t.input.chunks_exact(c) {
+                    for (ch, &x) in row.iter().enumerate() {
+                        lo = lo.min(x);
+                        hi = hi.max(x);
+                        for (a, e) in err[ch].iter_mut().enumerate() {
+                            let s = scale8 / f64::from(1u32 << (3 - a));
+                            let qv = ((x / s).round_ties_even() + zp).clamp(0.0, levels);
+                            *e += (x - (qv - zp) * s).powi(2);
+                        }
+                    }
+                }
+            };
+            model.forward_float::<f32>(&img, Some(&mut cb));
+        }
+        assert_eq!((lo, hi), (p.min, p.max), "{}: the range is the merged input's", l.name);
+        let want: Vec<u8> = err.iter().map(|e| (1..4).fold(0usize, |b, a| if e[a] < e[b] { a } else { b }) as u8).collect();
+        assert_eq!(p.alpha, want, "{}: alpha per merged channel", l.name);
+    }
+    // The manifest with these scales loads again and runs.
+    let mut m = model.manifest.clone();
+    m.quant = Some(q);
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("manifest.json"), m.to_json()).unwrap();
+    let again = Manifest::load(&t.path().join("manifest.json")).unwrap();
+    assert_eq!(again.quant.as_ref().unwrap().ptf.len(), model.layers.iter().filter(|l| l.op == Op::LayerNorm).count());
+}

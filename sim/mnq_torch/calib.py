@@ -11,18 +11,40 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .model import RESIDUAL_BITS, MnqModel, qmax
+from .model import RESIDUAL_BITS, MnqModel, patch_merge_index, qmax, swin_stages
 
 
 def ln_input_points(m: dict) -> dict:
-    """LayerNorm layer → the residual point that feeds it."""
+    """LayerNorm layer → (the residual point that feeds it, the layer's channel count, the input
+    token grid when a 2x2 patch merge regroups the point's tokens before it, else None)."""
     out = {}
+    if m["arch"] == "swin":
+        d0 = m["embed_dim"]
+        prev = "patch_embed"
+        if m["swin"].get("patch_norm", True):
+            out["patch_embed.norm"] = (prev, d0, None)
+            prev = "patch_embed.residual"
+        dim = d0
+        for st, depth, ds, _nh, grid, _w in swin_stages(m):
+            if st > 0:
+                # The PTF statistics follow the merged 2x2 order the LayerNorm sees (calib.rs).
+                out[f"layers.{st}.downsample.norm"] = (prev, 4 * dim, grid * 2)
+                prev = f"layers.{st}.downsample.reduction"
+                dim = ds
+            for j in range(depth):
+                pre = f"layers.{st}.blocks.{j}"
+                out[f"{pre}.norm1"] = (prev, ds, None)
+                out[f"{pre}.norm2"] = (f"{pre}.residual1", ds, None)
+                prev = f"{pre}.residual2"
+        out["norm"] = (prev, dim, None)
+        return out
+    d = m["embed_dim"]
     prev = "pos_embed"
     for b in range(m["depth"]):
-        out[f"blocks.{b}.norm1"] = prev
-        out[f"blocks.{b}.norm2"] = f"blocks.{b}.residual1"
+        out[f"blocks.{b}.norm1"] = (prev, d, None)
+        out[f"blocks.{b}.norm2"] = (f"blocks.{b}.residual1", d, None)
         prev = f"blocks.{b}.residual2"
-    out["norm"] = prev
+    out["norm"] = (prev, d, None)
     return out
 
 
@@ -42,17 +64,21 @@ def calibrate(mm: MnqModel, images: torch.Tensor, bits: int, batch: int = 64) ->
     levels = (1 << bits) - 1
     lnp = ln_input_points(mm.m)
     fmt = {}
-    for ln, p in lnp.items():
+    for ln, (p, _, _) in lnp.items():
         mn, mx, _ = stats[p]
         scale8 = max((mx - mn) / levels, float(np.finfo(np.float32).eps))
         fmt[p] = (scale8, min(max(-float(np.rint(mn / scale8)), 0.0), float(levels)))
-    err = {p: torch.zeros(4, mm.m["embed_dim"], dtype=torch.float64) for p in set(lnp.values())}
+    err = {p: torch.zeros(4, ch, dtype=torch.float64) for p, ch, _ in set(lnp.values())}
+    merge = {p: g for p, _, g in lnp.values() if g is not None}
 
     def obs2(name, y):
         if name not in err:
             return
         scale8, zp = fmt[name]
-        x = y.detach().to(torch.float64).reshape(-1, y.shape[-1])
+        y = y.detach()
+        if name in merge:
+            y = y[:, torch.tensor(patch_merge_index(merge[name]), device=y.device)]
+        x = y.to(torch.float64).reshape(-1, err[name].shape[1])
         for a in range(4):
             s = scale8 / float(1 << (3 - a))
             q = (torch.round(x / s) + zp).clamp(0, levels)
@@ -65,7 +91,7 @@ def calibrate(mm: MnqModel, images: torch.Tensor, bits: int, batch: int = 64) ->
         mn, mx, amax = stats[p]
         act[p] = max(amax, 1e-8) / qmax(RESIDUAL_BITS if res else bits)
     ptf = {}
-    for ln, p in lnp.items():
+    for ln, (p, _, _) in lnp.items():
         e = err[p]
         alpha = [int(torch.argmin(e[:, c]).item()) for c in range(e.shape[1])]  # first minimum on ties
         ptf[ln] = {"min": stats[p][0], "max": stats[p][1], "alpha": alpha}

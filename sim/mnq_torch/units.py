@@ -6,8 +6,11 @@ indexes independent unit calls, e.g. the images of a batch — only I-BERT Layer
 shift rule looks across the rows of one call) and returns a `UnitOut`: the output integers, the
 output scale (a float, or one float per channel) and the encoding. Per-layer constants are
 computed on the host in IEEE float64 exactly as mnq computes them (`rdiv`, `floor`, `fl32`,
-`frexp`); the data path is integer. Softmax masks (Swin) are not implemented: ViT/DeiT have
-none. Only the Integer mode is ported (the Reference mode replays the published float code).
+`frexp`); the data path is integer. The softmax units take a mask (`mask=`, bool, broadcast to
+`q`'s shape, True = masked; Swin's shifted windows) as mnq's `Aux::mask`: a masked element is
+absent from its row (out of the row maximum and the sum) and outputs exactly code 0 (I-BERT,
+I-ViT) or the zero flag −1 (FQ-ViT); a fully masked row outputs zeros (the zero flag). Only the
+Integer mode is ported (the Reference mode replays the published float code).
 
 Backward passes are not defined here: the units are integer functions. `model.py` attaches a
 straight-through estimator around each unit (see its docstring).
@@ -103,6 +106,24 @@ def _rows_max(q):
     return q.max(dim=-1, keepdim=True).values
 
 
+def _apply_mask(q, mask):
+    """`(q', m, full)` for a softmax mask (None: `(q, None, None)`): masked elements of `q'` are
+    set to their row's unmasked maximum (distance 0: in range for every table), `m` is the mask
+    broadcast to `q`'s shape, `full` flags the rows with every element masked."""
+    if mask is None:
+        return q, None, None
+    m = torch.as_tensor(mask, dtype=torch.bool, device=q.device)
+    try:
+        m = m.expand(q.shape)
+    except RuntimeError:
+        raise ValueError(f"the softmax mask of shape {list(m.shape)} does not fit the input's {list(q.shape)}") from None
+    lowest = torch.iinfo(torch.int64).min
+    full = m.all(-1, keepdim=True)
+    rmax = torch.where(m, torch.full_like(q, lowest), q).max(-1, keepdim=True).values
+    rmax = torch.where(full, torch.zeros_like(rmax), rmax)
+    return torch.where(m, rmax.expand_as(q), q), m, full
+
+
 def _by_distance(f, q, span):
     """`f(q − rowmax(q))` for an element-wise integer function f: tabulated over the distances
     0..=span when that is cheaper (mnq does the same; the values are f's either way)."""
@@ -145,8 +166,14 @@ class SoftmaxIBert:
             z, sh = k.exp_parts(x)
             return rne_mul_shift(z, m, e - sh).clamp(-32768, 32767)
 
+        q, mk, full = _apply_mask(q, aux.get("mask"))
         e16 = _by_distance(e16_of, q, hi - lo)
-        factor = trunc_div(torch.full_like(q[..., :1], 1 << 32), e16.sum(-1, keepdim=True))
+        if mk is not None:
+            e16 = torch.where(mk, torch.zeros_like(e16), e16)
+        sm = e16.sum(-1, keepdim=True)
+        if mk is not None:
+            sm = torch.where(full, torch.ones_like(sm), sm)  # its E are all 0: outputs 0
+        factor = trunc_div(torch.full_like(q[..., :1], 1 << 32), sm)
         top = (1 << self.out_bits) - 1 if self.clamp_out else 1 << self.out_bits
         return UnitOut(((e16 * factor) >> (32 - self.out_bits)).clamp(max=top), out_scale)
 
@@ -179,7 +206,10 @@ class SoftmaxFqVit:
             z, sh = k.exp_parts(x)
             return z << sh
 
+        q, mk, _ = _apply_mask(q, aux.get("mask"))
         ev = _by_distance(ev_of, q, hi - lo)
+        if mk is not None:
+            ev = torch.where(mk, torch.zeros_like(ev), ev)  # E = 0: the zero flag
         two_s = 2 * ev.sum(-1, keepdim=True)
         ths = []
         for j in range(levels):
@@ -258,9 +288,14 @@ class SoftmaxIVit:
         lo, hi = int_range(bits, signed)
         if ((hi - lo) << up) >= 1 << 40 or abs(x0) >= 1 << 40:
             raise RangeError(f"{self.name}: constants leave the int64 range")
+        q, mk, full = _apply_mask(q, aux.get("mask"))
         e = _by_distance(lambda x: exp_shift(x << up, x0, self.n, (1 << 62) - 1), q, hi - lo)
+        if mk is not None:
+            e = torch.where(mk, torch.zeros_like(e), e)
         limit = (1 << k) - 1
         sc = e.sum(-1, keepdim=True).clamp(max=limit)
+        if mk is not None:
+            sc = torch.where(full, torch.ones_like(sc), sc)  # its E are all 0: outputs 0
         factor = trunc_div(torch.full_like(sc, limit), sc)
         out = (e * factor) >> (k + 1 - self.out_bits)
         return UnitOut(out, float(np.float32(2.0 ** -(self.out_bits - 1))))

@@ -90,6 +90,23 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
         .map(|l| (g.ln_input_point(l.index).expect("every LayerNorm has an input point"), l.row_len))
         .collect();
     let ptf_slot = |p: usize| ln_points.iter().position(|q| q.0 == p);
+    // A LayerNorm fed through a token regrouping (Swin's 2×2 patch merge) sees its input point's
+    // values in the regrouped order: the per-channel PTF statistics must follow it.
+    let regroup: Vec<Option<(Vec<usize>, usize)>> = model
+        .layers
+        .iter()
+        .filter(|l| l.op == crate::units::Op::LayerNorm)
+        .map(|l| {
+            let x = g.nodes.iter().find_map(|n| match n {
+                super::graph::Node::LayerNorm { layer, x, .. } if *layer == l.index => Some(*x),
+                _ => None,
+            })?;
+            g.nodes.iter().find_map(|n| match n {
+                super::graph::Node::Gather { out, kind, index, .. } if *out == x => Some((index.clone(), kind.group())),
+                _ => None,
+            })
+        })
+        .collect();
 
     // Pass 1: ranges.
     let empty = Stats { min: f64::INFINITY, max: f64::NEG_INFINITY, amax: 0.0 };
@@ -161,6 +178,16 @@ pub fn calibrate(model: &Model, images: &Images, opts: &CalibOptions, tick: &(dy
                 if let Some(k) = ptf_slot(p) {
                     let (scale8, zp) = ptf_fmt[k];
                     let e = &mut acc.ptf[k];
+                    let merged;
+                    let v = match &regroup[k] {
+                        Some((index, group)) => {
+                            let mut o = Vec::new();
+                            super::float::gather(v, index, *group, &mut o);
+                            merged = o;
+                            &merged[..]
+                        }
+                        None => v,
+                    };
                     for row in v.chunks_exact(ln_points[k].1) {
                         for (c, &x) in row.iter().enumerate() {
                             let x = f64::from(x);

@@ -610,12 +610,13 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             }
             for (c, a) in &rules {
                 let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
+                let units: Vec<String> = a.counts().iter().map(|(u, n)| format!("{u} ×{n}")).collect();
                 lines.push(format!(
-                    "{bits}-bit rule {:<14} top-1 {}  agreement {}  ({:?})",
+                    "{bits}-bit rule {:<14} top-1 {}  agreement {}  units: {}",
                     c.name(),
                     pct(r.top1),
                     pct(Some(r.agreement)),
-                    a.counts()
+                    units.join(", ")
                 ));
             }
             for r in acc.iter().filter(|a| a.kind == "single") {
