@@ -123,9 +123,14 @@ pub struct Attribution {
 }
 
 impl Attribution {
+    /// Top-1 a variant loses against the float model (float − variant).
+    pub fn lost(&self, r: &VariantResult) -> Option<f64> {
+        Some(self.float_top1? - r.top1?)
+    }
+
     /// Points of top-1 lost by the linear quantisation alone (float − linear only).
     pub fn linear_loss(&self) -> Option<f64> {
-        Some(self.float_top1? - self.results.get(1)?.top1?)
+        self.lost(self.results.get(1)?)
     }
 
     /// Points of top-1 a variant recovers over the all-integer model.

@@ -1,14 +1,11 @@
 //! The error-attribution report of `mnq attribute`: a Markdown table, CSV, JSON and a bar plot.
 
 use super::charts::{attribution_bars, AttributionBars};
+use super::model::pct;
 use crate::io::{write_atomic, IoError};
 use crate::model::attribution::{Attribution, VariantKind};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-fn pct(v: Option<f64>) -> String {
-    v.map_or("—".into(), |v| format!("{:.2} %", 100.0 * v))
-}
 
 fn pts(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{:+.2}", 100.0 * v))
@@ -25,7 +22,7 @@ pub fn markdown(a: &Attribution, header: &str) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for r in &a.results {
-        let lost = a.float_top1.zip(r.top1).map(|(f, t)| f - t);
+        let lost = a.lost(r);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {:.2} % | {} |",
@@ -38,7 +35,7 @@ pub fn markdown(a: &Attribution, header: &str) -> String {
             r.logits_asqnr_db.map_or("∞".into(), |v| format!("{v:.2}"))
         );
     }
-    if let (Some(lin), Some(int)) = (a.linear_loss(), a.float_top1.zip(a.results.first().and_then(|r| r.top1)).map(|(f, t)| f - t)) {
+    if let (Some(lin), Some(int)) = (a.linear_loss(), a.results.first().and_then(|r| a.lost(r))) {
         let _ = writeln!(
             s,
             "\nReading: the integer model loses {:.2} points against float; the linear quantisation alone (every non-linear op in float64) loses {:.2}, so the non-linear units together account for {:.2}. A variant's \"recovered\" column is what computing those layers exactly wins back; the op-kind rows need not add up (the errors interact). Differences below about 1 point are within the sampling noise of {} images.",
@@ -56,7 +53,7 @@ pub fn csv(a: &Attribution) -> String {
     let mut s = String::from("variant,what,exact_layers,top1,float_top1,lost_vs_float,recovered_vs_integer,agreement,logits_asqnr_db\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
     for r in &a.results {
-        let lost = a.float_top1.zip(r.top1).map(|(f, t)| f - t);
+        let lost = a.lost(r);
         let _ = writeln!(
             s,
             "\"{}\",\"{}\",{},{},{},{},{},{},{}",
@@ -94,7 +91,7 @@ pub fn write(
     }
     if !no_plot {
         let labels: Vec<String> = a.results.iter().map(|r| r.variant.name.clone()).collect();
-        let lost: Vec<f64> = a.results.iter().map(|r| a.float_top1.zip(r.top1).map_or(f64::NAN, |(f, t)| 100.0 * (f - t))).collect();
+        let lost: Vec<f64> = a.results.iter().map(|r| a.lost(r).map_or(f64::NAN, |v| 100.0 * v)).collect();
         let kind: Vec<usize> = a
             .results
             .iter()

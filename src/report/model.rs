@@ -280,7 +280,8 @@ fn fmt_opt(v: Option<f64>, p: usize) -> String {
     v.map_or("—".into(), |v| format!("{v:.p$}"))
 }
 
-fn pct(v: Option<f64>) -> String {
+/// A fraction as a percentage with two decimals, "—" when unknown.
+pub(crate) fn pct(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{:.2} %", 100.0 * v))
 }
 
