@@ -4,6 +4,9 @@
 //! pool), plus the float f32 forward for comparison. Prints the process's peak resident memory
 //! (VmHWM) at the end. `cargo bench --bench model`.
 //!
+//! `MNQ_BENCH_MODEL=DIR` runs the same benchmarks on an exported model directory (random
+//! pixels as images) instead of the random DeiT-Tiny; `sim/bench_torch.py` uses it.
+//!
 //! `MNQ_CPU_TIME=48 cargo bench --bench model` instead times 48 forwards per method with the
 //! thread's and the process's CPU time next to wall time (on a shared machine other processes
 //! inflate wall time but hardly CPU time), on 1 thread and on a 2-thread pool, and prints the
@@ -56,12 +59,18 @@ fn setup() -> Setup {
 
 fn setup_n(n: usize) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
-    let m = deit_tiny();
-    write_random_model(dir.path(), &m, 7).expect("write model");
-    let model = Model::load(dir.path()).expect("load model");
+    // MNQ_BENCH_MODEL=DIR times an exported model (sim/bench_torch.py passes timm's) instead.
+    let model = match std::env::var("MNQ_BENCH_MODEL") {
+        Ok(d) => Model::load(std::path::Path::new(&d)).unwrap_or_else(|e| panic!("MNQ_BENCH_MODEL={d}: {e}")),
+        Err(_) => {
+            write_random_model(dir.path(), &deit_tiny(), 7).expect("write model");
+            Model::load(dir.path()).expect("load model")
+        }
+    };
+    let m = model.manifest.clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
     let px: Vec<u8> = (0..n * m.image_len()).map(|_| rng.gen()).collect();
-    let arr = ndarray::Array4::from_shape_vec([n, 3, 224, 224], px).expect("shape");
+    let arr = ndarray::Array4::from_shape_vec([n, m.in_chans, m.img_size, m.img_size], px).expect("shape");
     let p = dir.path().join("imgs.npy");
     ndarray_npy::write_npy(&p, &arr).expect("write images");
     let imgs = Images::load_npy(&p, &m).expect("images");
@@ -88,6 +97,12 @@ fn bench_gemm(c: &mut Criterion) {
         let mut out = vec![0i32; t * n];
         g.throughput(Throughput::Elements((t * k * n) as u64));
         g.bench_function(format!("{t}x{k}x{n}"), |b| b.iter(|| mnq::model::gemm::gemm_i16(&x, t, &p, &mut out)));
+        // Each kernel path this CPU runs, to show what the one `gemm_i16` picks buys.
+        for path in ["scalar", "avx2", "avx512vnni"] {
+            if mnq::model::gemm::gemm_path(path, &x, t, &p, &mut out).is_some() {
+                g.bench_function(format!("{t}x{k}x{n}/{path}"), |b| b.iter(|| mnq::model::gemm::gemm_path(path, &x, t, &p, &mut out)));
+            }
+        }
     }
     g.finish();
 }

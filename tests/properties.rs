@@ -94,7 +94,7 @@ proptest! {
         let s = f64::from((8.0 / hi as f64) as f32);
         // Every code from 0 to max, in rows of c (the row maximum matters for ShiftGELU).
         let mut q: Vec<i64> = (0..=hi).collect();
-        while q.len() % c != 0 { q.push(hi); }
+        while !q.len().is_multiple_of(c) { q.push(hi); }
         let x = QTensor::new(q.clone(), &[q.len() / c, c], Scale::PerTensor(s), bits, true).unwrap();
         let out = unit.run(&x, &Aux::default(), Mode::Integer).unwrap();
         let y = out.dequantize();

@@ -171,7 +171,7 @@ pub struct Digit {
 impl Digit {
     /// An engine for a W-bit variance.
     pub fn new(w: u32) -> Digit {
-        assert!(w % 2 == 0, "the digit square root takes an even width");
+        assert!(w.is_multiple_of(2), "the digit square root takes an even width");
         Digit { w, ..Digit::default() }
     }
 }

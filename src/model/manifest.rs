@@ -287,10 +287,10 @@ impl Manifest {
                 ));
             }
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return bad(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!("embed_dim {} is not a multiple of num_heads {}", self.embed_dim, self.num_heads));
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.hidden() == 0 {
@@ -433,13 +433,13 @@ impl Manifest {
                 ));
             }
             if st > 0 {
-                if grid % 2 != 0 {
+                if !grid.is_multiple_of(2) {
                     return Err(format!("swin stage {st}: patch merging needs an even grid, but stage {} is {grid}x{grid}", st - 1));
                 }
                 grid /= 2;
             }
             let win = w.min(grid);
-            if grid % win != 0 {
+            if !grid.is_multiple_of(win) {
                 return Err(format!(
                     "swin stage {st}: the {grid}x{grid} token grid is not a multiple of the {win}x{win} window (timm would pad; mnq's graph does not)"
                 ));

@@ -172,7 +172,7 @@ impl Asqnr {
 
     /// Feed a batch of whole images laid out one after another, `image_len` values each.
     pub fn push_batch<A: Copy + Into<f64>, B: Copy + Into<f64>>(&mut self, x: &[A], q: &[B], image_len: usize) -> Result<(), AsqnrError> {
-        if image_len == 0 || x.len() % image_len != 0 {
+        if image_len == 0 || !x.len().is_multiple_of(image_len) {
             return Err(AsqnrError::BadBatch { tap: self.tap.clone(), len: x.len(), image_len });
         }
         if x.len() != q.len() {

@@ -125,7 +125,7 @@ impl Softmax {
                             let t: u128 = if j == 0 { 2 } else { 3u128 << (j - 1) };
                             let d = 2 * t - 1;
                             // v ≥ t ⇔ 2S > (2t−1)·E, or equality with t even (RNE's tie goes to even t).
-                            *th = if t % 2 == 0 && two_s % d == 0 { two_s / d } else { (two_s - 1) / d };
+                            *th = if t.is_multiple_of(2) && two_s.is_multiple_of(d) { two_s / d } else { (two_s - 1) / d };
                         }
                         // Thresholds never exceed 2S/3 < 2^63 for realistic rows: compare in 64 bits.
                         let narrow: Vec<u64> = thr.iter().map(|&t| t.min(u64::MAX as u128) as u64).collect();
