@@ -44,14 +44,14 @@ fn attribution_variants_are_the_models_infer_runs() {
     let a = json(&out.join(format!("{stem}.json")));
     let res = a["attribution"]["results"].as_array().unwrap();
     let names: Vec<&str> = res.iter().map(|r| r["variant"]["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["integer", "linear only", "softmax float", "gelu float", "layernorm float"]);
+    assert_eq!(names, ["integer", "linear only", "units only", "softmax float", "gelu float", "layernorm float"]);
     let top = |i: usize| res[i]["top1"].as_f64().unwrap();
     let agree = |i: usize| res[i]["agreement"].as_f64().unwrap();
     // The all-integer variant is `mnq infer`'s model, the others `--float-ops` ones.
     let dir = t.path();
     assert_eq!((top(0), agree(0)), infer_top1(dir, "int.json", &[]));
     assert_eq!((top(1), agree(1)), infer_top1(dir, "lin.json", &["--float-ops", "softmax,gelu,layernorm"]));
-    assert_eq!((top(2), agree(2)), infer_top1(dir, "sm.json", &["--float-ops", "softmax"]));
+    assert_eq!((top(3), agree(3)), infer_top1(dir, "sm.json", &["--float-ops", "softmax"]));
     // With every non-linear layer exact, the units chosen no longer matter: another method's
     // "linear only" row is the same model, figure for figure.
     let out2 = t.path().join("attr2");
@@ -77,7 +77,8 @@ fn attribution_variants_are_the_models_infer_runs() {
     assert!(!out2.join("attribution_6b_fqvit.png").exists());
     // The table says what it measured.
     let md = std::fs::read_to_string(out.join(format!("{stem}.md"))).unwrap();
-    assert!(md.contains("| linear only | 17 |"), "{md}");
+    assert!(md.contains("| linear only | 17 |") && md.contains("| units only | 0 |"), "{md}");
+    assert!(md.contains("the units alone, around float linear layers"), "{md}");
     // The float layers are named as such in infer's layer table.
     let o = mnq(&["infer", "--images", "4", "--float-ops", "gelu", "--threads", "1"]);
     ok(&o);
@@ -104,4 +105,42 @@ fn attribution_bad_input_is_refused_before_the_run() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("softmax_float") && e.contains("blocks.0.norm1"), "{e}");
+}
+
+/// The reverse split's units see exactly what the integer forward feeds them: given the integer
+/// forward's own (dequantised) unit input, [`IntModel::unit_on_float`] gives back its unit
+/// output, bit for bit, for every layer, method and width, on the ViT and the Swin model.
+#[test]
+fn units_on_float_inputs_reproduce_the_integer_forward_taps() {
+    use mnq::model::quant::ActScales;
+    use mnq::model::{Assignment, Images, IntModel, Model, QuantConfig};
+    use mnq::units::{Method, Preset};
+    for model_dir in ["sim/models/deit_tiny_fmnist", "sim/models/swin_tiny_fmnist"] {
+        let model = Model::load(&root().join(model_dir)).unwrap();
+        let data = root().join("sim/data/fashion_mnist");
+        let images = Images::load_npy(&data.join("eval_images.npy"), &model.manifest).unwrap();
+        let calib = Images::load_npy(&data.join("calib_images.npy"), &model.manifest).unwrap();
+        let mut calib4 = calib.clone();
+        calib4.truncate(16);
+        for bits in [8u32, 6] {
+            let opts = mnq::model::CalibOptions { weight_bits: bits, act_bits: bits, percentile: None, mse: false };
+            let q = mnq::model::calibrate(&model, &calib4, &opts, &|| {}).unwrap();
+            let scales = ActScales::from_section(&q, bits, &model.graph);
+            for m in [Method::IBert, Method::IVit, Method::FqVit] {
+                let units = Assignment::single(&model.layers, "t", bits, m).resolve(&model.layers, "t").unwrap();
+                let qm = IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units })
+                    .unwrap();
+                let mut seen = 0;
+                let mut cb = |t: &mnq::model::Tap| {
+                    let got = qm.unit_on_float(t.layer.index, t.input).unwrap();
+                    assert_eq!(got.len(), t.output.len());
+                    let same = got.iter().zip(t.output).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{model_dir} {bits}b {m:?} layer {}", t.layer.name);
+                    seen += 1;
+                };
+                qm.forward(&images.image(0), Some(&mut cb)).unwrap();
+                assert_eq!(seen, model.layers.len());
+            }
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! With every non-linear layer exact, only the linear quantisation is left (weights,
 //! activations, requantisers, 16-bit residuals): its loss is the float model's top-1 minus that
-//! variant's. Each op kind kept exact in turn, and with `per_layer` each layer in turn, shows
+//! variant's. The reverse split, "units only" (the float model with every non-linear layer
+//! through its unit, [`IntModel::unit_on_float`]), measures the units without the linear
+//! quantisation. Each op kind kept exact in turn, and with `per_layer` each layer in turn, shows
 //! how many points that op's (that layer's) units cost: the variant's top-1 minus the
 //! all-integer model's. The float logits are computed once per image and shared.
 
@@ -36,6 +38,8 @@ pub enum VariantKind {
     Integer,
     /// Every non-linear layer.
     LinearOnly,
+    /// The reverse: every linear layer in float, the non-linear layers through their units.
+    UnitsOnly,
     /// Every layer of one op kind.
     Op,
     /// One layer.
@@ -54,7 +58,8 @@ pub struct Variant {
     /// Unit of every layer in execution order.
     #[serde(skip)]
     pub units: Vec<LayerUnit>,
-    /// Number of layers computed exactly.
+    /// Number of layers computed exactly (in float; for `units only`, the float linear layers
+    /// are not counted: 0).
     pub exact_layers: usize,
 }
 
@@ -75,6 +80,13 @@ pub fn variants(layers: &[Layer], base: &[LayerUnit], per_layer: bool) -> Vec<Va
             "every Softmax, GELU and LayerNorm in float64: only the linear quantisation left".into(),
             &|_| true,
         ),
+        Variant {
+            kind: VariantKind::UnitsOnly,
+            name: "units only".into(),
+            what: "the float model with every Softmax, GELU and LayerNorm through its integer unit at its calibrated input format: only the units' error".into(),
+            units: base.to_vec(),
+            exact_layers: 0,
+        },
     ];
     for op in EXACT_OPS {
         if layers.iter().any(|l| l.op == op) {
@@ -133,6 +145,11 @@ impl Attribution {
         self.lost(self.results.get(1)?)
     }
 
+    /// Points of top-1 lost by the units alone around float linear layers (float − units only).
+    pub fn units_loss(&self) -> Option<f64> {
+        self.lost(self.results.iter().find(|r| r.variant.kind == VariantKind::UnitsOnly)?)
+    }
+
     /// Points of top-1 a variant recovers over the all-integer model.
     pub fn recovered(&self, r: &VariantResult) -> Option<f64> {
         Some(r.top1? - self.results.first()?.top1?)
@@ -173,7 +190,11 @@ pub fn attribute<F: Real>(
             let label = images.labels.as_ref().map(|l| l[i]);
             a.float_ok += usize::from(label == Some(ft));
             for (k, qm) in qms.iter().enumerate() {
-                let qo = qm.forward(&img, None)?;
+                let qo = if variants[k].kind == VariantKind::UnitsOnly {
+                    super::float::FloatRun::<F>::new(model, &img, false).with_units(qm).try_finish()?
+                } else {
+                    qm.forward(&img, None)?
+                };
                 let qt = qo.top1();
                 a.ok[k] += usize::from(label == Some(qt));
                 a.agree[k] += usize::from(qt == ft);

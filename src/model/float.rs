@@ -2,7 +2,8 @@
 //! f64, as a step machine that stops at every non-linear layer ([`FloatRun::next_tap`]).
 
 use super::graph::{Node, PointId, Pool};
-use super::{Model, Output, Tap};
+use super::quant::IntModel;
+use super::{Model, ModelError, Output, Tap};
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
@@ -644,6 +645,10 @@ pub struct FloatRun<'m, 'o, F: Real> {
     tap_in: Vec<f64>,
     tap_out: Vec<f64>,
     logits: Vec<f64>,
+    /// Non-linear layers through this integer model's units instead of in float (the reverse
+    /// split of the attribution); the first error stops using them and is kept.
+    units: Option<&'m IntModel>,
+    err: Option<ModelError>,
 }
 
 impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
@@ -662,6 +667,31 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
             tap_in: Vec::new(),
             tap_out: Vec::new(),
             logits: Vec::new(),
+            units: None,
+            err: None,
+        }
+    }
+
+    /// Run every non-linear layer through `qm`'s unit on its quantised float input
+    /// ([`IntModel::unit_on_float`]), the linear layers in float.
+    pub fn with_units(mut self, qm: &'m IntModel) -> Self {
+        self.units = Some(qm);
+        self
+    }
+
+    /// The non-linear layer's output through the integer unit, when [`FloatRun::with_units`] asked for it.
+    fn through_unit(&mut self, layer: usize, x: &[F], o: &mut Vec<F>) {
+        let Some(qm) = self.units else { return };
+        if self.err.is_some() {
+            return;
+        }
+        let xf: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+        match qm.unit_on_float(layer, &xf) {
+            Ok(y) => {
+                o.clear();
+                o.extend(y.into_iter().map(F::from_f64));
+            }
+            Err(e) => self.err = Some(e),
         }
     }
 
@@ -727,6 +757,7 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
                 let mut o = self.fresh();
                 let xv = std::mem::take(&mut self.vals[*x]);
                 layer_norm(&xv, p(norm.w), p(norm.b), model.manifest.ln_eps, &mut o);
+                self.through_unit(*layer, &xv, &mut o);
                 self.observe(*point, &o);
                 self.tap(*layer, &xv, &o);
                 self.vals[*x] = xv;
@@ -791,6 +822,8 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
                         *v = *v / s;
                     }
                 }
+                // The unit takes the logits before timm's −100 (it leaves masked keys out itself).
+                self.through_unit(*layer, &xv, &mut o);
                 self.tap(*layer, &xv, &o);
                 self.vals[*x] = xv;
                 self.vals[*out] = o;
@@ -813,6 +846,7 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
                 let xv = std::mem::take(&mut self.vals[*x]);
                 let mut o = self.fresh();
                 o.extend(xv.iter().map(|&v| gelu(v)));
+                self.through_unit(*layer, &xv, &mut o);
                 self.observe(*point, &o);
                 self.tap(*layer, &xv, &o);
                 self.vals[*x] = xv;
@@ -901,6 +935,15 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
     pub fn finish(mut self) -> Output {
         while self.next_tap().is_some() {}
         Output { logits: std::mem::take(&mut self.logits), int_logits: Vec::new() }
+    }
+
+    /// [`FloatRun::finish`], or the first error of a unit run by [`FloatRun::with_units`].
+    pub fn try_finish(mut self) -> Result<Output, ModelError> {
+        while self.next_tap().is_some() {}
+        match self.err.take() {
+            Some(e) => Err(e),
+            None => Ok(Output { logits: std::mem::take(&mut self.logits), int_logits: Vec::new() }),
+        }
     }
 }
 

@@ -746,6 +746,24 @@ impl<'q> IntRun<'q> {
         }
     }
 
+    /// A run that only executes units ([`IntModel::unit_on_float`]).
+    fn new_bare(qm: &'q IntModel) -> IntRun<'q> {
+        IntRun {
+            qm,
+            pc: 0,
+            taps: false,
+            image: Vec::new(),
+            vals: Vec::new(),
+            s: Scratch::default(),
+            tap_layer: 0,
+            tap_in: Vec::new(),
+            tap_out: Vec::new(),
+            cond: Vec::new(),
+            logits: Vec::new(),
+            int_logits: Vec::new(),
+        }
+    }
+
     fn ab(&self) -> u32 {
         self.qm.config.act_bits
     }
@@ -1198,4 +1216,78 @@ fn mean_tokens(h: &[i16], d: usize) -> Vec<i16> {
         }
     }
     s.iter().map(|&v| crate::fixed::div_round(i128::from(v), i128::from(t), crate::fixed::Rounding::HalfEven) as i16).collect()
+}
+
+impl IntModel {
+    /// Layer `li`'s unit on a float input (the reverse split of the attribution: float linear
+    /// layers around the integer units). The input is quantised to the format the integer
+    /// forward feeds that unit (the calibrated input scale, the fc1 accumulator scale for
+    /// I-BERT's GELU, the PTF channel scales and zero point for FQ-ViT's LayerNorm), the unit
+    /// runs in Integer mode, and its output is dequantised at the unit's own output scale
+    /// (no requantisation to act_bits: that belongs to the next linear layer).
+    pub fn unit_on_float(&self, li: usize, x: &[f64]) -> Result<Vec<f64>, ModelError> {
+        let run = IntRun::new_bare(self);
+        let ab = self.config.act_bits;
+        let (lo, hi) = int_range(ab, true);
+        let rne = |v: f64, s: f64| round_half_even_f64(v / s);
+        let clamp_codes = |s: f64, bits: u32| -> Vec<i64> {
+            let (l, h) = int_range(bits, true);
+            x.iter().map(|&v| rne(v, s).clamp(l as f64, h as f64) as i64).collect()
+        };
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| match n {
+                QNode::Softmax { layer, .. } | QNode::LayerNorm { layer, .. } | QNode::Gelu { layer, .. } => *layer == li,
+                _ => false,
+            })
+            .unwrap_or_else(|| unreachable!("every non-linear layer has a node"));
+        let out = match node {
+            QNode::Softmax { s_in, row, .. } => {
+                let xt = QTensor::new(clamp_codes(*s_in, ab), &[x.len() / row, *row], Scale::PerTensor(*s_in), ab, true)
+                    .map_err(|e| run.input_err(li, e))?;
+                run.run_unit(li, &xt)?
+            }
+            QNode::LayerNorm { c, s_in, ptf, .. } => {
+                let d = *c;
+                let xt = match ptf {
+                    None => {
+                        QTensor::new(clamp_codes(*s_in, RESIDUAL_BITS), &[x.len() / d, d], Scale::PerTensor(*s_in), RESIDUAL_BITS, true)
+                    }
+                    Some(p) => {
+                        let top = (1i64 << ab) - 1;
+                        let q = x.iter().enumerate().map(|(i, &v)| (rne(v, p.sc[i % d]) as i64 + p.zp).clamp(0, top)).collect();
+                        QTensor::new(q, &[x.len() / d, d], Scale::PerChannel(p.sc.clone()), ab, false)
+                    }
+                }
+                .map_err(|e| run.input_err(li, e))?;
+                run.run_unit(li, &xt)?
+            }
+            QNode::Gelu { hidden, acc_scale, s_fc1, out_scale, wants_acc, .. } => {
+                let hh = *hidden;
+                let shape = [x.len() / hh, hh];
+                if *wants_acc {
+                    let acc: Vec<i64> = x.iter().enumerate().map(|(i, &v)| rne(v, acc_scale[i % hh]) as i64).collect();
+                    let w = acc.iter().map(|&v| signed_width(i128::from(v))).max().unwrap_or(2).max(2);
+                    let xt = QTensor::new(acc, &shape, Scale::PerChannel(acc_scale.clone()), w, true).map_err(|e| run.input_err(li, e))?;
+                    run.run_unit(li, &xt)?
+                } else if self.qlayers[li].unit.is_some() {
+                    let xt = QTensor::new(clamp_codes(*s_fc1, ab), &shape, Scale::PerTensor(*s_fc1), ab, true)
+                        .map_err(|e| run.input_err(li, e))?;
+                    run.run_unit(li, &xt)?
+                } else {
+                    // FQ-ViT's float GELU on the quantised input, as the integer forward computes it.
+                    return Ok(x
+                        .iter()
+                        .map(|&v| {
+                            f64::from(float_gelu_code(rne(v, *s_fc1).clamp(lo as f64, hi as f64) as i64, *s_fc1, *out_scale, ab))
+                                * out_scale
+                        })
+                        .collect());
+                }
+            }
+            _ => unreachable!("matched non-linear nodes only"),
+        };
+        Ok(out.dequantize())
+    }
 }

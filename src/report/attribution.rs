@@ -38,10 +38,11 @@ pub fn markdown(a: &Attribution, header: &str) -> String {
     if let (Some(lin), Some(int)) = (a.linear_loss(), a.results.first().and_then(|r| a.lost(r))) {
         let _ = writeln!(
             s,
-            "\nReading: the integer model loses {:.2} points against float; the linear quantisation alone (every non-linear op in float64) loses {:.2}, so the non-linear units together account for {:.2}. A variant's \"recovered\" column is what computing those layers exactly wins back; the op-kind rows need not add up (the errors interact). Differences below about 1 point are within the sampling noise of {} images.",
+            "\nReading: the integer model loses {:.2} points against float; the linear quantisation alone (every non-linear op in float64) loses {:.2}, so the non-linear units together account for {:.2}{}. A variant's \"recovered\" column is what computing those layers exactly wins back; the op-kind rows need not add up (the errors interact). Differences below about 1 point are within the sampling noise of {} images.",
             100.0 * int,
             100.0 * lin,
             100.0 * (int - lin),
+            a.units_loss().map_or(String::new(), |u| format!(" (the units alone, around float linear layers: {:.2})", 100.0 * u)),
             a.images
         );
     }
@@ -100,6 +101,7 @@ pub fn write(
                 VariantKind::LinearOnly => 1,
                 VariantKind::Op => 2,
                 VariantKind::Layer => 3,
+                VariantKind::UnitsOnly => 4,
             })
             .collect();
         let asqnr: Vec<f64> = a.results.iter().map(|r| r.logits_asqnr_db.unwrap_or(f64::INFINITY)).collect();

@@ -275,7 +275,7 @@ pub struct AttributionBars<'a> {
     pub lost: &'a [f64],
     /// Logits ASQNR (dB) per variant (infinite: drawn at the largest finite value).
     pub asqnr: &'a [f64],
-    /// Series index of each bar (its colour): 0 all integer, 1 linear only, 2 op kind, 3 layer.
+    /// Series index of each bar (its colour): 0 all integer, 1 linear only, 2 op kind, 3 layer, 4 units only.
     pub kind: &'a [usize],
 }
 
@@ -286,7 +286,13 @@ impl Figure for AttributionBars<'_> {
         let w = root.dim_in_pixel().0;
         let (left, right) = root.split_horizontally(w * 58 / 100);
         let n = self.labels.len().max(1);
-        const NAMES: [&str; 4] = ["all integer", "linear quantisation only", "one op kind in float64", "one layer in float64"];
+        const NAMES: [&str; 5] = [
+            "all integer",
+            "linear quantisation only",
+            "one op kind in float64",
+            "one layer in float64",
+            "units only (float linear layers)",
+        ];
         let labels = self.labels;
         let fmt = move |y: &f64| {
             let i = (y - 0.5).round();

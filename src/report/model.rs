@@ -703,7 +703,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         if !attributions.is_empty() {
             let _ = writeln!(
                 index,
-                "\n## Where the accuracy goes (sqnr-diff rule's model)\n\nThe integer model re-run with layers computing their op in float64 (`mnq attribute`; `--attribution {}`): float minus \"linear only\" is the loss of the linear quantisation alone, the rest is the non-linear units'.\n\n| bits | integer top-1 | linear only (all non-linear ops float64) | softmax float | gelu float | layernorm float | tables |\n|---:|---:|---:|---:|---:|---:|---|",
+                "\n## Where the accuracy goes (sqnr-diff rule's model)\n\nThe integer model re-run with layers computing their op in float64 (`mnq attribute`; `--attribution {}`): float minus \"linear only\" is the loss of the linear quantisation alone, the rest is the non-linear units'; \"units only\" is the reverse split (float linear layers, every non-linear layer through its unit at its calibrated input format).\n\n| bits | integer top-1 | linear only (all non-linear ops float64) | units only (float linear layers) | softmax float | gelu float | layernorm float | tables |\n|---:|---:|---:|---:|---:|---:|---:|---|",
                 match o.attribution {
                     attribution::Level::Layers => "layers",
                     _ => "ops",
@@ -713,9 +713,10 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 let cell = |n: &str| at.results.iter().find(|r| r.variant.name == n).map_or("—".to_string(), |r| pct(r.top1));
                 let _ = writeln!(
                     index,
-                    "| {bits} | {} | {} | {} | {} | {} | [attribution_{bits}b.md](attribution_{bits}b.md), [plot](attribution_{bits}b.svg) |",
+                    "| {bits} | {} | {} | {} | {} | {} | {} | [attribution_{bits}b.md](attribution_{bits}b.md), [plot](attribution_{bits}b.svg) |",
                     cell("integer"),
                     cell("linear only"),
+                    cell("units only"),
                     cell("softmax float"),
                     cell("gelu float"),
                     cell("layernorm float")
