@@ -1,7 +1,7 @@
 //! Charts of the model-level reports: per-layer SQNR bars (the seed's Figure 1), output
 //! histograms (its Figure 2) and accuracy-cost Pareto scatters.
 
-use super::{render, Figure};
+use super::{category_labels, legend_column, legend_width, render, title_fit, Figure, Swatch};
 use crate::io::IoError;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -53,20 +53,22 @@ pub struct SqnrBars<'a> {
 impl Figure for SqnrBars<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
-        let root = root.titled(self.title, ("sans-serif", 22)).map_err(|x| e(&x))?;
-        let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 55 / 100);
+        let root = title_fit(root, self.title, 22)?;
+        let lw = legend_width(&root, self.methods);
+        let (plot, legend) = root.split_horizontally(root.dim_in_pixel().0.saturating_sub(lw));
+        let (top, bottom) = plot.split_vertically(plot.dim_in_pixel().1 * 50 / 100);
         let nl = self.layers.len().max(1);
         let nm = self.methods.len().max(1);
         let (lo, hi) = range_of(self.diff.iter().flatten().flatten().cloned(), true);
         let mut c = ChartBuilder::on(&top)
             .margin(10)
-            .x_label_area_size(20)
+            .x_label_area_size(10)
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..nl as f64, lo..hi)
             .map_err(|x| e(&x))?;
         c.configure_mesh().disable_x_mesh().x_labels(0).y_desc(format!("SQNR diff, {}", self.unit)).draw().map_err(|x| e(&x))?;
         let w = 0.8 / nm as f64;
-        for (m, name) in self.methods.iter().enumerate() {
+        for (m, _) in self.methods.iter().enumerate() {
             let col = series_colour(m);
             let bars: Vec<_> = self.diff[m]
                 .iter()
@@ -77,55 +79,50 @@ impl Figure for SqnrBars<'_> {
                     Rectangle::new([(x0, 0.0), (x0 + w, v)], col.filled())
                 })
                 .collect();
-            c.draw_series(bars)
-                .map_err(|x| e(&x))?
-                .label(name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
+            c.draw_series(bars).map_err(|x| e(&x))?;
         }
-        c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        let entries = |sw: Swatch| -> Vec<(String, RGBColor, Swatch)> {
+            self.methods.iter().enumerate().map(|(m, n)| (n.clone(), series_colour(m), sw)).collect()
+        };
+        legend_column(&legend, 30, &entries(Swatch::Box))?;
 
         let (lo, hi) = range_of(self.out.iter().flatten().flatten().cloned(), false);
+        let label_px = self
+            .layers
+            .iter()
+            .filter_map(|l| bottom.estimate_text_size(l, &TextStyle::from(("sans-serif", 11).into_font())).ok())
+            .map(|(w, _)| w)
+            .max()
+            .unwrap_or(40);
         let mut c = ChartBuilder::on(&bottom)
             .margin(10)
-            .x_label_area_size(70)
+            .x_label_area_size(label_px + 34)
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..nl as f64, lo..hi)
             .map_err(|x| e(&x))?;
-        let layers = self.layers;
-        let fmt = move |x: &f64| {
-            let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < layers.len() {
-                layers[i as usize].clone()
-            } else {
-                String::new()
-            }
-        };
         c.configure_mesh()
-            .x_labels(4 * nl + 1)
-            .x_label_formatter(&fmt)
-            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
+            .x_labels(0)
+            .x_desc("non-linear layer, in execution order")
             .y_desc(format!("output ASQNR, {}", self.unit))
             .draw()
             .map_err(|x| e(&x))?;
-        for (m, name) in self.methods.iter().enumerate() {
+        category_labels(&bottom, &c, self.layers, lo)?;
+        for (m, _) in self.methods.iter().enumerate() {
             let col = series_colour(m);
             let pts: Vec<(f64, f64)> =
                 self.out[m].iter().enumerate().filter_map(|(l, v)| v.filter(|v| v.is_finite()).map(|v| (l as f64 + 0.5, v))).collect();
             c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, col.filled()))).map_err(|x| e(&x))?;
-            c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-                .map_err(|x| e(&x))?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], col.stroke_width(2)));
+            c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2))).map_err(|x| e(&x))?;
         }
-        c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        legend_column(&legend, bottom.get_base_pixel().1 - root.get_base_pixel().1 + 30, &entries(Swatch::Line))?;
         Ok(())
     }
 }
 
 /// Draw [`SqnrBars`] as `<stem>.svg` and `<stem>.png`.
 pub fn sqnr_bars(stem: &Path, fig: &SqnrBars) -> Result<Vec<PathBuf>, IoError> {
-    let w = (260 + 26 * fig.layers.len() as u32).max(800);
-    render(stem, (w, 640), fig)
+    let w = (360 + 26 * fig.layers.len() as u32).max(900);
+    render(stem, (w, 680), fig)
 }
 
 /// Overlaid histograms of one layer's output: the float model against each quantised model.
@@ -155,14 +152,17 @@ impl Figure for OutputHistograms<'_> {
             })
             .collect();
         let top = hists.iter().flatten().cloned().fold(0.0, f64::max).max(1e-9) * 1.08;
-        let mut c = ChartBuilder::on(root)
-            .caption(self.title, ("sans-serif", 18))
+        let root = title_fit(root, self.title, 18)?;
+        let names: Vec<String> = self.series.iter().map(|s| s.0.clone()).collect();
+        let (plot, legend) = root.split_horizontally(root.dim_in_pixel().0.saturating_sub(legend_width(&root, &names)));
+        let mut c = ChartBuilder::on(&plot)
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(65)
             .build_cartesian_2d(lo..hi, 0f64..top)
             .map_err(|x| e(&x))?;
-        c.configure_mesh().x_desc("layer output value").y_desc("fraction of elements").draw().map_err(|x| e(&x))?;
+        c.configure_mesh().x_desc("layer output value (float)").y_desc("fraction of elements").draw().map_err(|x| e(&x))?;
+        let mut entries = Vec::new();
         for (i, ((name, _), h)) in self.series.iter().zip(&hists).enumerate() {
             let col = if i == 0 { BLACK } else { series_colour(i - 1) };
             let mut pts = Vec::with_capacity(2 * nb + 2);
@@ -173,19 +173,17 @@ impl Figure for OutputHistograms<'_> {
             }
             pts.push((hi, 0.0));
             let width = if i == 0 { 3 } else { 1 };
-            c.draw_series(LineSeries::new(pts, col.stroke_width(width)))
-                .map_err(|x| e(&x))?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], col.stroke_width(width)));
+            c.draw_series(LineSeries::new(pts, col.stroke_width(width))).map_err(|x| e(&x))?;
+            entries.push((name.clone(), col, Swatch::Line));
         }
-        c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        legend_column(&legend, 30, &entries)?;
         Ok(())
     }
 }
 
 /// Draw [`OutputHistograms`] as `<stem>.svg` and `<stem>.png`.
 pub fn output_histograms(stem: &Path, fig: &OutputHistograms) -> Result<Vec<PathBuf>, IoError> {
-    render(stem, (760, 480), fig)
+    render(stem, (860, 480), fig)
 }
 
 /// One point of a Pareto scatter.
@@ -218,18 +216,31 @@ impl Figure for ParetoScatter<'_> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let (xl, xh) = range_of(self.points.iter().map(|p| p.x), false);
         let (yl, yh) = range_of(self.points.iter().map(|p| p.y), false);
-        let mut c = ChartBuilder::on(root)
-            .caption(self.title, ("sans-serif", 18))
+        let root = title_fit(root, self.title, 18)?;
+        let names = vec!["dominated".to_string(), "Pareto front".to_string()];
+        let (plot, legend) = root.split_horizontally(root.dim_in_pixel().0.saturating_sub(legend_width(&root, &names)));
+        let mut c = ChartBuilder::on(&plot)
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(65)
             .build_cartesian_2d(xl..xh, yl..yh)
             .map_err(|x| e(&x))?;
-        c.configure_mesh().x_desc(self.x_desc).y_desc(self.y_desc).draw().map_err(|x| e(&x))?;
+        let tick = |v: &f64| {
+            if v.abs() >= 1000.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
+            }
+        };
+        c.configure_mesh()
+            .x_desc(self.x_desc)
+            .y_desc(self.y_desc)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
+            .draw()
+            .map_err(|x| e(&x))?;
         c.draw_series(self.points.iter().filter(|p| !p.pareto).map(|p| Circle::new((p.x, p.y), 3, RGBColor(150, 150, 150).filled())))
-            .map_err(|x| e(&x))?
-            .label("dominated")
-            .legend(|(x, y)| Circle::new((x + 5, y), 3, RGBColor(150, 150, 150).filled()));
+            .map_err(|x| e(&x))?;
         let mut front: Vec<&ScatterPoint> = self.points.iter().filter(|p| p.pareto).collect();
         front.sort_by(|a, b| a.x.total_cmp(&b.x));
         let mut steps = Vec::new();
@@ -240,27 +251,25 @@ impl Figure for ParetoScatter<'_> {
             steps.push((p.x, p.y));
         }
         c.draw_series(LineSeries::new(steps, RED.stroke_width(1))).map_err(|x| e(&x))?;
-        c.draw_series(front.iter().map(|p| Circle::new((p.x, p.y), 5, RED.filled())))
-            .map_err(|x| e(&x))?
-            .label("Pareto front")
-            .legend(|(x, y)| Circle::new((x + 5, y), 5, RED.filled()));
+        c.draw_series(front.iter().map(|p| Circle::new((p.x, p.y), 5, RED.filled()))).map_err(|x| e(&x))?;
+        // Labels offset from their marker so they never sit on it.
         c.draw_series(front.iter().filter(|p| !p.label.is_empty()).map(|p| {
-            Text::new(p.label.clone(), (p.x, p.y), ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Bottom)))
+            EmptyElement::at((p.x, p.y))
+                + Text::new(p.label.clone(), (7, -7), ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Bottom)))
         }))
         .map_err(|x| e(&x))?;
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|x| e(&x))?;
+        legend_column(
+            &legend,
+            30,
+            &[(names[0].clone(), RGBColor(150, 150, 150), Swatch::Dot(3)), (names[1].clone(), RED, Swatch::Dot(5))],
+        )?;
         Ok(())
     }
 }
 
 /// Draw [`ParetoScatter`] as `<stem>.svg` and `<stem>.png`.
 pub fn pareto_scatter(stem: &Path, fig: &ParetoScatter) -> Result<Vec<PathBuf>, IoError> {
-    render(stem, (760, 520), fig)
+    render(stem, (860, 520), fig)
 }
 
 /// Error-attribution figure, one horizontal bar per variant of the integer model (all
@@ -279,20 +288,21 @@ pub struct AttributionBars<'a> {
     pub kind: &'a [usize],
 }
 
+/// Legend names of the [`AttributionBars`] series, by kind index.
+const NAMES: [&str; 5] =
+    ["all integer", "linear quantisation only", "one op kind in float64", "one layer in float64", "units only (float linear layers)"];
+
 impl Figure for AttributionBars<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
-        let root = root.titled(self.title, ("sans-serif", 20)).map_err(|x| e(&x))?;
+        let root = title_fit(root, self.title, 20)?;
+        let present: Vec<usize> = (0..NAMES.len()).filter(|k| self.kind.contains(k)).collect();
+        let names: Vec<String> = present.iter().map(|&k| NAMES[k].to_string()).collect();
+        let (root, legend) = root.split_horizontally(root.dim_in_pixel().0.saturating_sub(legend_width(&root, &names)));
+        legend_column(&legend, 40, &present.iter().map(|&k| (NAMES[k].to_string(), series_colour(k), Swatch::Box)).collect::<Vec<_>>())?;
         let w = root.dim_in_pixel().0;
         let (left, right) = root.split_horizontally(w * 58 / 100);
         let n = self.labels.len().max(1);
-        const NAMES: [&str; 5] = [
-            "all integer",
-            "linear quantisation only",
-            "one op kind in float64",
-            "one layer in float64",
-            "units only (float linear layers)",
-        ];
         let labels = self.labels;
         let fmt = move |y: &f64| {
             let i = (y - 0.5).round();
@@ -323,7 +333,7 @@ impl Figure for AttributionBars<'_> {
             }
             mesh.draw().map_err(|x| e(&x))?;
             let fin_hi = vals.iter().cloned().filter(|v| v.is_finite()).fold(0.0f64, f64::max);
-            for (k, name) in NAMES.iter().enumerate() {
+            for k in 0..NAMES.len() {
                 let col = series_colour(k);
                 let bars: Vec<_> = vals
                     .iter()
@@ -339,13 +349,7 @@ impl Figure for AttributionBars<'_> {
                 if bars.is_empty() {
                     continue;
                 }
-                let s = c.draw_series(bars).map_err(|x| e(&x))?;
-                if pi == 0 {
-                    s.label(*name).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
-                }
-            }
-            if pi == 0 {
-                c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+                c.draw_series(bars).map_err(|x| e(&x))?;
             }
         }
         Ok(())
@@ -355,7 +359,7 @@ impl Figure for AttributionBars<'_> {
 /// Draw [`AttributionBars`] as `<stem>.svg` and `<stem>.png`.
 pub fn attribution_bars(stem: &Path, fig: &AttributionBars) -> Result<Vec<PathBuf>, IoError> {
     let h = (160 + 22 * fig.labels.len() as u32).max(360);
-    render(stem, (1000, h), fig)
+    render(stem, (1200, h), fig)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod model;
 use crate::io::{write_atomic, IoError};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -144,4 +145,109 @@ impl Figure for Hist<'_> {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// How a legend entry's swatch is drawn.
+#[derive(Debug, Clone, Copy)]
+pub enum Swatch {
+    /// A filled square (bars).
+    Box,
+    /// A short thick line (lines).
+    Line,
+    /// A filled dot of this radius (scatters).
+    Dot(i32),
+}
+
+/// The title inside the frame: the largest font size ≤ `size` (down to 12) at which it fits the
+/// width, wrapped at spaces onto more lines when even 12 does not fit; returns the area below.
+pub fn title_fit<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, size: u32) -> Result<DrawingArea<DB, Shift>, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let avail = root.dim_in_pixel().0.saturating_sub(24);
+    let width =
+        |s: &str, px: u32| root.estimate_text_size(s, &TextStyle::from(("sans-serif", px).into_font())).map(|(w, _)| w).unwrap_or(u32::MAX);
+    let mut px = size;
+    while px > 12 && width(title, px) > avail {
+        px -= 1;
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for word in title.split(' ') {
+        match lines.last_mut() {
+            Some(l) if width(&format!("{l} {word}"), px) <= avail => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    let line_h = px as i32 + 6;
+    let (top, rest) = root.split_vertically(lines.len() as i32 * line_h + 12);
+    let cx = root.dim_in_pixel().0 as i32 / 2;
+    for (i, l) in lines.iter().enumerate() {
+        let style =
+            ("sans-serif", px).into_font().color(&BLACK).pos(text_anchor::Pos::new(text_anchor::HPos::Center, text_anchor::VPos::Top));
+        top.draw(&Text::new(l.clone(), (cx, 6 + i as i32 * line_h), style)).map_err(|x| e(&x))?;
+    }
+    Ok(rest)
+}
+
+/// Width in pixels a legend column needs for these names.
+pub fn legend_width<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, names: &[String]) -> u32 {
+    let w = names
+        .iter()
+        .filter_map(|n| root.estimate_text_size(n, &TextStyle::from(("sans-serif", 13).into_font())).ok())
+        .map(|(w, _)| w)
+        .max()
+        .unwrap_or(0);
+    w + 40
+}
+
+/// A legend drawn in its own column beside the plot (never over the data): one swatch and name
+/// per entry, from `top` pixels down.
+pub fn legend_column<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    top: i32,
+    entries: &[(String, RGBColor, Swatch)],
+) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    for (i, (name, col, sw)) in entries.iter().enumerate() {
+        let y = top + 20 * i as i32;
+        match sw {
+            Swatch::Box => area.draw(&Rectangle::new([(8, y - 5), (20, y + 5)], col.filled())),
+            Swatch::Line => area.draw(&PathElement::new([(6, y), (22, y)], col.stroke_width(3))),
+            Swatch::Dot(r) => area.draw(&Circle::new((14, y), *r, col.filled())),
+        }
+        .map_err(|x| e(&x))?;
+        let style =
+            ("sans-serif", 13).into_font().color(&BLACK).pos(text_anchor::Pos::new(text_anchor::HPos::Left, text_anchor::VPos::Center));
+        area.draw(&Text::new(name.clone(), (28, y), style)).map_err(|x| e(&x))?;
+    }
+    Ok(())
+}
+
+/// Category labels under a chart's x axis, rotated to read upwards and hanging below the axis
+/// (plotters' own rotated tick labels are centred on the tick and cross the axis): label `i`
+/// sits under x = i + 0.5.
+pub fn category_labels<DB: DrawingBackend, X, Y>(
+    area: &DrawingArea<DB, Shift>,
+    chart: &ChartContext<'_, DB, Cartesian2d<X, Y>>,
+    labels: &[String],
+    y_axis: Y::ValueType,
+) -> Result<(), String>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged,
+    Y::ValueType: Clone,
+{
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let base = area.get_base_pixel();
+    for (i, l) in labels.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(i as f64 + 0.5, y_axis.clone()));
+        let style = ("sans-serif", 11)
+            .into_font()
+            .transform(FontTransform::Rotate270)
+            .color(&BLACK)
+            .pos(text_anchor::Pos::new(text_anchor::HPos::Right, text_anchor::VPos::Center));
+        area.draw(&Text::new(l.clone(), (px - base.0, py - base.1 + 6), style)).map_err(|x| e(&x))?;
+    }
+    Ok(())
 }
