@@ -252,6 +252,32 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &Progress
 
 // ---------------------------------------------------------------- results
 
+/// One RTL file of a report's unit set: where the report points for it and its hash.
+#[derive(Debug, Clone, serde::Serialize)]
+struct HwFile {
+    name: String,
+    /// Path relative to the report folder (the committed `rtl/` file, or the report's copy).
+    link: String,
+    /// FNV-1a 64 of the Verilog text (the cost table's `verilog_fnv64`).
+    fnv64: String,
+}
+
+/// `to` relative to the folder `from` (both made absolute against the working directory).
+fn rel_path(from: &Path, to: &Path) -> String {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (f, t) = (abs(from), abs(to));
+    let (fc, tc): (Vec<_>, Vec<_>) = (f.components().collect(), t.components().collect());
+    let common = fc.iter().zip(&tc).take_while(|(a, b)| a == b).count();
+    let mut r = PathBuf::new();
+    for _ in common..fc.len() {
+        r.push("..");
+    }
+    for c in &tc[common..] {
+        r.push(c);
+    }
+    r.to_string_lossy().into_owned()
+}
+
 /// End-to-end figures of one assignment at one width.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Accuracy {
@@ -599,15 +625,35 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             // Verilog of the unit set the SQNR-diff rule's assignment needs.
             let mut hw = Vec::new();
             let mut no_hw = Vec::new();
+            let mut copied_rtl: Vec<String> = Vec::new();
             for (u, _) in chosen.counts() {
                 // A unit with hardware at other widths only (layernorm_fqvit: 6 and 8 bits) has none here.
                 if crate::hdl::RTL_UNITS.contains(&u.as_str()) && crate::hdl::supported_bits(&u).contains(&bits) {
                     let cfg = crate::hdl::RtlConfig::new(&u, bits, 1).map_err(|e| RunError::Input(format!("{u} at {bits} bits: {e}")))?;
-                    files.push((format!("verilog_{bits}b/{}.v", cfg.name()), crate::hdl::verilog(&cfg).into_bytes()));
-                    hw.push(cfg.name());
+                    let v = crate::hdl::verilog(&cfg);
+                    let hash = crate::cost::fnv64(&v);
+                    // Link the committed RTL when it is exactly what this mnq generates; copy it
+                    // (with a note saying why) only when rtl/ lacks it or holds other Verilog.
+                    let committed = o.rtl_manifest.with_file_name(format!("{}.v", cfg.name()));
+                    let link = if std::fs::read_to_string(&committed).is_ok_and(|t| t == v) {
+                        rel_path(&o.out, &committed)
+                    } else {
+                        let why = format!(
+                            "{}.v: {} does not hold this Verilog (missing or regenerated since), so the report carries its own copy; fnv64 {hash}\n",
+                            cfg.name(),
+                            committed.display()
+                        );
+                        copied_rtl.push(why);
+                        files.push((format!("verilog_{bits}b/{}.v", cfg.name()), v.into_bytes()));
+                        format!("verilog_{bits}b/{}.v", cfg.name())
+                    };
+                    hw.push(HwFile { name: cfg.name(), link, fnv64: hash });
                 } else {
                     no_hw.push(u);
                 }
+            }
+            if !copied_rtl.is_empty() {
+                files.push((format!("verilog_{bits}b/WHY.md"), format!("# Why this report copies Verilog\n\n{}", copied_rtl.join("\n")).into_bytes()));
             }
             for (c, a) in &rules {
                 let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
@@ -858,7 +904,7 @@ struct BitsSummary {
     singles: Vec<(String, Option<f64>, f64)>,
     rules: Vec<(String, Option<f64>, f64, String)>,
     front_len: Vec<(String, usize, bool)>,
-    hw: Vec<String>,
+    hw: Vec<HwFile>,
     no_hw: Vec<String>,
     skipped: Vec<String>,
     hist: Vec<String>,
@@ -872,7 +918,7 @@ type PerBits = (
     Vec<Accuracy>,
     serde_json::Map<String, serde_json::Value>,
     Option<Solution>,
-    Vec<String>,
+    Vec<HwFile>,
     Vec<String>,
     Vec<serde_json::Value>,
     Vec<String>,
@@ -1029,7 +1075,7 @@ fn index_md(
             if b.hw.is_empty() {
                 "none".into()
             } else {
-                b.hw.iter().map(|h| format!("[{h}](verilog_{bb}b/{h}.v)")).collect::<Vec<_>>().join(", ")
+                b.hw.iter().map(|h| format!("[{}]({}) (fnv64 `{}`)", h.name, h.link, h.fnv64)).collect::<Vec<_>>().join(", ")
             },
             if b.no_hw.is_empty() { "none".into() } else { b.no_hw.join(", ") }
         );
