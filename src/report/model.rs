@@ -219,27 +219,42 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &Progress
         output: model.layers.iter().map(|l| Asqnr::new(format!("{} output", l.name))).collect(),
         samples: vec![(Vec::new(), Vec::new()); nl],
     };
-    type Taps = Vec<[Vec<f64>; 4]>;
+    // Per image: the one-image ASQNR accumulators of every layer (joined below in image order,
+    // identical to feeding the images one by one) and, for the first images, the outputs for the
+    // histograms. Keeping no other tap values bounds memory by the images in flight, whatever
+    // the model size.
+    type PerImage = Vec<(Asqnr, Asqnr, Option<(Vec<f64>, Vec<f64>)>)>;
     let mut start = 0;
     while start < images.len() {
         let end = (start + CHUNK).min(images.len());
-        // Parallel over a chunk, then fed in image order so the result does not depend on threads.
-        let chunk: Vec<Taps> = (start..end)
+        // Parallel over a chunk, then joined in image order so the result does not depend on threads.
+        let chunk: Vec<PerImage> = (start..end)
             .into_par_iter()
-            .map(|i| -> Result<Taps, ModelError> {
-                let mut taps: Taps = Vec::with_capacity(nl);
+            .map(|i| -> Result<PerImage, RunError> {
+                let mut per: PerImage = Vec::with_capacity(nl);
+                let mut err = None;
                 forward_pair::<f64>(model, qm, &images.image(i), &mut |a, b| {
-                    taps.push([a.input.to_vec(), b.input.to_vec(), a.output.to_vec(), b.output.to_vec()]);
+                    let l = per.len();
+                    let mut ai = Asqnr::new(format!("{} input", model.layers[l].name));
+                    let mut ao = Asqnr::new(format!("{} output", model.layers[l].name));
+                    if let Err(e) = ai.push(a.input, b.input).and_then(|_| ao.push(a.output, b.output)) {
+                        err.get_or_insert(e.at_image(i));
+                    }
+                    let keep = (i < HIST_IMAGES).then(|| (a.output.to_vec(), b.output.to_vec()));
+                    per.push((ai, ao, keep));
                 })?;
+                if let Some(e) = err {
+                    return Err(e.into());
+                }
                 bar.inc(1);
-                Ok(taps)
+                Ok(per)
             })
             .collect::<Result<_, _>>()?;
-        for (k, taps) in chunk.into_iter().enumerate() {
-            for (l, [fi, qi, fo, qo]) in taps.into_iter().enumerate() {
-                s.input[l].push(&fi, &qi)?;
-                s.output[l].push(&fo, &qo)?;
-                if start + k < HIST_IMAGES {
+        for per in chunk {
+            for (l, (ai, ao, keep)) in per.into_iter().enumerate() {
+                s.input[l].extend(ai);
+                s.output[l].extend(ao);
+                if let Some((fo, qo)) = keep {
                     s.samples[l].0.extend(fo);
                     s.samples[l].1.extend(qo);
                 }
@@ -251,6 +266,73 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &Progress
 }
 
 // ---------------------------------------------------------------- results
+
+/// The signoff figures of one width for `summary.json` (README "summary.json"): per evaluated
+/// single method and rule, its units, area and cycles under the run's architecture model and
+/// its accuracy; per unit type its synthesis figures; the RTL files with their hashes.
+fn signoff_bits(
+    bits: u32,
+    arch: crate::sensitivity::assign::Arch,
+    costs: &Costs,
+    problem: Option<&assign::Problem>,
+    acc: &[Accuracy],
+    hw: &[HwFile],
+    skipped: &[String],
+) -> serde_json::Value {
+    let models: Vec<serde_json::Value> = acc
+        .iter()
+        .filter(|a| a.kind == "single" || a.kind == "rule")
+        .map(|a| {
+            let asg = assign::Assignment(a.assignment.iter().map(|(l, u)| (l.clone(), u.clone())).collect());
+            let sol = problem.and_then(|p| p.evaluate_assignment(arch, &asg).ok());
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for u in a.assignment.values() {
+                *counts.entry(u.as_str()).or_default() += 1;
+            }
+            json!({
+                "name": a.name,
+                "kind": a.kind,
+                "top1": a.top1,
+                "agreement_with_float": a.agreement,
+                "logits_asqnr_db": a.logits_asqnr_db,
+                "units": counts,
+                "area_nand2_eq": sol.as_ref().map(|s| s.area),
+                "cycles_per_image": sol.as_ref().map(|s| s.latency),
+                "max_layer_cycles": sol.as_ref().map(|s| s.max_layer_latency),
+            })
+        })
+        .collect();
+    let mut types: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for a in acc.iter().filter(|a| a.kind == "single" || a.kind == "rule") {
+        for u in a.assignment.values() {
+            if types.contains_key(u) {
+                continue;
+            }
+            let c = costs.get(u, bits);
+            let row = c.and_then(|c| c.timing.as_ref());
+            let ice = row.and_then(|r| r.ice40.as_ref()).and_then(crate::cost::Outcome::ok);
+            let fmax = row.and_then(|r| r.fmax.as_ref()).and_then(crate::cost::Outcome::ok).and_then(|f| f.mhz);
+            types.insert(
+                u.clone(),
+                json!({
+                    "area_nand2_eq": c.and_then(|c| c.area),
+                    "ice40_lut4": ice.map(|i| i.lut4),
+                    "ice40_dff": ice.map(|i| i.dff),
+                    "ice40_bram": ice.map(|i| i.bram),
+                    "ice40_fmax_mhz": fmax,
+                    "cost_row": row.map(|r| r.name.clone()),
+                }),
+            );
+        }
+    }
+    json!({
+        "bits": bits,
+        "models": models,
+        "unit_types": types,
+        "rtl": hw,
+        "layers_without_cost": skipped,
+    })
+}
 
 /// One RTL file of a report's unit set: where the report points for it and its hash.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -371,6 +453,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         let mut lines = Vec::new();
         let mut index = String::new();
         let mut per_bits = Vec::new();
+        let mut summary_bits: Vec<serde_json::Value> = Vec::new();
         let mut attributions: Vec<(u32, attribution::Attribution)> = Vec::new();
         let calibrated = m.quant.is_none();
         let mut float_top1 = None;
@@ -653,7 +736,10 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 }
             }
             if !copied_rtl.is_empty() {
-                files.push((format!("verilog_{bits}b/WHY.md"), format!("# Why this report copies Verilog\n\n{}", copied_rtl.join("\n")).into_bytes()));
+                files.push((
+                    format!("verilog_{bits}b/WHY.md"),
+                    format!("# Why this report copies Verilog\n\n{}", copied_rtl.join("\n")).into_bytes(),
+                ));
             }
             for (c, a) in &rules {
                 let r = acc.iter().find(|x| x.name == format!("rule_{}", c.name())).expect("evaluated");
@@ -669,6 +755,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             for r in acc.iter().filter(|a| a.kind == "single") {
                 lines.push(format!("{bits}-bit {:<20} top-1 {}  agreement {}", r.name, pct(r.top1), pct(Some(r.agreement))));
             }
+            summary_bits.push(signoff_bits(bits, o.arch, &costs, problem.as_ref(), &acc, &hw, &skipped));
             per_bits.push((bits, table, rules, acc, fronts, budget_solution, hw, no_hw, hist_layers, skipped, problem.is_some()));
         }
         // Tables 2, 3, 4 and the index.
@@ -775,6 +862,19 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             );
         }
         files.push(("index.md".into(), index.into_bytes()));
+        let summary = json!({
+            "format": 1,
+            "tool": format!("mnq {}", env!("CARGO_PKG_VERSION")),
+            "model": name,
+            "model_dir": o.model_dir.display().to_string(),
+            "arch": o.arch,
+            "eval_images": eval.len(),
+            "sensitivity_images": sens_imgs.len(),
+            "float_top1": float_top1,
+            "area_source": costs.area_source,
+            "bits": summary_bits,
+        });
+        files.push(("summary.json".into(), (serde_json::to_string_pretty(&summary).expect("serialises") + "\n").into_bytes()));
         files.push((
             "results.json".into(),
             (serde_json::to_string_pretty(&serde_json::Value::Object(results.clone())).expect("json") + "\n").into_bytes(),

@@ -120,6 +120,17 @@ pub enum AsqnrError {
     },
 }
 
+impl AsqnrError {
+    /// The same error for image `image` of a larger batch (for images measured apart, [`Asqnr::extend`]).
+    pub fn at_image(mut self, at: usize) -> Self {
+        match &mut self {
+            AsqnrError::LengthMismatch { image, .. } | AsqnrError::Empty { image, .. } | AsqnrError::NonFinite { image, .. } => *image = at,
+            _ => {}
+        }
+        self
+    }
+}
+
 /// Accumulates the per-image SQNR of one tap over a batch of images (seed Eq. 10).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Asqnr {
@@ -168,6 +179,15 @@ impl Asqnr {
         self.ratios.push(clamped);
         self.elements += x.len();
         Ok(clamped)
+    }
+
+    /// Append `later`'s images after this accumulator's, exactly as if they had been fed here in
+    /// order (the per-image ratios are independent, so images can be measured apart and joined).
+    pub fn extend(&mut self, later: Asqnr) {
+        self.ratios.extend(later.ratios);
+        self.capped += later.capped;
+        self.floored += later.floored;
+        self.elements += later.elements;
     }
 
     /// Feed a batch of whole images laid out one after another, `image_len` values each.
