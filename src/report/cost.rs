@@ -87,9 +87,9 @@ pub fn plots(table: &Table, dir: &Path) -> Result<Vec<PathBuf>, IoError> {
                 (time, format!("cycles per row at N = {n} (row period)")),
             ],
         };
-        files.extend(render(&dir.join(format!("tradeoff_{}", op.name())), (1400, 560), &fig)?);
+        files.extend(render(&dir.join(format!("tradeoff_{}", op.name())), (1600, 560), &fig)?);
     }
-    files.extend(render(&dir.join("area_vs_bits"), (1400, 560), &AreaBits { rows: table.rows.iter().collect() })?);
+    files.extend(render(&dir.join("area_vs_bits"), (1600, 600), &AreaBits { rows: table.rows.iter().collect() })?);
     Ok(files)
 }
 
@@ -124,7 +124,16 @@ fn log_range(v: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> {
 
 impl Figure for Tradeoff {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        let root = root.titled(&self.title, ("sans-serif", 20)).map_err(|e| e.to_string())?;
+        let root = super::title_fit(root, &self.title, 20)?;
+        let mut all: Vec<&str> = self.panels.iter().flat_map(|(pts, _)| pts.iter().map(|p| p.method.as_str())).collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut entries: Vec<(String, RGBColor, super::Swatch)> =
+            all.iter().map(|m| (m.to_string(), method_color(m), super::Swatch::Dot(5))).collect();
+        entries.push(("Pareto (ringed)".into(), BLACK, super::Swatch::Dot(3)));
+        let names: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+        let (root, legend) = root.split_horizontally(root.dim_in_pixel().0.saturating_sub(super::legend_width(&root, &names)));
+        super::legend_column(&legend, 30, &entries)?;
         let halves = root.split_evenly((1, 2));
         for (area, (pts, xdesc)) in halves.iter().zip(&self.panels) {
             let xr = log_range(pts.iter().map(|p| p.cost));
@@ -154,27 +163,16 @@ impl Figure for Tradeoff {
                 let c = method_color(m);
                 chart
                     .draw_series(pts.iter().filter(|p| p.method == m).map(|p| Circle::new((p.cost, p.sqnr_db), 5, c.filled())))
-                    .map_err(|e| e.to_string())?
-                    .label(m.to_string())
-                    .legend(move |(x, y)| Circle::new((x, y), 5, c.filled()));
+                    .map_err(|e| e.to_string())?;
             }
             chart
                 .draw_series(front.iter().map(|&i| Circle::new((pts[i].cost, pts[i].sqnr_db), 9, BLACK.stroke_width(2))))
-                .map_err(|e| e.to_string())?
-                .label("Pareto")
-                .legend(|(x, y)| Circle::new((x, y), 7, BLACK.stroke_width(2)));
+                .map_err(|e| e.to_string())?;
             chart
                 .draw_series(pts.iter().map(|p| {
                     EmptyElement::at((p.cost, p.sqnr_db))
                         + Text::new(p.label.clone(), (8, -12), ("sans-serif", 11).into_font().color(&BLACK.mix(0.7)))
                 }))
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -190,9 +188,7 @@ struct AreaBits<'a> {
 
 impl Figure for AreaBits<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        let root =
-            root.titled("Area against input bits (one line per unit and lane count)", ("sans-serif", 20)).map_err(|e| e.to_string())?;
-        let halves = root.split_evenly((1, 2));
+        let root = super::title_fit(root, "Area against input bits (one line per unit and lane count)", 20)?;
         let asic = |r: &Row| r.asic.as_ref().and_then(Outcome::ok).map(|a| a.nand2_eq);
         let lut = |r: &Row| r.ice40.as_ref().and_then(Outcome::ok).map(|c| c.lut4 as f64);
         let panels: [(&AreaOf, &str); 2] = [(&asic, "NAND2-equivalents (ASIC-like)"), (&lut, "iCE40 LUT4")];
@@ -201,6 +197,19 @@ impl Figure for AreaBits<'_> {
         let mut series: Vec<(String, String, usize)> = self.rows.iter().map(|r| (r.unit.clone(), r.method.clone(), r.lanes)).collect();
         series.sort();
         series.dedup();
+        // Colour by method, shade by unit within the method, thicker for more lanes.
+        let style_of = |k: usize, method: &str, lanes: usize| {
+            let base = method_color(method);
+            let shade = 0.45 + 0.55 * ((k % 3) as f64 / 2.0);
+            let c = RGBColor((f64::from(base.0) * shade) as u8, (f64::from(base.1) * shade) as u8, (f64::from(base.2) * shade) as u8);
+            (c, if lanes > 1 { 3 } else { 1 })
+        };
+        let names: Vec<String> = series.iter().map(|(u, _, l)| format!("{u} L{l}")).collect();
+        let (root, legend) = root.split_horizontally(root.dim_in_pixel().0.saturating_sub(super::legend_width(&root, &names)));
+        let entries: Vec<(String, RGBColor, super::Swatch)> =
+            series.iter().enumerate().map(|(k, (u, m, l))| (format!("{u} L{l}"), style_of(k, m, *l).0, super::Swatch::Line)).collect();
+        super::legend_column(&legend, 30, &entries)?;
+        let halves = root.split_evenly((1, 2));
         for (area, (f, ydesc)) in halves.iter().zip(panels) {
             let yr = log_range(self.rows.iter().filter_map(|r| f(r)));
             let mut chart = ChartBuilder::on(area)
@@ -229,25 +238,9 @@ impl Figure for AreaBits<'_> {
                     continue;
                 }
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                // Colour by method, shade by unit within the method, dashes for more lanes.
-                let base = method_color(method);
-                let shade = 0.45 + 0.55 * ((k % 3) as f64 / 2.0);
-                let c = RGBColor((f64::from(base.0) * shade) as u8, (f64::from(base.1) * shade) as u8, (f64::from(base.2) * shade) as u8);
-                let style = c.stroke_width(if *lanes > 1 { 3 } else { 1 });
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), style).point_size(4))
-                    .map_err(|e| e.to_string())?
-                    .label(format!("{unit} L{lanes}"))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                let (c, w) = style_of(k, method, *lanes);
+                chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(w)).point_size(4)).map_err(|e| e.to_string())?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 11))
-                .draw()
-                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
