@@ -232,7 +232,7 @@ fn bench_sensitivity(c: &mut Criterion) {
     g.bench_function("deit_tiny_32_images_float_and_3_methods", |b| {
         b.iter(|| {
             for qm in &models {
-                mnq::report::model::sensitivity(&s.model, qm, &s.all, &bar).expect("sensitivity");
+                mnq::study::sensitivity(&s.model, qm, &s.all, 0, &bar).expect("sensitivity");
             }
         })
     });

@@ -12,4 +12,5 @@ pub mod io;
 pub mod model;
 pub mod report;
 pub mod sensitivity;
+pub mod study;
 pub mod units;

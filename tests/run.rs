@@ -72,7 +72,7 @@ fn run_end_to_end_small() {
     assert_eq!(at["results"][0]["agreement"], rule_acc["agreement"]);
     assert_eq!(at["float_top1"], r["float_top1"]);
     let n_layers = table.as_array().unwrap().len();
-    assert_eq!(at["results"].as_array().unwrap().len(), 5 + n_layers, "integer, linear only, 3 op kinds, one per layer");
+    assert_eq!(at["results"].as_array().unwrap().len(), 6 + n_layers, "integer, linear only, units only, 3 op kinds, one per layer");
     // Accuracy entries are fractions.
     for a in b["accuracy"].as_array().unwrap() {
         let t = a["top1"].as_f64().unwrap();
@@ -130,7 +130,7 @@ fn bad_input_writes_nothing() {
 /// table: logic and flip-flops plus the row buffers at 1.5 NAND2-eq per SRAM bit.
 fn unit_area(t: &mnq::cost::Table, unit: &str, bits: u32) -> f64 {
     let a = t.area(unit, bits, 1).unwrap();
-    a.nand2_eq + mnq::report::model::SRAM_NAND2_EQ_PER_BIT * a.memory_bits as f64
+    a.nand2_eq + mnq::study::SRAM_NAND2_EQ_PER_BIT * a.memory_bits as f64
 }
 
 #[test]

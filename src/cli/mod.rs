@@ -64,6 +64,8 @@ pub enum Command {
     },
     /// The main job: sensitivity, rules, cost-aware Pareto fronts, accuracy and the report folder.
     Run(run::RunArgs),
+    /// Join the partials of `mnq run --shard K/N` shards into the report one `mnq run` writes.
+    Merge(run::MergeArgs),
 }
 
 /// Selection of hardware configurations (default: the committed set).
@@ -271,6 +273,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Calibrate(a) => infer::cmd_calibrate(&a),
         Command::Attribute(a) => infer::cmd_attribute(&a),
         Command::Run(a) => run::cmd_run(&a),
+        Command::Merge(a) => run::cmd_merge(&a),
         Command::Graph { model } => cmd_graph(&model).map(|_| 0),
     }
 }

@@ -1,10 +1,11 @@
-//! `mnq run`: argument parsing for the main job (the pipeline is `mnq::report::model`).
+//! `mnq run`: argument parsing for the main job (the pipeline is `mnq::study`).
 
 use anyhow::{bail, Result};
 use mnq::model::data::npy_shape;
-use mnq::report::model::{run, RunOptions};
 use mnq::sensitivity::asqnr::Convention;
 use mnq::sensitivity::assign::Arch;
+use mnq::study::shard::{Mode, ShardSpec};
+use mnq::study::{run, RunOptions, RunSummary};
 use std::path::PathBuf;
 
 /// Options of `mnq run`.
@@ -56,9 +57,60 @@ pub struct RunArgs {
     /// Output folder (default reports/<model name>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run one shard of the study (K of N, 1-based): its slice of the sensitivity and of the
+    /// evaluation images, partials into --work; run it twice (stage 1 sensitivity, stage 2
+    /// evaluation), then `mnq merge --work DIR` (README "Sharded runs").
+    #[arg(long, requires = "work")]
+    shard: Option<ShardSpec>,
+    /// Work folder shared by the shards of one study (partials and options.json).
+    #[arg(long, requires = "shard")]
+    work: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+/// Options of `mnq merge`.
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// Work folder of the shards (`mnq run --shard K/N --work DIR`).
+    #[arg(long)]
+    work: PathBuf,
+    /// Output folder (default: the shards' --out, or reports/<model name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn print(s: &RunSummary) {
+    for l in &s.lines {
+        println!("{l}");
+    }
+    if !s.files.is_empty() {
+        println!("wrote {} files to {}", s.files.len(), s.out.display());
+    }
+}
+
+/// Join the shards' partials into the report.
+pub fn cmd_merge(a: &MergeArgs) -> Result<i32> {
+    super::check_threads("--threads", a.threads)?;
+    let (mut opts, n) = mnq::study::shard::recorded_options(&a.work)?;
+    if let Some(out) = &a.out {
+        opts.out = out.clone();
+    }
+    mnq::io::check_output_dir(&opts.out, &[&opts.model_dir, &a.work])?;
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+    }
+    opts.progress = !a.quiet;
+    opts.mode = Mode::Merge { n, work: a.work.clone() };
+    print(&run(&opts)?);
+    Ok(0)
 }
 
 /// Run the main job.
@@ -77,6 +129,9 @@ pub fn cmd_run(a: &RunArgs) -> Result<i32> {
                 bail!("{flag} {n}: {} holds only {have} images", file.display());
             }
         }
+    }
+    if let Some(w) = &a.work {
+        mnq::io::check_output_dir(w, &[&a.model, &a.data])?;
     }
     mnq::io::check_output_dir(&out, &[&a.model, &a.data])?;
     if let Some(t) = a.threads {
@@ -100,11 +155,11 @@ pub fn cmd_run(a: &RunArgs) -> Result<i32> {
         attribution: a.attribution,
         out,
         progress: !a.quiet,
+        mode: match (a.shard, &a.work) {
+            (Some(spec), Some(work)) => Mode::Shard { spec, work: work.clone() },
+            _ => Mode::Whole,
+        },
     };
-    let s = run(&opts)?;
-    for l in &s.lines {
-        println!("{l}");
-    }
-    println!("wrote {} files to {}", s.files.len(), s.out.display());
+    print(&run(&opts)?);
     Ok(0)
 }

@@ -13,13 +13,13 @@ use super::float::Real;
 use super::manifest::{LayerUnit, EXACT_OPS};
 use super::quant::{ActScales, IntModel, QuantConfig};
 use super::{Images, Layer, Model, ModelError};
-use crate::model::eval::{db20, sqnr_ratio};
+use crate::model::eval::{db20, sqnr_ratio, ExactSum};
 use crate::units::Preset;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How much attribution `mnq run` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// None.
@@ -156,6 +156,53 @@ impl Attribution {
     }
 }
 
+/// What an attribution sums over images, before the means: counts and exact sums, so that
+/// disjoint image sets (parallel chunks, `mnq run --shard` slices) merge exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttrAcc {
+    /// Images summed.
+    pub n: usize,
+    float_ok: usize,
+    ok: Vec<usize>,
+    agree: Vec<usize>,
+    sqnr: Vec<ExactSum>,
+}
+
+impl AttrAcc {
+    /// Empty sums for `nv` variants.
+    pub fn new(nv: usize) -> AttrAcc {
+        AttrAcc { n: 0, float_ok: 0, ok: vec![0; nv], agree: vec![0; nv], sqnr: vec![ExactSum::default(); nv] }
+    }
+
+    /// Join the sums of another image set.
+    pub fn merge(mut self, b: &AttrAcc) -> AttrAcc {
+        self.n += b.n;
+        self.float_ok += b.float_ok;
+        for k in 0..self.ok.len().min(b.ok.len()) {
+            self.ok[k] += b.ok[k];
+            self.agree[k] += b.agree[k];
+            self.sqnr[k].merge(&b.sqnr[k]);
+        }
+        self
+    }
+
+    /// The means, for `variants` (the ones summed, in order) on labelled images or not.
+    pub fn finish(&self, variants: Vec<Variant>, float: &str, labelled: bool) -> Attribution {
+        let n = self.n.max(1) as f64;
+        let results = variants
+            .into_iter()
+            .enumerate()
+            .map(|(k, variant)| VariantResult {
+                variant,
+                top1: labelled.then(|| self.ok[k] as f64 / n),
+                agreement: self.agree[k] as f64 / n,
+                logits_asqnr_db: db20(self.sqnr[k].value() / n),
+            })
+            .collect();
+        Attribution { images: self.n, float: float.to_string(), float_top1: labelled.then(|| self.float_ok as f64 / n), results }
+    }
+}
+
 /// Run every variant on every image (in parallel on the current rayon pool), calling `tick`
 /// after each image.
 pub fn attribute<F: Real>(
@@ -167,64 +214,50 @@ pub fn attribute<F: Real>(
     images: &Images,
     tick: &(dyn Fn() + Sync),
 ) -> Result<Attribution, ModelError> {
+    let acc = attribute_acc::<F>(model, scales, bits, preset, &variants, images, tick)?;
+    Ok(acc.finish(variants, F::name(), images.labels.is_some()))
+}
+
+/// The sums of [`attribute`] before the means (what a shard of `mnq run` keeps).
+pub fn attribute_acc<F: Real>(
+    model: &Model,
+    scales: &ActScales,
+    bits: u32,
+    preset: Preset,
+    variants: &[Variant],
+    images: &Images,
+    tick: &(dyn Fn() + Sync),
+) -> Result<AttrAcc, ModelError> {
     let qms: Vec<IntModel> = variants
         .iter()
         .map(|v| IntModel::new(model, scales, QuantConfig { weight_bits: bits, act_bits: bits, preset, units: v.units.clone() }))
         .collect::<Result<_, _>>()?;
     let nv = qms.len();
-    #[derive(Clone)]
-    struct Acc {
-        n: usize,
-        float_ok: usize,
-        ok: Vec<usize>,
-        agree: Vec<usize>,
-        sqnr: Vec<f64>,
-    }
-    let zero = || Acc { n: 0, float_ok: 0, ok: vec![0; nv], agree: vec![0; nv], sqnr: vec![0.0; nv] };
-    let acc = (0..images.len())
+    (0..images.len())
         .into_par_iter()
-        .try_fold(zero, |mut a, i| -> Result<Acc, ModelError> {
-            let img = images.image(i);
-            let fo = model.forward_float::<F>(&img, None);
-            let ft = fo.top1();
-            let label = images.labels.as_ref().map(|l| l[i]);
-            a.float_ok += usize::from(label == Some(ft));
-            for (k, qm) in qms.iter().enumerate() {
-                let qo = if variants[k].kind == VariantKind::UnitsOnly {
-                    super::float::FloatRun::<F>::new(model, &img, false).with_units(qm).try_finish()?
-                } else {
-                    qm.forward(&img, None)?
-                };
-                let qt = qo.top1();
-                a.ok[k] += usize::from(label == Some(qt));
-                a.agree[k] += usize::from(qt == ft);
-                a.sqnr[k] += sqnr_ratio(&fo.logits, &qo.logits);
-            }
-            a.n += 1;
-            tick();
-            Ok(a)
-        })
-        .try_reduce(zero, |mut a, b| {
-            a.n += b.n;
-            a.float_ok += b.float_ok;
-            for k in 0..nv {
-                a.ok[k] += b.ok[k];
-                a.agree[k] += b.agree[k];
-                a.sqnr[k] += b.sqnr[k];
-            }
-            Ok(a)
-        })?;
-    let n = acc.n.max(1) as f64;
-    let labelled = images.labels.is_some();
-    let results = variants
-        .into_iter()
-        .enumerate()
-        .map(|(k, variant)| VariantResult {
-            variant,
-            top1: labelled.then(|| acc.ok[k] as f64 / n),
-            agreement: acc.agree[k] as f64 / n,
-            logits_asqnr_db: db20(acc.sqnr[k] / n),
-        })
-        .collect();
-    Ok(Attribution { images: acc.n, float: F::name().to_string(), float_top1: labelled.then(|| acc.float_ok as f64 / n), results })
+        .try_fold(
+            || AttrAcc::new(nv),
+            |mut a, i| -> Result<AttrAcc, ModelError> {
+                let img = images.image(i);
+                let fo = model.forward_float::<F>(&img, None);
+                let ft = fo.top1();
+                let label = images.labels.as_ref().map(|l| l[i]);
+                a.float_ok += usize::from(label == Some(ft));
+                for (k, qm) in qms.iter().enumerate() {
+                    let qo = if variants[k].kind == VariantKind::UnitsOnly {
+                        super::float::FloatRun::<F>::new(model, &img, false).with_units(qm).try_finish()?
+                    } else {
+                        qm.forward(&img, None)?
+                    };
+                    let qt = qo.top1();
+                    a.ok[k] += usize::from(label == Some(qt));
+                    a.agree[k] += usize::from(qt == ft);
+                    a.sqnr[k].add(sqnr_ratio(&fo.logits, &qo.logits));
+                }
+                a.n += 1;
+                tick();
+                Ok(a)
+            },
+        )
+        .try_reduce(|| AttrAcc::new(nv), |a, b| Ok(a.merge(&b)))
 }

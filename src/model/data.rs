@@ -158,6 +158,20 @@ impl Images {
         }
     }
 
+    /// Keep only images `range` (and their labels): one shard's slice of a split.
+    pub fn slice(&mut self, range: std::ops::Range<usize>) {
+        let (lo, hi) = (range.start.min(self.n), range.end.min(self.n).max(range.start.min(self.n)));
+        let p = self.per_image;
+        match &mut self.pixels {
+            Pixels::U8(v) => *v = v[lo * p..hi * p].to_vec(),
+            Pixels::F32(v) => *v = v[lo * p..hi * p].to_vec(),
+        }
+        if let Some(l) = &mut self.labels {
+            *l = l[lo..hi].to_vec();
+        }
+        self.n = hi - lo;
+    }
+
     /// Image `i`, normalised, `[C, H, W]`.
     pub fn image(&self, i: usize) -> Vec<f32> {
         let r = i * self.per_image..(i + 1) * self.per_image;

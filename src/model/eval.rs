@@ -6,7 +6,7 @@ use super::quant::{IntModel, IntRun};
 use super::{Images, Model, ModelError, Output, Tap};
 use crate::units::Condition;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Run the float and the integer forward of one image in lockstep, calling `cb` with the float
 /// and integer taps of each non-linear layer; returns (float, integer) outputs.
@@ -42,6 +42,107 @@ pub fn sqnr_ratio(x: &[f64], q: &[f64]) -> f64 {
         f64::INFINITY
     } else {
         s / n
+    }
+}
+
+/// Limbs of [`ExactSum`]: bit 0 is 2^−1074 (the smallest subnormal), the largest finite f64 is
+/// below bit 2098, and two more limbs leave room for 2^64 additions.
+const LIMBS: usize = 35;
+
+/// An exact sum of non-negative f64 values (a fixed-point integer wide enough for every finite
+/// double), so that a sum does not depend on the order or the grouping of its terms: images
+/// summed in parallel, or in shards that `mnq merge` joins, give the same bits as one pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactSum {
+    /// Little-endian 64-bit limbs; bit 0 weighs 2^−1074. Empty means zero.
+    limbs: Vec<u64>,
+    /// Whether an infinite term was added (the sum is then infinite).
+    inf: bool,
+    /// Whether a NaN or negative term was added (the sum is then NaN).
+    nan: bool,
+}
+
+impl Default for ExactSum {
+    fn default() -> Self {
+        ExactSum { limbs: Vec::new(), inf: false, nan: false }
+    }
+}
+
+impl ExactSum {
+    /// Add `v` exactly (infinite: the sum becomes infinite; NaN or negative: NaN).
+    pub fn add(&mut self, v: f64) {
+        if v.is_nan() || v < 0.0 {
+            self.nan = true;
+            return;
+        }
+        if v.is_infinite() {
+            self.inf = true;
+            return;
+        }
+        if v == 0.0 {
+            return;
+        }
+        let bits = v.to_bits();
+        let exp = ((bits >> 52) & 0x7ff) as usize;
+        let frac = bits & ((1u64 << 52) - 1);
+        // v = mant · 2^(pos − 1074) with pos ≥ 0.
+        let (mant, pos) = if exp == 0 { (frac, 0) } else { (frac | (1u64 << 52), exp - 1) };
+        if self.limbs.is_empty() {
+            self.limbs = vec![0; LIMBS];
+        }
+        let (i, sh) = (pos / 64, pos % 64);
+        let wide = u128::from(mant) << sh;
+        self.add_at(i, wide as u64);
+        self.add_at(i + 1, (wide >> 64) as u64);
+    }
+
+    fn add_at(&mut self, mut i: usize, v: u64) {
+        let (s, mut carry) = self.limbs[i].overflowing_add(v);
+        self.limbs[i] = s;
+        while carry && i + 1 < LIMBS {
+            i += 1;
+            let (s, c) = self.limbs[i].overflowing_add(1);
+            self.limbs[i] = s;
+            carry = c;
+        }
+    }
+
+    /// Add another exact sum.
+    pub fn merge(&mut self, o: &ExactSum) {
+        self.inf |= o.inf;
+        self.nan |= o.nan;
+        if o.limbs.is_empty() {
+            return;
+        }
+        if self.limbs.is_empty() {
+            self.limbs = vec![0; LIMBS];
+        }
+        let mut carry = 0u64;
+        for i in 0..LIMBS {
+            let (a, c1) = self.limbs[i].overflowing_add(o.limbs[i]);
+            let (b, c2) = a.overflowing_add(carry);
+            self.limbs[i] = b;
+            carry = u64::from(c1) + u64::from(c2);
+        }
+    }
+
+    /// The sum as the nearest f64 (the top 128 bits rounded with a sticky bit for the rest, so
+    /// within half an ulp of the exact sum except in the subnormal range).
+    pub fn value(&self) -> f64 {
+        if self.nan {
+            return f64::NAN;
+        }
+        if self.inf {
+            return f64::INFINITY;
+        }
+        let Some(h) = self.limbs.iter().rposition(|&l| l != 0) else { return 0.0 };
+        let lo = if h >= 1 { self.limbs[h - 1] } else { 0 };
+        let sticky = self.limbs[..h.saturating_sub(1)].iter().any(|&l| l != 0);
+        let top = (u128::from(self.limbs[h]) << 64) | u128::from(lo) | u128::from(sticky);
+        // top · 2^(64(h−1) − 1074); scaled in two steps so that no factor overflows.
+        let e = 64 * h as i32 - 64 - 1074;
+        let (a, b) = (e / 2, e - e / 2);
+        top as f64 * 2f64.powi(a) * 2f64.powi(b)
     }
 }
 
@@ -98,46 +199,92 @@ pub struct EvalReport {
     pub layers: Vec<LayerReport>,
 }
 
-#[derive(Clone)]
-struct Acc {
-    n: usize,
+/// What an evaluation sums over images, before the means: exact sums and counts, so that the
+/// accumulators of disjoint image sets (parallel chunks, `mnq run --shard` slices) merge into
+/// exactly what one pass over all images gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalAcc {
+    /// Images summed.
+    pub n: usize,
     float_ok: usize,
     int_ok: usize,
     agree: usize,
-    logits: f64,
-    sin: Vec<f64>,
-    sout: Vec<f64>,
+    logits: ExactSum,
+    sin: Vec<ExactSum>,
+    sout: Vec<ExactSum>,
     cond: Vec<Vec<(Condition, usize)>>,
 }
 
-impl Acc {
-    fn new(layers: usize) -> Acc {
-        Acc {
+impl EvalAcc {
+    /// Empty sums for a model of `layers` non-linear layers.
+    pub fn new(layers: usize) -> EvalAcc {
+        EvalAcc {
             n: 0,
             float_ok: 0,
             int_ok: 0,
             agree: 0,
-            logits: 0.0,
-            sin: vec![0.0; layers],
-            sout: vec![0.0; layers],
+            logits: ExactSum::default(),
+            sin: vec![ExactSum::default(); layers],
+            sout: vec![ExactSum::default(); layers],
             cond: vec![Vec::new(); layers],
         }
     }
 
-    fn merge(mut self, o: Acc) -> Acc {
+    /// Join the sums of another image set (any order gives the same result).
+    pub fn merge(mut self, o: &EvalAcc) -> EvalAcc {
         self.n += o.n;
         self.float_ok += o.float_ok;
         self.int_ok += o.int_ok;
         self.agree += o.agree;
-        self.logits += o.logits;
-        for i in 0..self.sin.len() {
-            self.sin[i] += o.sin[i];
-            self.sout[i] += o.sout[i];
+        self.logits.merge(&o.logits);
+        for i in 0..self.sin.len().min(o.sin.len()) {
+            self.sin[i].merge(&o.sin[i]);
+            self.sout[i].merge(&o.sout[i]);
             for &(c, k) in &o.cond[i] {
                 add_cond(&mut self.cond[i], c, k);
             }
         }
+        // Conditions in a fixed order, so that merged and single-pass reports are identical.
+        for c in &mut self.cond {
+            c.sort_by_key(|e| format!("{:?}", e.0));
+        }
         self
+    }
+
+    /// The means: the report of `qm` on the summed images, whose labels were known or not.
+    pub fn report(&self, model: &Model, qm: &IntModel, float: &str, labelled: bool) -> EvalReport {
+        let n = self.n.max(1) as f64;
+        let layers = model
+            .layers
+            .iter()
+            .zip(&qm.config.units)
+            .map(|(l, u)| {
+                let (ri, ro) = (self.sin[l.index].value() / n, self.sout[l.index].value() / n);
+                LayerReport {
+                    index: l.index,
+                    name: l.name.clone(),
+                    op: l.op.name().to_string(),
+                    unit: u.name().to_string(),
+                    integer: u.is_integer(),
+                    asqnr_in: ri,
+                    asqnr_out: ro,
+                    asqnr_in_db: db20(ri),
+                    asqnr_out_db: db20(ro),
+                    conditions: self.cond[l.index].clone(),
+                    rows: l.rows,
+                    row_len: l.row_len,
+                }
+            })
+            .collect();
+        EvalReport {
+            images: self.n,
+            float: float.to_string(),
+            float_top1: labelled.then(|| self.float_ok as f64 / n),
+            int_top1: labelled.then(|| self.int_ok as f64 / n),
+            agreement: self.agree as f64 / n,
+            logits_asqnr_db: db20(self.logits.value() / n),
+            layers,
+        }
     }
 }
 
@@ -151,17 +298,23 @@ fn add_cond(v: &mut Vec<(Condition, usize)>, c: Condition, k: usize) {
 /// Evaluate `qm` against the float forward in precision `F` on every image of `images`
 /// (in parallel on the current rayon pool), calling `tick` after each image.
 pub fn evaluate<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick: &(dyn Fn() + Sync)) -> Result<EvalReport, ModelError> {
+    let acc = evaluate_acc::<F>(model, qm, images, tick)?;
+    Ok(acc.report(model, qm, F::name(), images.labels.is_some()))
+}
+
+/// The sums of [`evaluate`] before the means (what a shard of `mnq run` keeps).
+pub fn evaluate_acc<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick: &(dyn Fn() + Sync)) -> Result<EvalAcc, ModelError> {
     let nl = model.layers.len();
     let acc = (0..images.len())
         .into_par_iter()
         .try_fold(
-            || Acc::new(nl),
-            |mut acc, i| -> Result<Acc, ModelError> {
+            || EvalAcc::new(nl),
+            |mut acc, i| -> Result<EvalAcc, ModelError> {
                 let img = images.image(i);
                 let (fo, qo) = forward_pair::<F>(model, qm, &img, &mut |a, b| {
                     let k = a.layer.index;
-                    acc.sin[k] += sqnr_ratio(a.input, b.input);
-                    acc.sout[k] += sqnr_ratio(a.output, b.output);
+                    acc.sin[k].add(sqnr_ratio(a.input, b.input));
+                    acc.sout[k].add(sqnr_ratio(a.output, b.output));
                     for &(c, n) in b.conditions {
                         add_cond(&mut acc.cond[k], c, n);
                     }
@@ -172,44 +325,12 @@ pub fn evaluate<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick: &(
                     acc.int_ok += usize::from(qt == l[i]);
                 }
                 acc.agree += usize::from(ft == qt);
-                acc.logits += sqnr_ratio(&fo.logits, &qo.logits);
+                acc.logits.add(sqnr_ratio(&fo.logits, &qo.logits));
                 acc.n += 1;
                 tick();
                 Ok(acc)
             },
         )
-        .try_reduce(|| Acc::new(nl), |a, b| Ok(a.merge(b)))?;
-    let n = acc.n.max(1) as f64;
-    let has_labels = images.labels.is_some();
-    let layers = model
-        .layers
-        .iter()
-        .zip(&qm.config.units)
-        .map(|(l, u)| {
-            let (ri, ro) = (acc.sin[l.index] / n, acc.sout[l.index] / n);
-            LayerReport {
-                index: l.index,
-                name: l.name.clone(),
-                op: l.op.name().to_string(),
-                unit: u.name().to_string(),
-                integer: u.is_integer(),
-                asqnr_in: ri,
-                asqnr_out: ro,
-                asqnr_in_db: db20(ri),
-                asqnr_out_db: db20(ro),
-                conditions: acc.cond[l.index].clone(),
-                rows: l.rows,
-                row_len: l.row_len,
-            }
-        })
-        .collect();
-    Ok(EvalReport {
-        images: acc.n,
-        float: F::name().to_string(),
-        float_top1: has_labels.then(|| acc.float_ok as f64 / n),
-        int_top1: has_labels.then(|| acc.int_ok as f64 / n),
-        agreement: acc.agree as f64 / n,
-        logits_asqnr_db: db20(acc.logits / n),
-        layers,
-    })
+        .try_reduce(|| EvalAcc::new(nl), |a, b| Ok(a.merge(&b)))?;
+    Ok(acc.merge(&EvalAcc::new(nl)))
 }

@@ -23,7 +23,7 @@ pub mod weights;
 
 pub use calib::{calibrate, CalibOptions, Calibration};
 pub use data::{Images, Reference};
-pub use eval::{evaluate, forward_pair, EvalReport, LayerReport};
+pub use eval::{evaluate, evaluate_acc, forward_pair, EvalAcc, EvalReport, ExactSum, LayerReport};
 pub use float::{FloatRun, Real};
 pub use graph::Graph;
 pub use manifest::{Arch, Assignment, LayerUnit, Manifest, QuantSection, FLOAT_GELU};

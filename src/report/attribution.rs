@@ -1,7 +1,7 @@
 //! The error-attribution report of `mnq attribute`: a Markdown table, CSV, JSON and a bar plot.
 
 use super::charts::{attribution_bars, AttributionBars};
-use super::model::pct;
+use super::pct;
 use crate::io::{write_atomic, IoError};
 use crate::model::attribution::{Attribution, VariantKind};
 use std::fmt::Write as _;

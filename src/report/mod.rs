@@ -4,7 +4,6 @@
 pub mod attribution;
 pub mod charts;
 pub mod cost;
-pub mod model;
 
 use crate::io::{write_atomic, IoError};
 use plotters::coord::Shift;
@@ -250,4 +249,9 @@ where
         area.draw(&Text::new(l.clone(), (px - base.0, py - base.1 + 6), style)).map_err(|x| e(&x))?;
     }
     Ok(())
+}
+
+/// A fraction as a percentage with two decimals, "—" when unknown.
+pub fn pct(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{:.2} %", 100.0 * v))
 }

@@ -132,9 +132,12 @@ impl AsqnrError {
 }
 
 /// Accumulates the per-image SQNR of one tap over a batch of images (seed Eq. 10).
-#[derive(Debug, Clone, PartialEq)]
+/// Serialised with the ratios as their bit patterns, so that a shard's accumulator read back by
+/// `mnq merge` is the one it wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Asqnr {
     tap: String,
+    #[serde(with = "f64_bits")]
     ratios: Vec<f64>,
     capped: usize,
     floored: usize,
@@ -362,5 +365,20 @@ mod tests {
         assert!((d - 20.0).abs() < 1e-9, "{d}");
         o.push(&[1.0f64], &[0.99f64]).unwrap();
         assert!(sqnr_diff(&i, &o, Convention::Power10).is_err());
+    }
+}
+
+/// Serde of `Vec<f64>` as the values' IEEE bit patterns (exact, whatever the JSON float parser).
+pub mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Write the bit patterns.
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| x.to_bits()))
+    }
+
+    /// Read the bit patterns back.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<u64>::deserialize(d)?.into_iter().map(f64::from_bits).collect())
     }
 }

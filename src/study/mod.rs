@@ -5,13 +5,16 @@
 //! Everything is first written into a temporary sibling folder and renamed into place only when
 //! every step succeeded, so an error leaves nothing partial behind.
 
-use super::charts::{self, OutputHistograms, ParetoScatter, ScatterPoint, SqnrBars};
+use crate::report::charts::{self, OutputHistograms, ParetoScatter, ScatterPoint, SqnrBars};
+use crate::report::pct;
+use serde::{Deserialize, Serialize};
+use shard::Mode;
+
+pub mod shard;
 use crate::io::{write_atomic, IoError};
 use crate::model::attribution;
 use crate::model::manifest::{unit_for, OrderedLayers};
-use crate::model::{
-    self, calibrate, evaluate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig,
-};
+use crate::model::{self, calibrate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig};
 use crate::sensitivity::asqnr::{Asqnr, AsqnrError, Convention};
 use crate::sensitivity::assign::{self, AssignError, Axis, Budget, Choice, Problem, Sense, Solution};
 use crate::sensitivity::table::{Cell, Criterion, LayerInfo, Table, TableError, TableLayer};
@@ -52,7 +55,7 @@ pub enum RunError {
 }
 
 /// Options of the main job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunOptions {
     /// Model directory.
     pub model_dir: PathBuf,
@@ -87,7 +90,11 @@ pub struct RunOptions {
     /// Output folder.
     pub out: PathBuf,
     /// Show progress bars.
+    #[serde(skip)]
     pub progress: bool,
+    /// All images here, one shard's slices, or a merge of shards' partials.
+    #[serde(skip)]
+    pub mode: Mode,
 }
 
 // ---------------------------------------------------------------- costs
@@ -198,13 +205,47 @@ impl Costs {
 
 /// Float and one single-method integer model over the sensitivity images: ASQNR of every
 /// layer's input and output, plus the outputs of the first images for the histograms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sens {
     /// ASQNR of every non-linear layer's input, in execution order.
     pub input: Vec<Asqnr>,
     /// ASQNR of every non-linear layer's output, in execution order.
     pub output: Vec<Asqnr>,
     /// `samples[layer]` = (float outputs, quantised outputs) of the first images.
+    #[serde(with = "samples_bits")]
     pub samples: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+impl Sens {
+    /// Append the sums of the images after this one's (shards joined in order).
+    pub fn extend(&mut self, later: Sens) {
+        for (l, (i, o)) in later.input.into_iter().zip(later.output).enumerate() {
+            self.input[l].extend(i);
+            self.output[l].extend(o);
+        }
+        for (l, (f, q)) in later.samples.into_iter().enumerate() {
+            self.samples[l].0.extend(f);
+            self.samples[l].1.extend(q);
+        }
+    }
+}
+
+/// Serde of the histogram samples as bit patterns (exact through a shard's partial).
+mod samples_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    type Samples = Vec<(Vec<f64>, Vec<f64>)>;
+    type Bits = Vec<(Vec<u64>, Vec<u64>)>;
+
+    pub fn serialize<S: Serializer>(v: &Samples, s: S) -> Result<S::Ok, S::Error> {
+        let to = |x: &[f64]| x.iter().map(|v| v.to_bits()).collect::<Vec<u64>>();
+        s.collect_seq(v.iter().map(|(f, q)| (to(f), to(q))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Samples, D::Error> {
+        let from = |x: Vec<u64>| x.into_iter().map(f64::from_bits).collect::<Vec<f64>>();
+        Ok(Bits::deserialize(d)?.into_iter().map(|(f, q)| (from(f), from(q))).collect())
+    }
 }
 
 const HIST_IMAGES: usize = 4;
@@ -212,7 +253,9 @@ const CHUNK: usize = 16;
 
 /// One sensitivity pass of `mnq run`: the float model and the integer model `qm` side by side
 /// over `images` (parallel over images, accumulated in image order), every tap into the ASQNRs.
-pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &ProgressBar) -> Result<Sens, RunError> {
+/// `first` is the index of `images`' first image in the whole split (a shard's slice starts
+/// later), so that the histogram samples are always those of the split's first images.
+pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, bar: &ProgressBar) -> Result<Sens, RunError> {
     let nl = model.layers.len();
     let mut s = Sens {
         input: model.layers.iter().map(|l| Asqnr::new(format!("{} input", l.name))).collect(),
@@ -240,7 +283,7 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &Progress
                     if let Err(e) = ai.push(a.input, b.input).and_then(|_| ao.push(a.output, b.output)) {
                         err.get_or_insert(e.at_image(i));
                     }
-                    let keep = (i < HIST_IMAGES).then(|| (a.output.to_vec(), b.output.to_vec()));
+                    let keep = (first + i < HIST_IMAGES).then(|| (a.output.to_vec(), b.output.to_vec()));
                     per.push((ai, ao, keep));
                 })?;
                 if let Some(e) = err {
@@ -263,6 +306,138 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, bar: &Progress
         start = end;
     }
     Ok(s)
+}
+
+// ---------------------------------------------------------------- sums over images
+
+/// Where the run's sums over images come from: computed on all images, on one shard's slice
+/// (written as partials, see [`shard`]), or joined from every shard's partials.
+struct Sums<'a> {
+    mode: &'a Mode,
+    sens_total: usize,
+    eval_total: usize,
+    /// Shards whose sensitivity partials are still missing.
+    waiting: Vec<usize>,
+}
+
+impl Sums<'_> {
+    fn sens_slice(&self) -> std::ops::Range<usize> {
+        match self.mode {
+            Mode::Shard { spec, .. } => shard::slice(self.sens_total, *spec),
+            _ => 0..self.sens_total,
+        }
+    }
+
+    fn eval_slice(&self) -> std::ops::Range<usize> {
+        match self.mode {
+            Mode::Shard { spec, .. } => shard::slice(self.eval_total, *spec),
+            _ => 0..self.eval_total,
+        }
+    }
+
+    fn missing(work: &Path, key: &str, missing: &[usize], n: usize) -> RunError {
+        RunError::Input(format!(
+            "{}: shards {} of {n} have not written {key}: run `mnq run --shard K/{n} --work {}` for them (twice: stage 1 then stage 2) before `mnq merge`",
+            work.display(),
+            shard::list(missing),
+            work.display()
+        ))
+    }
+
+    /// The sensitivity of one single-method model: all images, or `None` while a shard waits
+    /// for the others' slices.
+    fn sensitivity(
+        &mut self,
+        key: &str,
+        model: &Model,
+        qm: &IntModel,
+        images: &Images,
+        bar: &ProgressBar,
+    ) -> Result<Option<Sens>, RunError> {
+        let (n, work) = match self.mode {
+            Mode::Whole => return Ok(Some(sensitivity(model, qm, images, 0, bar)?)),
+            Mode::Shard { spec, work } => {
+                if shard::read_own::<Sens>(work, *spec, key, self.sens_total)?.is_none() {
+                    let s = sensitivity(model, qm, images, self.sens_slice().start, bar)?;
+                    shard::write(work, *spec, key, self.sens_slice(), self.sens_total, &s)?;
+                }
+                (spec.n, work)
+            }
+            Mode::Merge { n, work } => (*n, work),
+        };
+        match shard::read_all::<Sens>(work, n, key, self.sens_total)? {
+            Ok(parts) => {
+                let mut it = parts.into_iter();
+                let mut s = it.next().expect("at least one shard");
+                for p in it {
+                    s.extend(p);
+                }
+                Ok(Some(s))
+            }
+            Err(missing) if matches!(self.mode, Mode::Merge { .. }) => Err(Self::missing(work, key, &missing, n)),
+            Err(missing) => {
+                self.waiting.extend(missing);
+                self.waiting.sort_unstable();
+                self.waiting.dedup();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The exact sums of `job` over this run's images: computed (and, in a shard, written as
+    /// partial `key`, or read back when already there), or joined from every shard's partial.
+    fn sums<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        job: impl FnOnce() -> Result<T, RunError>,
+        merge: impl Fn(T, &T) -> T,
+    ) -> Result<T, RunError> {
+        match self.mode {
+            Mode::Whole => job(),
+            Mode::Shard { spec, work } => {
+                if let Some(t) = shard::read_own::<T>(work, *spec, key, self.eval_total)? {
+                    return Ok(t);
+                }
+                let t = job()?;
+                shard::write(work, *spec, key, self.eval_slice(), self.eval_total, &t)?;
+                Ok(t)
+            }
+            Mode::Merge { n, work } => match shard::read_all::<T>(work, *n, key, self.eval_total)? {
+                Ok(parts) => {
+                    let mut it = parts.into_iter();
+                    let first = it.next().expect("at least one shard");
+                    Ok(it.fold(first, |a, b| merge(a, &b)))
+                }
+                Err(missing) => Err(Self::missing(work, key, &missing, *n)),
+            },
+        }
+    }
+
+    /// End-to-end figures of `qm` (float32 reference) over the evaluation images.
+    fn evaluate(&self, key: &str, model: &Model, qm: &IntModel, eval: &Images, bar: &ProgressBar) -> Result<model::EvalReport, RunError> {
+        let acc = self.sums(key, || Ok(model::evaluate_acc::<f32>(model, qm, eval, &|| bar.inc(1))?), |a, b| a.merge(b))?;
+        Ok(acc.report(model, qm, <f32 as model::Real>::name(), eval.labels.is_some()))
+    }
+
+    /// The attribution variants over the evaluation images.
+    #[allow(clippy::too_many_arguments)]
+    fn attribute(
+        &self,
+        key: &str,
+        model: &Model,
+        scales: &ActScales,
+        bits: u32,
+        vars: Vec<attribution::Variant>,
+        eval: &Images,
+        bar: &ProgressBar,
+    ) -> Result<attribution::Attribution, RunError> {
+        let acc = self.sums(
+            key,
+            || Ok(attribution::attribute_acc::<f32>(model, scales, bits, Preset::Adapted, &vars, eval, &|| bar.inc(1))?),
+            |a, b| a.merge(b),
+        )?;
+        Ok(acc.finish(vars, <f32 as model::Real>::name(), eval.labels.is_some()))
+    }
 }
 
 // ---------------------------------------------------------------- results
@@ -388,11 +563,6 @@ fn fmt_opt(v: Option<f64>, p: usize) -> String {
     v.map_or("—".into(), |v| format!("{v:.p$}"))
 }
 
-/// A fraction as a percentage with two decimals, "—" when unknown.
-pub(crate) fn pct(v: Option<f64>) -> String {
-    v.map_or("—".into(), |v| format!("{:.2} %", 100.0 * v))
-}
-
 /// What `mnq run` measured, for the caller to print.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -440,6 +610,12 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
     let calib = Images::load_npy(&o.calib_images, m)?;
     let mut sens_imgs = calib.clone();
     sens_imgs.truncate(o.sens_images);
+    let mut sums = Sums { mode: &o.mode, sens_total: sens_imgs.len(), eval_total: eval.len(), waiting: Vec::new() };
+    if let Mode::Shard { spec, work } = &o.mode {
+        shard::check_options(work, *spec, o)?;
+        sens_imgs.slice(sums.sens_slice());
+        eval.slice(sums.eval_slice());
+    }
 
     let layers = model.layers.clone();
     let mut results = serde_json::Map::new();
@@ -457,6 +633,9 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         let mut attributions: Vec<(u32, attribution::Attribution)> = Vec::new();
         let calibrated = m.quant.is_none();
         let mut float_top1 = None;
+        // 1. Sensitivity of each single-method model at every width (all of it first: a shard
+        // stops here until every shard has written its sensitivity partials).
+        let mut prepared = Vec::new();
         for &bits in &o.bits {
             // Scales: the manifest's, or calibrated here on the calibration split.
             let section = match &m.quant {
@@ -474,18 +653,39 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 }
             };
             let scales = ActScales::from_section(&section, bits, &model.graph);
-            let build = |units: Vec<model::LayerUnit>| {
-                IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units })
-            };
-            // 1. Sensitivity of each single-method model.
             let mut sens = Vec::new();
             for meth in METHODS {
                 let a = Assignment::single(&layers, &name, bits, meth);
-                let qm = build(a.resolve(&layers, "single")?)?;
+                let qm = IntModel::new(
+                    &model,
+                    &scales,
+                    QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units: a.resolve(&layers, "single")? },
+                )?;
                 let b = bar(o.progress, sens_imgs.len() as u64, format!("{bits}-bit: sensitivity, {} model", meth.name()));
-                sens.push(sensitivity(&model, &qm, &sens_imgs, &b)?);
+                if let Some(x) = sums.sensitivity(&format!("sens_{bits}b_{}", meth.name()), &model, &qm, &sens_imgs, &b)? {
+                    sens.push(x);
+                }
                 b.finish();
             }
+            prepared.push((bits, scales, sens));
+        }
+        if let (Mode::Shard { spec, work }, false) = (&o.mode, sums.waiting.is_empty()) {
+            return Ok(RunSummary {
+                out: work.clone(),
+                files: Vec::new(),
+                lines: vec![format!(
+                    "shard {spec}, stage 1 of 2: sensitivity of images {:?} of {} written to {}; still waiting for shard(s) {}: run this same command again once every shard has (stage 2: evaluation)",
+                    sums.sens_slice(),
+                    sums.sens_total,
+                    work.display(),
+                    shard::list(&sums.waiting)
+                )],
+            });
+        }
+        for (bits, scales, sens) in prepared {
+            let build = |units: Vec<model::LayerUnit>| {
+                IntModel::new(&model, &scales, QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units })
+            };
             // 2. Table with cost columns (0 in the table where unknown; the report marks them).
             let mut tl = Vec::new();
             for l in &layers {
@@ -636,7 +836,8 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                     let ma = to_model_assignment(&name, bits, a);
                     let qm = build(ma.resolve(&layers, n)?)?;
                     let b = bar(o.progress, eval.len() as u64, format!("{bits}-bit: accuracy, {n}"));
-                    let rep = evaluate::<f32>(&model, &qm, &eval, &|| b.inc(1))?;
+                    let key = format!("eval_{bits}b_{}", crate::cost::fnv64(&serde_json::to_string(&a.0).expect("serialises")));
+                    let rep = sums.evaluate(&key, &model, &qm, &eval, &b)?;
                     b.finish();
                     if float_top1.is_none() {
                         float_top1 = rep.float_top1;
@@ -660,7 +861,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 let units = ma.resolve(&layers, "rule_sqnr-diff")?;
                 let vars = attribution::variants(&layers, &units, o.attribution == attribution::Level::Layers);
                 let b = bar(o.progress, eval.len() as u64, format!("{bits}-bit: attribution, {} variants", vars.len()));
-                let at = attribution::attribute::<f32>(&model, &scales, bits, Preset::Adapted, vars, &eval, &|| b.inc(1))?;
+                let at = sums.attribute(&format!("attr_{bits}b"), &model, &scales, bits, vars, &eval, &b)?;
                 b.finish();
                 let header = format!(
                     "# Where the accuracy goes: {name} at {bits} bits, the sqnr-diff rule's assignment\n\nEach variant is the integer model with the listed layers computing their op in float64 on the dequantised input (`*_float`, output requantised as from a unit), on the {} evaluation images.",
@@ -889,8 +1090,28 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         lines.push(format!("run time {secs:.1} s on {} threads", rayon::current_num_threads()));
         Ok(RunSummary { out: o.out.clone(), files: all, lines })
     })();
-    match result {
-        Ok(s) => {
+    match (result, &o.mode) {
+        // Stage 1 of a shard stopped before any report file: its summary says what is next.
+        (Ok(s), Mode::Shard { .. }) if s.files.is_empty() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(s)
+        }
+        // A shard's report covers its slice only: its partials are what it leaves.
+        (Ok(_), Mode::Shard { spec, work }) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(RunSummary {
+                out: work.clone(),
+                files: Vec::new(),
+                lines: vec![format!(
+                    "shard {spec}, stage 2 of 2: evaluation of images {:?} of {} written to {}; once every shard has run this stage, `mnq merge --work {}` writes the report",
+                    sums.eval_slice(),
+                    sums.eval_total,
+                    work.display(),
+                    work.display()
+                )],
+            })
+        }
+        (Ok(s), _) => {
             // Swap the finished folder into place.
             let old = tmp.with_extension("old");
             if o.out.exists() {
@@ -902,7 +1123,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             }
             Ok(s)
         }
-        Err(e) => {
+        (Err(e), _) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
         }
