@@ -52,7 +52,7 @@ const LIMBS: usize = 35;
 /// An exact sum of non-negative f64 values (a fixed-point integer wide enough for every finite
 /// double), so that a sum does not depend on the order or the grouping of its terms: images
 /// summed in parallel, or in shards that `mnq merge` joins, give the same bits as one pass.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExactSum {
     /// Little-endian 64-bit limbs; bit 0 weighs 2^−1074. Empty means zero.
     limbs: Vec<u64>,
@@ -60,12 +60,6 @@ pub struct ExactSum {
     inf: bool,
     /// Whether a NaN or negative term was added (the sum is then NaN).
     nan: bool,
-}
-
-impl Default for ExactSum {
-    fn default() -> Self {
-        ExactSum { limbs: Vec::new(), inf: false, nan: false }
-    }
 }
 
 impl ExactSum {
@@ -333,4 +327,61 @@ pub fn evaluate_acc<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick
         )
         .try_reduce(|| EvalAcc::new(nl), |a, b| Ok(a.merge(&b)))?;
     Ok(acc.merge(&EvalAcc::new(nl)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sum_of(v: &[f64]) -> ExactSum {
+        let mut s = ExactSum::default();
+        for &x in v {
+            s.add(x);
+        }
+        s
+    }
+
+    #[test]
+    fn exact_sums_of_known_values() {
+        assert_eq!(ExactSum::default().value(), 0.0);
+        assert_eq!(sum_of(&[1.0, 2.0, 0.5]).value(), 3.5);
+        // 1 + 1e-30 − … : a naive f64 sum loses the small terms, the exact one keeps them.
+        let tiny = sum_of(&[1e-30; 1000]).value();
+        assert!((tiny - 1e-27).abs() <= 1e-27 * 1e-15, "{tiny}");
+        assert_eq!(sum_of(&[1e300, 1e300]).value(), 2e300);
+        assert_eq!(sum_of(&[f64::MAX, f64::MAX]).value(), f64::INFINITY, "beyond f64 after rounding");
+        assert_eq!(sum_of(&[5e-324, 5e-324]).value(), 1e-323);
+        assert_eq!(sum_of(&[1.0, f64::INFINITY]).value(), f64::INFINITY);
+        assert!(sum_of(&[1.0, f64::NAN]).value().is_nan());
+        assert!(sum_of(&[1.0, -1.0]).value().is_nan(), "negative terms are not ratios");
+    }
+
+    proptest! {
+        #[test]
+        fn order_and_grouping_do_not_matter(v in proptest::collection::vec(prop_oneof![0.0f64..1e-6, 0.0f64..1.0, 1.0f64..1e15], 0..200), cut in 0usize..200, seed in any::<u64>()) {
+            let whole = sum_of(&v);
+            // Any split, merged, and any permutation give the same limbs.
+            let cut = cut.min(v.len());
+            let mut a = sum_of(&v[..cut]);
+            a.merge(&sum_of(&v[cut..]));
+            prop_assert_eq!(&a, &whole);
+            let mut w = v.clone();
+            let mut r = seed;
+            for i in (1..w.len()).rev() {
+                r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                w.swap(i, (r >> 33) as usize % (i + 1));
+            }
+            prop_assert_eq!(&sum_of(&w), &whole);
+            // The value is the exact sum rounded: within an ulp of a compensated sum.
+            let (mut s, mut c) = (0.0f64, 0.0f64);
+            for &x in &v {
+                let y = x - c;
+                let t = s + y;
+                c = (t - s) - y;
+                s = t;
+            }
+            prop_assert!((whole.value() - s).abs() <= s * 4.0 * f64::EPSILON, "{} vs {}", whole.value(), s);
+        }
+    }
 }
