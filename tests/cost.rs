@@ -201,6 +201,18 @@ fn yosys_resynthesis_matches_the_committed_table() {
     for f in ["cost.csv", "cost.md", "tradeoff_gelu.svg", "tradeoff_gelu.png", "area_vs_bits.svg", "area_vs_bits.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    // summary.json: the same figures as cost.json, flat.
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let c = &s["configurations"][0];
+    let asic = a.asic.as_ref().and_then(mnq::cost::Outcome::ok).unwrap();
+    let ice = a.ice40.as_ref().and_then(mnq::cost::Outcome::ok).unwrap();
+    assert_eq!(c["name"], "gelu_ibert_8b_l1");
+    assert_eq!(c["verilog_fnv64"], a.verilog_fnv64.as_str());
+    assert_eq!(c["nand2_eq"].as_f64(), Some(asic.nand2_eq));
+    assert_eq!(c["ice40_lut4"].as_u64(), Some(ice.lut4));
+    assert_eq!(c["timing"][0]["row_period_cycles"].as_u64(), Some(a.timing[0].row_period));
+    assert_eq!(c["asic_status"], "ok");
+    assert!(c["fmax_mhz"].is_null(), "no --fmax: no fmax figure");
 }
 
 #[test]

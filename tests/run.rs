@@ -33,6 +33,12 @@ fn run_end_to_end_small() {
         "attribution_8b.json",
         "attribution_8b.svg",
         "attribution_8b.png",
+        "ranges_8b.md",
+        "ranges_8b.csv",
+        "ranges_8b.json",
+        "ranges_8b.svg",
+        "ranges_8b.png",
+        "summary.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
@@ -73,6 +79,19 @@ fn run_end_to_end_small() {
     assert_eq!(at["float_top1"], r["float_top1"]);
     let n_layers = table.as_array().unwrap().len();
     assert_eq!(at["results"].as_array().unwrap().len(), 6 + n_layers, "integer, linear only, units only, 3 op kinds, one per layer");
+    // The range profile: one row per layer and method, figures within their formats.
+    let rj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("ranges_8b.json")).unwrap()).unwrap();
+    let rows = rj["layers"].as_array().unwrap();
+    assert_eq!(rows.len(), 3 * n_layers);
+    for row in rows {
+        let bits = row["format"]["bits"].as_f64().unwrap();
+        let used = row["bits_used"].as_f64().unwrap();
+        assert!((0.0..=bits).contains(&used), "{row}");
+        let sat = row["saturated_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&sat), "{row}");
+        let (lo, hi) = (row["float_input"][0].as_f64().unwrap(), row["float_input"][1].as_f64().unwrap());
+        assert!(lo <= hi, "{row}");
+    }
     // Accuracy entries are fractions.
     for a in b["accuracy"].as_array().unwrap() {
         let t = a["top1"].as_f64().unwrap();

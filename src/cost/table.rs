@@ -261,15 +261,77 @@ impl Table {
         Ok(self.row(unit, bits, lanes)?.timing_at(row_len)?.cycles(rows))
     }
 
-    /// Write `cost.json`, `cost.csv` and `cost.md` into `dir`; returns the paths.
+    /// Write `cost.json`, `cost.csv`, `cost.md` and `summary.json` into `dir`; returns the paths.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, CostError> {
         let io = |e: crate::io::IoError| CostError::Table { path: dir.to_path_buf(), why: e.to_string() };
-        let files = [dir.join("cost.json"), dir.join("cost.csv"), dir.join("cost.md")];
+        let files = [dir.join("cost.json"), dir.join("cost.csv"), dir.join("cost.md"), dir.join("summary.json")];
         let json = serde_json::to_string_pretty(self).map_err(|e| CostError::Table { path: files[0].clone(), why: e.to_string() })? + "\n";
         write_atomic(&files[0], json.as_bytes()).map_err(io)?;
         write_atomic(&files[1], self.csv().as_bytes()).map_err(io)?;
         write_atomic(&files[2], self.markdown().as_bytes()).map_err(io)?;
+        let summary = serde_json::to_string_pretty(&self.summary()).expect("summary serialises") + "\n";
+        write_atomic(&files[3], summary.as_bytes()).map_err(io)?;
         Ok(files.to_vec())
+    }
+
+    /// The signoff figures of every configuration, flat (README "summary.json of mnq cost"):
+    /// what an architect quotes, without the cell lists, scripts and fits of `cost.json`.
+    pub fn summary(&self) -> serde_json::Value {
+        let status = |ok: Option<bool>| match ok {
+            Some(true) => "ok",
+            Some(false) => "failed",
+            None => "not run",
+        };
+        let configs: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let asic = r.asic.as_ref().and_then(Outcome::ok);
+                let ice = r.ice40.as_ref().and_then(Outcome::ok);
+                let fmax = r.fmax.as_ref().and_then(Outcome::ok);
+                serde_json::json!({
+                    "name": r.name,
+                    "unit": r.unit,
+                    "op": r.op,
+                    "method": r.method,
+                    "bits": r.bits,
+                    "lanes": r.lanes,
+                    "verilog": format!("{}.v", r.name),
+                    "verilog_fnv64": r.verilog_fnv64,
+                    "asic_status": status(r.asic.as_ref().map(|o| o.ok().is_some())),
+                    "nand2_eq": asic.map(|a| a.nand2_eq),
+                    "transistors": asic.map(|a| a.transistors),
+                    "flip_flops": asic.map(|a| a.flip_flops),
+                    "memory_bits": asic.map(|a| a.memory_bits),
+                    "ice40_status": status(r.ice40.as_ref().map(|o| o.ok().is_some())),
+                    "ice40_lut4": ice.map(|c| c.lut4),
+                    "ice40_carry": ice.map(|c| c.carry),
+                    "ice40_dff": ice.map(|c| c.dff),
+                    "ice40_bram": ice.map(|c| c.bram),
+                    "ice40_dsp": ice.map(|c| c.dsp),
+                    "fmax_mhz": fmax.and_then(|f| f.mhz),
+                    "fmax_device": fmax.map(|f| f.device.clone()),
+                    "timing": r.timing.iter().map(|t| serde_json::json!({
+                        "row_len": t.row_len,
+                        "latency_cycles": t.latency,
+                        "row_period_cycles": t.row_period,
+                        "elements_per_cycle": t.elements_per_cycle,
+                    })).collect::<Vec<_>>(),
+                    "max_row_len": r.max_row_len,
+                    "sqnr_db": r.accuracy.sqnr_db,
+                    "sqnr_unit_db": r.accuracy.sqnr_unit_db,
+                    "manifest_formulas_agree": r.manifest.agrees,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "format": 1,
+            "tool": format!("mnq {}", env!("CARGO_PKG_VERSION")),
+            "tools": self.tools,
+            "scripts_fnv64": self.scripts.iter().map(|(k, v)| (k.clone(), super::fnv64(v))).collect::<BTreeMap<_, _>>(),
+            "estimate": "yosys synthesis estimates of the unit alone, without place and route (fmax: nextpnr-ice40 where measured); memory bits are the row buffers, outside the NAND2-eq figure",
+            "configurations": configs,
+        })
     }
 
     fn row_lengths(&self) -> Vec<usize> {

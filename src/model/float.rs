@@ -925,7 +925,7 @@ impl<'m, 'o, F: Real> FloatRun<'m, 'o, F> {
             }
             self.pc += 1;
             if let Some(layer) = tapped {
-                return Some(Tap { layer: &g.layers[layer], input: &self.tap_in, output: &self.tap_out, conditions: &[] });
+                return Some(Tap { layer: &g.layers[layer], input: &self.tap_in, output: &self.tap_out, conditions: &[], format: None });
             }
         }
         None

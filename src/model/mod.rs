@@ -209,6 +209,39 @@ pub struct Tap<'a> {
     pub output: &'a [f64],
     /// Conditions the unit met on this image (empty in the float forward).
     pub conditions: &'a [(Condition, usize)],
+    /// The integer format of the input (integer forward only).
+    pub format: Option<&'a InputFormat>,
+}
+
+/// The integer format a non-linear layer's unit takes its input in: what the float values
+/// are quantised to there (range profiling compares the float model's values with it).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputFormat {
+    /// Width of the codes.
+    pub bits: u32,
+    /// Two's-complement codes, or unsigned with a zero point.
+    pub signed: bool,
+    /// Code of the real value 0.
+    pub zero_point: i64,
+    /// One scale (per tensor), or one per channel (the row's last axis).
+    pub scales: Vec<f64>,
+}
+
+impl InputFormat {
+    /// The smallest and largest code.
+    pub fn code_range(&self) -> (i64, i64) {
+        let b = self.bits.min(62);
+        if self.signed {
+            (-(1i64 << (b - 1)), (1i64 << (b - 1)) - 1)
+        } else {
+            (0, (1i64 << b) - 1)
+        }
+    }
+
+    /// Scale of element `i` of a row-major tensor.
+    pub fn scale_at(&self, i: usize) -> f64 {
+        self.scales[i % self.scales.len().max(1)]
+    }
 }
 
 /// Result of a forward pass for one image.

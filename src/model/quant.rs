@@ -720,6 +720,7 @@ pub struct IntRun<'q> {
     s: Scratch,
     tap_layer: usize,
     tap_in: Vec<f64>,
+    tap_fmt: super::InputFormat,
     tap_out: Vec<f64>,
     cond: Vec<(Condition, usize)>,
     logits: Vec<f64>,
@@ -739,6 +740,7 @@ impl<'q> IntRun<'q> {
             s: Scratch::default(),
             tap_layer: 0,
             tap_in: Vec::new(),
+            tap_fmt: super::InputFormat::default(),
             tap_out: Vec::new(),
             cond: Vec::new(),
             logits: Vec::new(),
@@ -757,6 +759,7 @@ impl<'q> IntRun<'q> {
             s: Scratch::default(),
             tap_layer: 0,
             tap_in: Vec::new(),
+            tap_fmt: super::InputFormat::default(),
             tap_out: Vec::new(),
             cond: Vec::new(),
             logits: Vec::new(),
@@ -829,6 +832,7 @@ impl<'q> IntRun<'q> {
                             .map_err(|e| self.input_err(li, e))?;
                         if self.taps {
                             self.tap_in = xt.dequantize();
+                            self.tap_fmt = super::InputFormat { bits: RESIDUAL_BITS, signed: true, zero_point: 0, scales: vec![*s_in] };
                         }
                         let o = self.run_unit(li, &xt)?;
                         requant_to(&o.values, &from_scale(&o.scale, d, *out_scale), ab, plain, &mut self.s.i64b, &mut h);
@@ -841,6 +845,7 @@ impl<'q> IntRun<'q> {
                         q.iter_mut().for_each(|v| *v = (*v + p.zp).clamp(0, top));
                         if self.taps {
                             self.tap_in = q.iter().enumerate().map(|(i, &v)| (v - p.zp) as f64 * p.sc[i % d]).collect();
+                            self.tap_fmt = super::InputFormat { bits: ab, signed: false, zero_point: p.zp, scales: p.sc.clone() };
                         }
                         let xt = QTensor::new(q, &[t, d], Scale::PerChannel(p.sc.clone()), ab, false).map_err(|e| self.input_err(li, e))?;
                         let o = self.run_unit(li, &xt)?;
@@ -929,6 +934,7 @@ impl<'q> IntRun<'q> {
                 let xt = QTensor::new(xs, &[rows, *row], Scale::PerTensor(*s_in), ab, true).map_err(|e| self.input_err(li, e))?;
                 if self.taps {
                     self.tap_in = xt.dequantize();
+                    self.tap_fmt = super::InputFormat { bits: ab, signed: true, zero_point: 0, scales: vec![*s_in] };
                 }
                 let o = self.run_unit(li, &xt)?;
                 if self.taps {
@@ -1062,6 +1068,7 @@ impl<'q> IntRun<'q> {
                         .map_err(|e| self.input_err(li, e))?;
                     if self.taps {
                         self.tap_in = xt.dequantize();
+                        self.tap_fmt = super::InputFormat { bits: wmax, signed: true, zero_point: 0, scales: acc_scale.clone() };
                     }
                     let o = self.run_unit(li, &xt)?;
                     requant_to(&o.values, &from_scale(&o.scale, hh, *out_scale), ab, plain, &mut self.s.i64b, &mut act);
@@ -1074,6 +1081,7 @@ impl<'q> IntRun<'q> {
                     apply(fc1_req, acc, lo, hi, plain, &mut g);
                     if self.taps {
                         self.tap_in = g.iter().map(|&v| v as f64 * s_fc1).collect();
+                        self.tap_fmt = super::InputFormat { bits: ab, signed: true, zero_point: 0, scales: vec![*s_fc1] };
                     }
                     if self.qm.qlayers[li].unit.is_some() {
                         let xt = QTensor::new(g, &[t, hh], Scale::PerTensor(*s_fc1), ab, true).map_err(|e| self.input_err(li, e))?;
@@ -1192,7 +1200,13 @@ impl<'q> IntRun<'q> {
             self.pc += 1;
             if let Some(li) = tapped {
                 self.tap_layer = li;
-                return Ok(Some(Tap { layer: &qm.layers[li], input: &self.tap_in, output: &self.tap_out, conditions: &self.cond }));
+                return Ok(Some(Tap {
+                    layer: &qm.layers[li],
+                    input: &self.tap_in,
+                    output: &self.tap_out,
+                    conditions: &self.cond,
+                    format: Some(&self.tap_fmt),
+                }));
             }
         }
         Ok(None)

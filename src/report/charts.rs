@@ -42,12 +42,14 @@ pub struct SqnrBars<'a> {
     pub layers: &'a [String],
     /// Method (series) names.
     pub methods: &'a [String],
-    /// `diff[m][l]`: SQNR diff of method m at layer l (None where the method does not apply).
+    /// `diff[m][l]`: the bar value of method m at layer l (SQNR diff; None where the method does not apply).
     pub diff: &'a [Vec<Option<f64>>],
-    /// `out[m][l]`: output ASQNR of method m at layer l.
+    /// `out[m][l]`: the line value of method m at layer l (output ASQNR).
     pub out: &'a [Vec<Option<f64>>],
-    /// Unit of the SQNR axis, e.g. "dB (20·log10)".
-    pub unit: &'a str,
+    /// Description of the bars' axis with its unit, e.g. "SQNR diff, dB (20·log10)".
+    pub bar_desc: &'a str,
+    /// Description of the lines' axis with its unit.
+    pub line_desc: &'a str,
 }
 
 impl Figure for SqnrBars<'_> {
@@ -66,7 +68,7 @@ impl Figure for SqnrBars<'_> {
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..nl as f64, lo..hi)
             .map_err(|x| e(&x))?;
-        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc(format!("SQNR diff, {}", self.unit)).draw().map_err(|x| e(&x))?;
+        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc(self.bar_desc).draw().map_err(|x| e(&x))?;
         let w = 0.8 / nm as f64;
         for (m, _) in self.methods.iter().enumerate() {
             let col = series_colour(m);
@@ -100,12 +102,7 @@ impl Figure for SqnrBars<'_> {
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..nl as f64, lo..hi)
             .map_err(|x| e(&x))?;
-        c.configure_mesh()
-            .x_labels(0)
-            .x_desc("non-linear layer, in execution order")
-            .y_desc(format!("output ASQNR, {}", self.unit))
-            .draw()
-            .map_err(|x| e(&x))?;
+        c.configure_mesh().x_labels(0).x_desc("non-linear layer, in execution order").y_desc(self.line_desc).draw().map_err(|x| e(&x))?;
         category_labels(&bottom, &c, self.layers, lo)?;
         for (m, _) in self.methods.iter().enumerate() {
             let col = series_colour(m);
@@ -373,7 +370,15 @@ mod tests {
         let methods = vec!["ibert".to_string(), "ivit".to_string()];
         let diff = vec![vec![Some(1.0), Some(-2.0), None, Some(0.5), Some(3.0)], vec![Some(0.2); 5]];
         let out = vec![vec![Some(20.0), Some(22.0), None, Some(18.0), Some(25.0)], vec![Some(21.0); 5]];
-        let f = SqnrBars { title: "t", layers: &layers, methods: &methods, diff: &diff, out: &out, unit: "dB" };
+        let f = SqnrBars {
+            title: "t",
+            layers: &layers,
+            methods: &methods,
+            diff: &diff,
+            out: &out,
+            bar_desc: "SQNR diff, dB",
+            line_desc: "output ASQNR, dB",
+        };
         let p = sqnr_bars(&dir.path().join("bars"), &f).unwrap();
         assert!(p.iter().all(|p| std::fs::metadata(p).unwrap().len() > 1000));
         let s = vec![("float".to_string(), vec![0.0, 0.1, 0.2, 0.9]), ("ivit".to_string(), vec![0.0, 0.0, 0.25, 1.0])];

@@ -11,6 +11,7 @@
 
 pub mod asqnr;
 pub mod assign;
+pub mod range;
 pub mod table;
 
 use crate::fixed::{round_half_even_f64, QTensor, Scale};

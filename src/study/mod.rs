@@ -17,6 +17,7 @@ use crate::model::manifest::{unit_for, OrderedLayers};
 use crate::model::{self, calibrate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig};
 use crate::sensitivity::asqnr::{Asqnr, AsqnrError, Convention};
 use crate::sensitivity::assign::{self, AssignError, Axis, Budget, Choice, Problem, Sense, Solution};
+use crate::sensitivity::range::RangeProfile;
 use crate::sensitivity::table::{Cell, Criterion, LayerInfo, Table, TableError, TableLayer};
 use crate::units::{Method, Op, Preset};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -214,6 +215,8 @@ pub struct Sens {
     /// `samples[layer]` = (float outputs, quantised outputs) of the first images.
     #[serde(with = "samples_bits")]
     pub samples: Vec<(Vec<f64>, Vec<f64>)>,
+    /// Range profile of every non-linear layer, in execution order.
+    pub ranges: Vec<RangeProfile>,
 }
 
 impl Sens {
@@ -226,6 +229,9 @@ impl Sens {
         for (l, (f, q)) in later.samples.into_iter().enumerate() {
             self.samples[l].0.extend(f);
             self.samples[l].1.extend(q);
+        }
+        for (l, r) in later.ranges.iter().enumerate() {
+            self.ranges[l].merge(r);
         }
     }
 }
@@ -261,12 +267,13 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, 
         input: model.layers.iter().map(|l| Asqnr::new(format!("{} input", l.name))).collect(),
         output: model.layers.iter().map(|l| Asqnr::new(format!("{} output", l.name))).collect(),
         samples: vec![(Vec::new(), Vec::new()); nl],
+        ranges: vec![RangeProfile::default(); nl],
     };
     // Per image: the one-image ASQNR accumulators of every layer (joined below in image order,
     // identical to feeding the images one by one) and, for the first images, the outputs for the
     // histograms. Keeping no other tap values bounds memory by the images in flight, whatever
     // the model size.
-    type PerImage = Vec<(Asqnr, Asqnr, Option<(Vec<f64>, Vec<f64>)>)>;
+    type PerImage = Vec<(Asqnr, Asqnr, Option<(Vec<f64>, Vec<f64>)>, RangeProfile)>;
     let mut start = 0;
     while start < images.len() {
         let end = (start + CHUNK).min(images.len());
@@ -284,7 +291,9 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, 
                         err.get_or_insert(e.at_image(i));
                     }
                     let keep = (first + i < HIST_IMAGES).then(|| (a.output.to_vec(), b.output.to_vec()));
-                    per.push((ai, ao, keep));
+                    let mut rp = RangeProfile::default();
+                    rp.push(a, b);
+                    per.push((ai, ao, keep, rp));
                 })?;
                 if let Some(e) = err {
                     return Err(e.into());
@@ -294,9 +303,10 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, 
             })
             .collect::<Result<_, _>>()?;
         for per in chunk {
-            for (l, (ai, ao, keep)) in per.into_iter().enumerate() {
+            for (l, (ai, ao, keep, rp)) in per.into_iter().enumerate() {
                 s.input[l].extend(ai);
                 s.output[l].extend(ao);
+                s.ranges[l].merge(&rp);
                 if let Some((fo, qo)) = keep {
                     s.samples[l].0.extend(fo);
                     s.samples[l].1.extend(qo);
@@ -306,6 +316,135 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, 
         start = end;
     }
     Ok(s)
+}
+
+// ---------------------------------------------------------------- range profile
+
+/// A flagged layer of the range profile: (layer, unit, flags).
+type RangeFlag = (String, String, String);
+
+/// `ranges_<bits>b.{md,csv,json}` and the figure: per layer and single-method model, the float
+/// input against the unit's input format (saturating share, bits of the format used) and the
+/// output ranges. Returns the flagged (layer, unit, flags) for the index.
+fn ranges_report(
+    files: &mut Vec<(String, Vec<u8>)>,
+    tmp: &Path,
+    name: &str,
+    bits: u32,
+    layers: &[model::Layer],
+    sens: &[Sens],
+) -> Result<Vec<RangeFlag>, RunError> {
+    let fmt_pair = |p: Option<(f64, f64)>| p.map_or("—".to_string(), |(a, b)| format!("[{a:.4}, {b:.4}]"));
+    let mut md = format!(
+        "# Range profile: {name} at {bits} bits
+
+Per non-linear layer and single-method model, over the sensitivity images: the float model's input values against the integer format the unit takes them in (bits, signedness, scale: per tensor, or the smallest and largest per-channel scale), the share of them beyond the format (they saturate when quantised), the bits of the format their codes span, and the float and integer output ranges. Flags: saturating above {:.1} %, few codes when more than {} bits of the format are unused. A 16-bit residual input (LayerNorm) or an int32 accumulator (I-BERT's GELU) is a wide format by design.
+
+| layer | unit | input format | float input range | saturating | bits used | float output range | integer output range | flags |
+|---|---|---|---|---:|---:|---|---|---|
+",
+        100.0 * crate::sensitivity::range::SATURATION_FLAG,
+        crate::sensitivity::range::UNUSED_BITS_FLAG
+    );
+    let mut csv = String::from("layer,label,unit,bits,signed,zero_point,scale_min,scale_max,float_in_min,float_in_max,saturated_share,code_min,code_max,bits_used,float_out_min,float_out_max,int_out_min,int_out_max,flags
+");
+    let mut jl = Vec::new();
+    let mut flagged = Vec::new();
+    let mut unused: Vec<Vec<Option<f64>>> = vec![Vec::new(); METHODS.len()];
+    let mut sat: Vec<Vec<Option<f64>>> = vec![Vec::new(); METHODS.len()];
+    for l in layers {
+        for (k, meth) in METHODS.iter().enumerate() {
+            let u = unit_for(l.op, *meth).name().to_string();
+            let u = u.as_str();
+            let r = &sens[k].ranges[l.index];
+            let f = r.format.as_ref();
+            let (smin, smax) = f.map_or((f64::NAN, f64::NAN), |f| {
+                (f.scales.iter().cloned().fold(f64::INFINITY, f64::min), f.scales.iter().cloned().fold(0.0, f64::max))
+            });
+            let fdesc = f.map_or("—".to_string(), |f| {
+                let sc = if f.scales.len() == 1 { format!("s = {smin:.3e}") } else { format!("s per channel {smin:.3e}..{smax:.3e}") };
+                format!(
+                    "{}{} {}{}",
+                    if f.signed { "int" } else { "uint" },
+                    f.bits,
+                    sc,
+                    if f.zero_point != 0 { format!(", zp {}", f.zero_point) } else { String::new() }
+                )
+            });
+            let flags = r.flags();
+            if !flags.is_empty() {
+                flagged.push((l.name.clone(), u.to_string(), flags.clone()));
+            }
+            let _ = writeln!(
+                md,
+                "| {} ({}) | {u} | {fdesc} | {} | {:.3} % | {} | {} | {} | {flags} |",
+                l.name,
+                l.label(),
+                fmt_pair(r.float_input()),
+                100.0 * r.saturation(),
+                r.used_bits().map_or("—".into(), |b| format!("{b:.1}")),
+                fmt_pair(r.float_output()),
+                fmt_pair(r.int_output())
+            );
+            let o = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+            let _ = writeln!(
+                csv,
+                "{},{},{u},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{flags}\"",
+                l.name,
+                l.label(),
+                f.map_or(String::new(), |f| f.bits.to_string()),
+                f.map_or(String::new(), |f| f.signed.to_string()),
+                f.map_or(String::new(), |f| f.zero_point.to_string()),
+                o(f.map(|_| smin)),
+                o(f.map(|_| smax)),
+                o(r.float_input().map(|p| p.0)),
+                o(r.float_input().map(|p| p.1)),
+                r.saturation(),
+                r.codes.map_or(String::new(), |c| c.0.to_string()),
+                r.codes.map_or(String::new(), |c| c.1.to_string()),
+                o(r.used_bits()),
+                o(r.float_output().map(|p| p.0)),
+                o(r.float_output().map(|p| p.1)),
+                o(r.int_output().map(|p| p.0)),
+                o(r.int_output().map(|p| p.1)),
+            );
+            jl.push(json!({
+                "layer": l.name, "label": l.label(), "unit": u, "format": f,
+                "float_input": r.float_input(), "saturated_share": r.saturation(), "codes": r.codes, "bits_used": r.used_bits(),
+                "float_output": r.float_output(), "int_output": r.int_output(), "flags": flags,
+            }));
+            unused[k].push(r.unused_bits());
+            sat[k].push(Some(100.0 * r.saturation()));
+        }
+    }
+    if flagged.is_empty() {
+        md.push_str(
+            "
+No layer saturates or uses few codes.
+",
+        );
+    }
+    files.push((format!("ranges_{bits}b.md"), md.into_bytes()));
+    files.push((format!("ranges_{bits}b.csv"), csv.into_bytes()));
+    files.push((
+        format!("ranges_{bits}b.json"),
+        (serde_json::to_string_pretty(&json!({"model": name, "bits": bits, "layers": jl})).expect("serialises") + "\n").into_bytes(),
+    ));
+    let labels: Vec<String> = layers.iter().map(|l| l.label()).collect();
+    let mnames: Vec<String> = METHODS.iter().map(|m| m.name().to_string()).collect();
+    charts::sqnr_bars(
+        &tmp.join(format!("ranges_{bits}b")),
+        &SqnrBars {
+            title: &format!("{name}, {bits}-bit: input format use per layer (bars: bits unused; lines: share saturating)"),
+            layers: &labels,
+            methods: &mnames,
+            diff: &unused,
+            out: &sat,
+            bar_desc: "bits of the input format unused",
+            line_desc: "float inputs saturating (%)",
+        },
+    )?;
+    Ok(flagged)
 }
 
 // ---------------------------------------------------------------- sums over images
@@ -631,6 +770,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
         let mut per_bits = Vec::new();
         let mut summary_bits: Vec<serde_json::Value> = Vec::new();
         let mut attributions: Vec<(u32, attribution::Attribution)> = Vec::new();
+        let mut range_flags: Vec<(u32, Vec<RangeFlag>)> = Vec::new();
         let calibrated = m.quant.is_none();
         let mut float_top1 = None;
         // 1. Sensitivity of each single-method model at every width (all of it first: a shard
@@ -738,8 +878,18 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             let unit_desc = format!("dB ({})", o.convention);
             charts::sqnr_bars(
                 &tmp.join(format!("sqnr_{bits}b")),
-                &SqnrBars { title: &title, layers: &labels, methods: &mnames, diff: &diff, out: &outv, unit: &unit_desc },
+                &SqnrBars {
+                    title: &title,
+                    layers: &labels,
+                    methods: &mnames,
+                    diff: &diff,
+                    out: &outv,
+                    bar_desc: &format!("SQNR diff, {unit_desc}"),
+                    line_desc: &format!("output ASQNR, {unit_desc}"),
+                },
             )?;
+            // Range profile: the float values at each layer against each unit's input format.
+            range_flags.push((bits, ranges_report(&mut files, &tmp, &name, bits, &layers, &sens)?));
             // Figure 2: layers where the methods' output ASQNR spreads most.
             let mut spread: Vec<(usize, f64)> = table
                 .layers
@@ -1062,6 +1212,34 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 json!(attributions.iter().map(|(b, a)| json!({"bits": b, "attribution": a})).collect::<Vec<_>>()),
             );
         }
+        let _ = writeln!(
+            index,
+            "\n## Value ranges against the integer formats\n\nPer layer and single-method model, the float model's inputs against the format each unit takes them in (`ranges_<bits>b.md`, `.csv`, `.json` and the plot `ranges_<bits>b.svg`)."
+        );
+        for (bits, fl) in &range_flags {
+            if fl.is_empty() {
+                let _ = writeln!(
+                    index,
+                    "\n{bits} bits: no layer saturates or uses few codes ([table](ranges_{bits}b.md), [plot](ranges_{bits}b.svg))."
+                );
+                continue;
+            }
+            let _ = writeln!(
+                index,
+                "\n{bits} bits, {} flagged (layer, unit) pairs ([table](ranges_{bits}b.md), [plot](ranges_{bits}b.svg)):\n",
+                fl.len()
+            );
+            for (l, u, f) in fl.iter().take(12) {
+                let _ = writeln!(index, "- {l}, {u}: {f}");
+            }
+            if fl.len() > 12 {
+                let _ = writeln!(index, "- … and {} more in the table", fl.len() - 12);
+            }
+        }
+        results.insert(
+            "range_flags".into(),
+            json!(range_flags.iter().map(|(b, f)| json!({"bits": b, "flagged": f.iter().map(|(l, u, x)| json!({"layer": l, "unit": u, "flags": x})).collect::<Vec<_>>()})).collect::<Vec<_>>()),
+        );
         files.push(("index.md".into(), index.into_bytes()));
         let summary = json!({
             "format": 1,
