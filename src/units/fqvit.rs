@@ -613,7 +613,7 @@ impl LayerNorm {
         // |xq| < 2^bits·k_max: the row's sums fit 64 bits when C²·xmax² does.
         let kmax = k.kf.iter().map(|v| v.unsigned_abs()).max().unwrap_or(1) as u128;
         let xmax = (1u128 << x.bits) * kmax;
-        let narrow_stats = (c as u128).pow(2).saturating_mul(xmax * xmax) < 1u128 << 62;
+        let narrow_stats = (c as u128).pow(2).saturating_mul(xmax.saturating_mul(xmax)) < 1u128 << 62;
         #[cfg(target_arch = "x86_64")]
         let simd = simd && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq");
         #[cfg(not(target_arch = "x86_64"))]
@@ -621,6 +621,7 @@ impl LayerNorm {
         let mut xq = vec![0i64; c];
         for (row, orow) in x.data().chunks_exact(c).zip(out.chunks_exact_mut(c)) {
             let (sum, var) = if narrow_stats {
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
                 let (mut sum, mut ssq, mut done) = (0i64, 0i64, 0);
                 #[cfg(target_arch = "x86_64")]
                 if simd {
@@ -647,15 +648,17 @@ impl LayerNorm {
                 orow.copy_from_slice(&zero_var);
                 continue;
             }
-            // The 64-bit path needs D = d·2^F < 2^56 (so g·2^n < 256·D fits) and
+            // The 64-bit path needs D = d·2^F < 2^56 (so g·2^n < 256·D fits), |Σ| < 2^62 and
             // |β/so·d − Σ·γ/so| < 2^63; otherwise this row takes the reference arithmetic.
             if d >= 1u128 << (56 - f)
+                || sum.unsigned_abs() >= 1u128 << 62
                 || (u128::from(bmax) * d).saturating_add(sum.unsigned_abs().saturating_mul(u128::from(hmax))) >= 1u128 << 63
             {
                 self.integer_row(row, orow, &mut xq, k, zp, &mut NoProbe, cond);
                 continue;
             }
             let r = FastRow::new(d as u64, sum as i64, f);
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
             if simd {
