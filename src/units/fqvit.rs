@@ -1125,7 +1125,8 @@ mod tests {
         }
     }
 
-    /// The DeiT-shaped bench input takes the 64-bit path on every row (none falls back).
+    /// The DeiT-shaped bench input goes through the fast path (not the whole-tensor fallback to
+    /// the reference), scalar and vector, with the reference's outputs.
     #[test]
     fn bench_input_takes_the_fast_path() {
         use crate::sensitivity::{sample, Dist};
