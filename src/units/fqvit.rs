@@ -222,6 +222,19 @@ fn get_mn(a: f64) -> (f64, f64) {
     (m, n)
 }
 
+/// How the PTF LayerNorm's Integer mode is computed; all three give the same output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IntPath {
+    /// [`LayerNorm::integer_row`] on every row: the definition, observed by probes.
+    Reference,
+    /// [`LayerNorm::integer_fast`] without the vector kernel (what `Vector` does on CPUs
+    /// without AVX-512; tests name it to check it on CPUs with).
+    #[cfg(test)]
+    Scalar,
+    /// [`LayerNorm::integer_fast`] with the AVX-512 kernel where the CPU has it.
+    Vector,
+}
+
 /// Per-channel constants of the PTF LayerNorm's Integer mode (`frac_bits` F fractional bits).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntConsts {
@@ -264,7 +277,8 @@ impl LayerNorm {
         }
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+    /// Both modes; `path` says how Integer mode computes (the probed run takes the reference).
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, path: IntPath) -> Result<UnitOutput, UnitError> {
         let u = "layernorm_fqvit";
         check_bits(u, x, 2, 16, None)?;
         if !(4..=40).contains(&self.frac_bits) {
@@ -322,48 +336,17 @@ impl LayerNorm {
                 }
             }
             Mode::Integer => {
-                let f = self.frac_bits;
-                let IntConsts { kf, gq, hq, bq } = self.integer_consts(&sc, gamma, beta, &so);
-                for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-                    let mut sum: i128 = 0;
-                    let mut ssq: i128 = 0;
-                    for ((xi, &q), &k) in xq.iter_mut().zip(row).zip(&kf) {
-                        *xi = (q - zp) * k;
-                        p.see(*xi as i128);
-                        sum += *xi as i128;
-                        ssq += (*xi as i128) * (*xi as i128);
-                    }
-                    p.see(ssq * c as i128);
-                    let d = isqrt((c as i128 * ssq - sum * sum) as u128) as i128;
-                    p.see(d);
-                    if d == 0 {
-                        cond.add(Condition::ZeroVariance);
-                        for (o, &bb) in orow.iter_mut().zip(&bq) {
-                            *o = shift_round(bb, f, Rounding::HalfEven) as i64;
-                        }
-                        continue;
-                    }
-                    for (i, o) in orow.iter_mut().enumerate() {
-                        let g = gq[i].abs();
-                        // A = g / (D·2^F); N = clamp(7 − ⌊log2 A⌋, 0, 31), from bit lengths and one compare.
-                        let (n, m) = if g == 0 {
-                            (31u32, 0i128)
-                        } else {
-                            let (bg, bd) = (bit_length(g as u128) as i64, bit_length(d as u128) as i64);
-                            let ge = if bg >= bd { g >= d << (bg - bd) } else { g << (bd - bg) >= d };
-                            let l = bg - bd - f as i64 - i64::from(!ge);
-                            let n = (7 - l).clamp(0, 31) as u32;
-                            let m = div_round(g << n, d << f, Rounding::Floor).clamp(0, 255);
-                            (n, m)
-                        };
-                        p.see(g << n);
-                        let num = (bq[i] * d - sum * hq[i]) << n;
-                        p.see(num);
-                        let bb = div_round(num, d << f, Rounding::HalfEven);
-                        let sm = if gq[i] < 0 { -m } else { m };
-                        let acc = sm * xq[i] as i128 + bb;
-                        p.see(acc);
-                        *o = shift_round(acc, n, Rounding::HalfEven) as i64;
+                let k = self.integer_consts(&sc, gamma, beta, &so);
+                let mut fast = |simd| self.integer_fast(x, zp, &k, &mut out, &mut cond, simd);
+                let done = match path {
+                    IntPath::Reference => false,
+                    #[cfg(test)]
+                    IntPath::Scalar => fast(false),
+                    IntPath::Vector => fast(true),
+                };
+                if !done {
+                    for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+                        self.integer_row(row, orow, &mut xq, &k, zp, p, &mut cond);
                     }
                 }
             }
@@ -375,6 +358,440 @@ impl LayerNorm {
             encoding: Encoding::Linear,
             conditions: cond.into_vec(),
         })
+    }
+}
+
+impl LayerNorm {
+    /// One row of the Integer mode, as the hardware computes it: the definition of the integer
+    /// datapath (every intermediate goes through `p`). [`LayerNorm::integer_fast`] must equal it.
+    #[allow(clippy::too_many_arguments)]
+    fn integer_row<P: Probe>(
+        &self,
+        row: &[i64],
+        orow: &mut [i64],
+        xq: &mut [i64],
+        k: &IntConsts,
+        zp: i64,
+        p: &mut P,
+        cond: &mut Conditions,
+    ) {
+        let f = self.frac_bits;
+        let c = row.len();
+        let mut sum: i128 = 0;
+        let mut ssq: i128 = 0;
+        for ((xi, &q), &kc) in xq.iter_mut().zip(row).zip(&k.kf) {
+            *xi = (q - zp) * kc;
+            p.see(*xi as i128);
+            sum += *xi as i128;
+            ssq += (*xi as i128) * (*xi as i128);
+        }
+        p.see(ssq * c as i128);
+        let d = isqrt((c as i128 * ssq - sum * sum) as u128) as i128;
+        p.see(d);
+        if d == 0 {
+            cond.add(Condition::ZeroVariance);
+            for (o, &bb) in orow.iter_mut().zip(&k.bq) {
+                *o = shift_round(bb, f, Rounding::HalfEven) as i64;
+            }
+            return;
+        }
+        for (i, o) in orow.iter_mut().enumerate() {
+            *o = ptf_output(k.gq[i], k.hq[i], k.bq[i], d, sum, xq[i], f, p);
+        }
+    }
+}
+
+/// One output of the PTF integer datapath (row statistics `d`, `sum`; channel constants
+/// `gq`, `hq`, `bq`; input `xq`): the reference arithmetic, in 128-bit words.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn ptf_output<P: Probe>(gq: i128, hq: i128, bq: i128, d: i128, sum: i128, xq: i64, f: u32, p: &mut P) -> i64 {
+    let g = gq.abs();
+    let (n, m) = ptf_exponent(gq, d, f);
+    p.see(g << n);
+    let num = (bq * d - sum * hq) << n;
+    p.see(num);
+    let bb = div_round(num, d << f, Rounding::HalfEven);
+    let sm = if gq < 0 { -m } else { m };
+    let acc = sm * xq as i128 + bb;
+    p.see(acc);
+    shift_round(acc, n, Rounding::HalfEven) as i64
+}
+
+/// The per-token multiplier of [`ptf_output`] as `(N, M)`: `A = |gq| / (d·2^F)`,
+/// `N = clamp(7 − ⌊log2 A⌋, 0, 31)` from bit lengths and one compare, `M = min(⌊A·2^N⌋, 255)`.
+#[inline(always)]
+fn ptf_exponent(gq: i128, d: i128, f: u32) -> (u32, i128) {
+    let g = gq.abs();
+    if g == 0 {
+        (31u32, 0i128)
+    } else {
+        let (bg, bd) = (bit_length(g as u128) as i64, bit_length(d as u128) as i64);
+        let ge = if bg >= bd { g >= d << (bg - bd) } else { g << (bd - bg) >= d };
+        let l = bg - bd - f as i64 - i64::from(!ge);
+        let n = (7 - l).clamp(0, 31) as u32;
+        let m = div_round(g << n, d << f, Rounding::Floor).clamp(0, 255);
+        (n, m)
+    }
+}
+
+/// [`ptf_output`] out of line: the fast path's exit for the rare element whose numerator does
+/// not fit its 64-bit word (kept out of the hot loop so that loop stays small).
+#[allow(clippy::too_many_arguments)]
+#[cold]
+#[inline(never)]
+fn ptf_output_cold(gq: i64, hq: i64, bq: i64, d: u64, sum: i64, xq: i64, f: u32) -> i64 {
+    ptf_output(gq.into(), hq.into(), bq.into(), d.into(), sum.into(), xq, f, &mut NoProbe)
+}
+
+/// Exact `u64` division by a divisor fixed for a whole row, by one multiply-high and one
+/// correction: `inv = ⌊(2^64−1)/d⌋ ≥ 2^64/d − 1`, so `x·inv/2^64 ∈ (x/d − 1, x/d]` for every
+/// `x < 2^64` and the estimate is the quotient or one below it; the remainder says which.
+#[derive(Debug, Clone, Copy)]
+struct RowDivider {
+    d: u64,
+    inv: u64,
+}
+
+impl RowDivider {
+    fn new(d: u64) -> RowDivider {
+        assert!(d > 0, "RowDivider: zero divisor");
+        RowDivider { d, inv: u64::MAX / d }
+    }
+
+    /// `(⌊x/d⌋, x mod d)`, exactly.
+    #[inline(always)]
+    fn div_rem(self, x: u64) -> (u64, u64) {
+        let q = ((u128::from(x) * u128::from(self.inv)) >> 64) as u64;
+        let r = x - q * self.d; // q ≤ x/d: no wrap; r < 2d
+                                // Masks, not a branch: the correction is taken about half the time, unpredictably.
+        let carry = u64::from(r >= self.d);
+        (q + carry, r - (self.d & carry.wrapping_neg()))
+    }
+}
+
+/// [`isqrt`] seeded by the float64 square root: exact (the two loops restore `s² ≤ v < (s+1)²`
+/// whatever the seed), and below 2^104 the seed is within a few units so they run at most a
+/// few steps instead of Newton's divisions from a power of two.
+fn isqrt_seeded(v: u128) -> u128 {
+    if v >= 1u128 << 104 {
+        return isqrt(v);
+    }
+    let mut s = (v as f64).sqrt() as u128;
+    while s * s > v {
+        s -= 1;
+    }
+    while (s + 1) * (s + 1) <= v {
+        s += 1;
+    }
+    s
+}
+
+/// `x / 2^n` rounded half to even, `n ≤ 62`, `|x| < 2^62`: `shift_round(x, n, HalfEven)` in
+/// one add and one shift (adding `2^(n−1) − 1` plus the quotient's low bit moves exactly the
+/// values above half, and the ties of odd quotients, to the next multiple of `2^n`).
+#[inline(always)]
+fn rne_shift(x: i64, n: u32) -> i64 {
+    let nz = i64::from(n != 0);
+    let half = (1i64 << n) >> 1;
+    (x + half - nz + ((x >> n) & nz)) >> n
+}
+
+/// Per-channel constants of the fast path in 64-bit words, one array each (the vector kernel
+/// loads eight channels at once).
+struct FastChannels {
+    /// |C·γ/so| at 2^F.
+    g: Vec<u64>,
+    /// `g` shifted so its top bit is bit 63 (0 when `g` is 0): one compare with the row's
+    /// normalised divisor gives `⌊log2(g/D)⌋` without a variable shift per element.
+    g_norm: Vec<u64>,
+    /// Bit length of `g`.
+    g_bits: Vec<i64>,
+    /// −1 where C·γ/so is negative, else 0 (`(m ^ s) − s` applies the sign).
+    sign: Vec<i64>,
+    /// γ/so at 2^F.
+    hq: Vec<i64>,
+    /// β/so at 2^F.
+    bq: Vec<i64>,
+}
+
+impl FastChannels {
+    /// From the constants of [`IntConsts`], each of magnitude below 2^62.
+    fn new(gq: &[i128], hq: &[i128], bq: &[i128]) -> FastChannels {
+        let g: Vec<u64> = gq.iter().map(|v| v.unsigned_abs() as u64).collect();
+        FastChannels {
+            g_norm: g.iter().map(|&v| if v == 0 { 0 } else { v << v.leading_zeros() }).collect(),
+            g_bits: g.iter().map(|&v| 64 - i64::from(v.leading_zeros())).collect(),
+            sign: gq.iter().map(|&v| -i64::from(v < 0)).collect(),
+            hq: hq.iter().map(|&v| v as i64).collect(),
+            bq: bq.iter().map(|&v| v as i64).collect(),
+            g,
+        }
+    }
+}
+
+/// Per-row values of the fast path: `d = ⌊√(C·Σx² − (Σx)²)⌋`, `Σx`, and the divisor
+/// `D = d·2^F < 2^56` in the forms the element steps use.
+struct FastRow {
+    d: u64,
+    sum: i64,
+    big_d: u64,
+    div: RowDivider,
+    d_bits: i64,
+    d_norm: u64,
+}
+
+impl FastRow {
+    /// For `1 ≤ d` and `d·2^f < 2^56`.
+    fn new(d: u64, sum: i64, f: u32) -> FastRow {
+        let big_d = d << f;
+        FastRow {
+            d,
+            sum,
+            big_d,
+            div: RowDivider::new(big_d),
+            d_bits: 64 - i64::from(big_d.leading_zeros()),
+            d_norm: big_d << big_d.leading_zeros(),
+        }
+    }
+}
+
+/// One output of the fast path: [`ptf_output`] for a row that passed the row checks of
+/// [`LayerNorm::integer_fast`], in 64-bit words (the vector kernel's lanes compute the same).
+#[inline(always)]
+fn fast_output(ch: &FastChannels, i: usize, r: &FastRow, xi: i64, f: u32) -> i64 {
+    let g = ch.g[i];
+    // n = clamp(7 − ⌊log2(g/D)⌋, 0, 31) and m = min(⌊g·2^n/D⌋, 255), as in ptf_output.
+    let (n, m) = if g == 0 {
+        (31u32, 0i64)
+    } else {
+        let l = ch.g_bits[i] - r.d_bits - i64::from(ch.g_norm[i] < r.d_norm);
+        if l > 7 {
+            (0, 255) // g/D ≥ 2^8: the clamp
+        } else {
+            // g·2^n/D < 2^(l+1+n) ≤ 2^8, so g·2^n < 256·D < 2^64.
+            let n = (7 - l).min(31) as u32;
+            (n, r.div.div_rem(g << n).0.min(255) as i64)
+        }
+    };
+    let b = ch.bq[i] * r.d as i64 - r.sum * ch.hq[i]; // |b| < the row bound < 2^63
+    let ab = b.unsigned_abs();
+    if ab.leading_zeros() < n {
+        let gq = (g as i64 ^ ch.sign[i]) - ch.sign[i];
+        return ptf_output_cold(gq, ch.hq[i], ch.bq[i], r.d, r.sum, xi, f);
+    }
+    // RNE(b·2^n / D), from |b| (round-half-even is odd-symmetric).
+    let (q, rem) = r.div.div_rem(ab << n);
+    // Bitwise, not short-circuit: `2r > D` is a coin flip for the branch predictor.
+    let up = u64::from(2 * rem > r.big_d) | (u64::from(2 * rem == r.big_d) & q);
+    let mag = (q + (up & 1)) as i64; // < 2^64/D + 1 ≤ 2^60 (D ≥ 2^F ≥ 16)
+    let bb = if b < 0 { -mag } else { mag };
+    let sm = (m ^ ch.sign[i]) - ch.sign[i];
+    // |sm·xq| < 2^8·2^33 and |bb| ≤ 2^60: no overflow.
+    rne_shift(sm * xi + bb, n)
+}
+
+impl LayerNorm {
+    /// The Integer mode, equal to [`LayerNorm::integer_row`] on every row, in 64-bit words
+    /// with per-row dividers (eight channels at a time with AVX-512 when `simd` and the CPU
+    /// has it). Rows whose divisor or numerator bound does not fit those words (very wide
+    /// inputs, extreme constants) and single elements whose shifted numerator does not fit
+    /// take the reference arithmetic. Returns false, having written nothing, when the
+    /// constants themselves do not fit (the caller then runs the reference on every row).
+    fn integer_fast(&self, x: &QTensor, zp: i64, k: &IntConsts, out: &mut [i64], cond: &mut Conditions, simd: bool) -> bool {
+        const LIM: i128 = 1 << 62;
+        if [&k.gq, &k.hq, &k.bq].iter().any(|v| v.iter().any(|&t| t.abs() >= LIM)) {
+            return false;
+        }
+        let f = self.frac_bits;
+        let (c, _) = rows(x);
+        let ch = FastChannels::new(&k.gq, &k.hq, &k.bq);
+        let bmax = ch.bq.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        let hmax = ch.hq.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        // Zero-variance rows output RNE(β/so), the same for every such row.
+        let zero_var: Vec<i64> = k.bq.iter().map(|&b| shift_round(b, f, Rounding::HalfEven) as i64).collect();
+        // |xq| < 2^bits·k_max: the row's sums fit 64 bits when C²·xmax² does.
+        let kmax = k.kf.iter().map(|v| v.unsigned_abs()).max().unwrap_or(1) as u128;
+        let xmax = (1u128 << x.bits) * kmax;
+        let narrow_stats = (c as u128).pow(2).saturating_mul(xmax.saturating_mul(xmax)) < 1u128 << 62;
+        #[cfg(target_arch = "x86_64")]
+        let simd = simd && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq");
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd;
+        let mut xq = vec![0i64; c];
+        for (row, orow) in x.data().chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let (sum, var) = if narrow_stats {
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+                let (mut sum, mut ssq, mut done) = (0i64, 0i64, 0);
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    // SAFETY: the CPU has AVX-512F and AVX-512DQ (checked above).
+                    (sum, ssq, done) = unsafe { avx512::stats(row, &k.kf, zp, &mut xq) };
+                }
+                for i in done..c {
+                    xq[i] = (row[i] - zp) * k.kf[i];
+                    sum += xq[i];
+                    ssq += xq[i] * xq[i];
+                }
+                (i128::from(sum), i128::from(c as i64 * ssq - sum * sum))
+            } else {
+                for ((xi, &q), &kc) in xq.iter_mut().zip(row).zip(&k.kf) {
+                    *xi = (q - zp) * kc;
+                }
+                let sum: i128 = xq.iter().map(|&v| i128::from(v)).sum();
+                let ssq: i128 = xq.iter().map(|&v| i128::from(v) * i128::from(v)).sum();
+                (sum, c as i128 * ssq - sum * sum)
+            };
+            let d = isqrt_seeded(var as u128);
+            if d == 0 {
+                cond.add(Condition::ZeroVariance);
+                orow.copy_from_slice(&zero_var);
+                continue;
+            }
+            // The 64-bit path needs D = d·2^F < 2^56 (so g·2^n < 256·D fits), |Σ| < 2^62 and
+            // |β/so·d − Σ·γ/so| < 2^63; otherwise this row takes the reference arithmetic.
+            if d >= 1u128 << (56 - f)
+                || sum.unsigned_abs() >= 1u128 << 62
+                || (u128::from(bmax) * d).saturating_add(sum.unsigned_abs().saturating_mul(u128::from(hmax))) >= 1u128 << 63
+            {
+                self.integer_row(row, orow, &mut xq, k, zp, &mut NoProbe, cond);
+                continue;
+            }
+            let r = FastRow::new(d as u64, sum as i64, f);
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the CPU has AVX-512F and AVX-512DQ (checked above).
+                done = unsafe { avx512::row(&ch, &r, &xq, orow, f) };
+            }
+            for i in done..c {
+                orow[i] = fast_output(&ch, i, &r, xq[i], f);
+            }
+        }
+        true
+    }
+}
+
+/// The fast path's element steps on eight channels at once (AVX-512F/DQ). Division by the
+/// row's `D` is a float64 estimate corrected by exact integer remainders; lanes outside the
+/// estimate's proven range send their group of eight to [`fast_output`].
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{fast_output, FastChannels, FastRow};
+    use std::arch::x86_64::*;
+
+    /// Quotients below this take the float64 estimate (see [`quotient`]).
+    const EST_LIMIT: f64 = (1u64 << 48) as f64;
+
+    /// `(⌊x/D⌋, x mod D, ok)` per lane for `D < 2^56`, exact on the lanes of `ok`.
+    /// `fl(fl(x)·fl(1/D))` is within a relative 4·2^−53 < 2^−50 of `x/D`, so below 2^48 it is
+    /// within 1/4 of `x/D` and its truncation is the quotient or one off either way; the
+    /// remainder `x − q·D` (exact in wrapping 64-bit arithmetic, it lies in [−D, 2D)) then
+    /// says which. Lanes with an estimate of 2^48 or more are left out of `ok`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn quotient(x: __m512i, d: __m512i, inv: __m512d) -> (__m512i, __m512i, __mmask8) {
+        let qf = _mm512_mul_pd(_mm512_cvtepu64_pd(x), inv);
+        let ok = _mm512_cmplt_pd_mask(qf, _mm512_set1_pd(EST_LIMIT));
+        let q0 = _mm512_cvttpd_epu64(qf);
+        let r0 = _mm512_sub_epi64(x, _mm512_mullo_epi64(q0, d));
+        let one = _mm512_set1_epi64(1);
+        let low = _mm512_cmplt_epi64_mask(r0, _mm512_setzero_si512());
+        let high = _mm512_cmpge_epi64_mask(r0, d);
+        let q = _mm512_mask_add_epi64(_mm512_mask_sub_epi64(q0, low, q0, one), high, q0, one);
+        let r = _mm512_mask_sub_epi64(_mm512_mask_add_epi64(r0, low, r0, d), high, r0, d);
+        (q, r, ok)
+    }
+
+    /// `xq = (q − zp)·k_c` of the first `8·⌊C/8⌋` channels of one row into `xq`, with their
+    /// `Σxq` and `Σxq²`, and how many channels that is. For rows whose sums fit 64 bits (the
+    /// caller's `narrow_stats`; then no partial sum wraps either).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn stats(row: &[i64], kf: &[i64], zp: i64, xq: &mut [i64]) -> (i64, i64, usize) {
+        let c = row.len();
+        let full = c / 8 * 8;
+        assert!(kf.len() == c && xq.len() == c);
+        let z = _mm512_set1_epi64(zp);
+        let (mut s, mut s2) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ c and the three slices have c entries (asserted above).
+            let (q, k) = unsafe { (_mm512_loadu_si512(row.as_ptr().add(i).cast()), _mm512_loadu_si512(kf.as_ptr().add(i).cast())) };
+            let x = _mm512_mullo_epi64(_mm512_sub_epi64(q, z), k);
+            unsafe { _mm512_storeu_si512(xq.as_mut_ptr().add(i).cast(), x) };
+            s = _mm512_add_epi64(s, x);
+            s2 = _mm512_add_epi64(s2, _mm512_mullo_epi64(x, x));
+        }
+        (_mm512_reduce_add_epi64(s), _mm512_reduce_add_epi64(s2), full)
+    }
+
+    /// Outputs of the first `8·⌊C/8⌋` channels of one row; returns how many it wrote.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn row(ch: &FastChannels, r: &FastRow, xq: &[i64], out: &mut [i64], f: u32) -> usize {
+        let c = xq.len();
+        let full = c / 8 * 8;
+        assert!(
+            out.len() == c
+                && [ch.g.len(), ch.g_norm.len(), ch.g_bits.len(), ch.sign.len(), ch.hq.len(), ch.bq.len()].iter().all(|&l| l == c)
+        );
+        let zero = _mm512_setzero_si512();
+        let one = _mm512_set1_epi64(1);
+        let d_bits = _mm512_set1_epi64(r.d_bits);
+        let d_norm = _mm512_set1_epi64(r.d_norm as i64);
+        let big_d = _mm512_set1_epi64(r.big_d as i64);
+        let inv = _mm512_set1_pd(1.0 / r.big_d as f64);
+        let dd = _mm512_set1_epi64(r.d as i64);
+        let sum = _mm512_set1_epi64(r.sum);
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ c and every array has c entries (asserted above).
+            let ld = |v: &[u64]| unsafe { _mm512_loadu_si512(v.as_ptr().add(i).cast()) };
+            let ldi = |v: &[i64]| unsafe { _mm512_loadu_si512(v.as_ptr().add(i).cast()) };
+            let (g, gn, gb, sg, hq, bq, x) = (ld(&ch.g), ld(&ch.g_norm), ldi(&ch.g_bits), ldi(&ch.sign), ldi(&ch.hq), ldi(&ch.bq), ldi(xq));
+            // l = ⌊log2(g/D)⌋, t = 7 − l; n = clamp(t, 0, 31), 31 where g = 0.
+            let l = _mm512_sub_epi64(gb, d_bits);
+            let l = _mm512_mask_sub_epi64(l, _mm512_cmplt_epu64_mask(gn, d_norm), l, one);
+            let t = _mm512_sub_epi64(_mm512_set1_epi64(7), l);
+            let c31 = _mm512_set1_epi64(31);
+            let n = _mm512_min_epi64(_mm512_max_epi64(t, zero), c31);
+            let n = _mm512_mask_mov_epi64(n, _mm512_cmpeq_epi64_mask(g, zero), c31);
+            // m = min(⌊g·2^n/D⌋, 255), 255 where l > 7 (t < 0); g = 0 gives 0. Where t ≥ 0 the
+            // quotient is below 2^8, well inside the estimate's range.
+            let c255 = _mm512_set1_epi64(255);
+            let (qm, _, _) = quotient(_mm512_sllv_epi64(g, n), big_d, inv);
+            let m = _mm512_mask_mov_epi64(_mm512_min_epu64(qm, c255), _mm512_cmplt_epi64_mask(t, zero), c255);
+            // b = β/so·d − Σ·γ/so; the lane is in range when |b|·2^n < 2^64.
+            let b = _mm512_sub_epi64(_mm512_mullo_epi64(bq, dd), _mm512_mullo_epi64(sum, hq));
+            let ab = _mm512_abs_epi64(b);
+            let fits = _mm512_cmpeq_epi64_mask(_mm512_srlv_epi64(ab, _mm512_sub_epi64(_mm512_set1_epi64(64), n)), zero);
+            let (qb, rb, small) = quotient(_mm512_sllv_epi64(ab, n), big_d, inv);
+            if fits & small != 0xff {
+                for (j, o) in out[i..i + 8].iter_mut().enumerate() {
+                    *o = fast_output(ch, i + j, r, xq[i + j], f);
+                }
+                continue;
+            }
+            // RNE(|b|·2^n/D) with the sign of b.
+            let two_r = _mm512_add_epi64(rb, rb);
+            let up = _mm512_cmpgt_epu64_mask(two_r, big_d) | (_mm512_cmpeq_epi64_mask(two_r, big_d) & _mm512_test_epi64_mask(qb, one));
+            let mag = _mm512_mask_add_epi64(qb, up, qb, one);
+            let bb = _mm512_mask_sub_epi64(mag, _mm512_cmplt_epi64_mask(b, zero), zero, mag);
+            let sm = _mm512_sub_epi64(_mm512_xor_si512(m, sg), sg);
+            let acc = _mm512_add_epi64(_mm512_mullo_epi64(sm, x), bb);
+            // rne_shift(acc, n), lane by lane.
+            let nz = _mm512_maskz_mov_epi64(_mm512_cmpneq_epi64_mask(n, zero), one);
+            let half = _mm512_srli_epi64::<1>(_mm512_sllv_epi64(one, n));
+            let odd = _mm512_and_si512(_mm512_srlv_epi64(acc, n), nz);
+            let y = _mm512_srav_epi64(_mm512_add_epi64(_mm512_add_epi64(acc, half), _mm512_sub_epi64(odd, nz)), n);
+            // SAFETY: i + 8 ≤ c = out.len().
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), y) };
+        }
+        full
     }
 }
 
@@ -490,11 +907,13 @@ impl Unit for LayerNorm {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, IntPath::Vector))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
+        // The probe observes the reference integer datapath (the fast path computes the same
+        // values in other, narrower steps, so its intermediates are not the hardware's).
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, IntPath::Reference))
     }
 }
 
@@ -648,6 +1067,278 @@ mod tests {
         assert_eq!(log_round(6), 3);
         assert_eq!(log_round(11), 3);
         assert_eq!(log_round(12), 4);
+    }
+
+    #[test]
+    fn row_divider_is_exact() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(16);
+        let mut divisors: Vec<u64> = vec![1, 2, 3, 7, 16, 255, 1 << 20, (1 << 32) - 1, 1 << 32, (1 << 56) - 1, u64::MAX / 3, u64::MAX];
+        divisors.extend((0..200).map(|_| {
+            let top = u64::MAX >> r.gen_range(0..63);
+            r.gen_range(1..=top)
+        }));
+        for &d in &divisors {
+            let div = RowDivider::new(d);
+            let mut xs = vec![0, 1, d - 1, d, d.saturating_add(1), u64::MAX, u64::MAX - 1, u64::MAX - d + 1];
+            for _ in 0..200 {
+                let k = r.gen_range(0..=u64::MAX / d);
+                xs.extend([k * d, (k * d).saturating_sub(1), (k * d).saturating_add(d - 1), r.gen()]);
+            }
+            for x in xs {
+                assert_eq!(div.div_rem(x), (x / d, x % d), "{x} / {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn rne_shift_equals_shift_round() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(17);
+        for n in 0..=31u32 {
+            let one = 1i64 << n;
+            let mut xs: Vec<i64> = vec![0, 1, -1, one, -one, (1 << 61) - 1, -(1 << 61)];
+            for _ in 0..2000 {
+                let q = r.gen_range(-(1i64 << (60 - n))..(1i64 << (60 - n)));
+                // Ties and their neighbours, where the rounding rules differ.
+                xs.extend([q * one + (one >> 1), q * one + (one >> 1) - 1, q * one + (one >> 1) + 1, r.gen_range(-(1i64 << 61)..1 << 61)]);
+            }
+            for x in xs {
+                assert_eq!(i128::from(rne_shift(x, n)), shift_round(x.into(), n, Rounding::HalfEven), "{x} >> {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn seeded_isqrt_is_floor_sqrt() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(18);
+        let mut vs: Vec<u128> = (0..=1000).collect();
+        for b in 1..=126u32 {
+            let s = (1u128 << (b / 2)) + r.gen_range(0..1u128 << (b / 2));
+            let s = s.min((1u128 << 64) - 1);
+            vs.extend([s * s - 1, s * s, s * s + 1, (s + 1) * (s + 1) - 1, r.gen_range(0..1u128 << b)]);
+        }
+        vs.push(u128::MAX);
+        for v in vs {
+            assert_eq!(isqrt_seeded(v), isqrt(v), "isqrt({v})");
+        }
+    }
+
+    /// The DeiT-shaped bench input goes through the fast path (not the whole-tensor fallback to
+    /// the reference), scalar and vector, with the reference's outputs.
+    #[test]
+    fn bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        let ln = LayerNorm::preset(Preset::Reference);
+        let s = sample(&ln, 8, Dist::Layernorm, 197, 1).unwrap();
+        let (c, _) = rows(&s.q);
+        let (gamma, beta) = affine("t", &s.aux, c).unwrap();
+        let sc: Vec<f64> = (0..c).map(|i| s.q.scale.at(i)).collect();
+        let so: Vec<f64> = (0..c).map(|i| s.aux.out_scale.as_ref().unwrap().at(i)).collect();
+        let k = ln.integer_consts(&sc, gamma, beta, &so);
+        let reference =
+            checked_output("layernorm_fqvit", ln.run_with(&s.q, &s.aux, Mode::Integer, &mut NoProbe, IntPath::Reference)).unwrap();
+        for simd in [false, true] {
+            let mut out = vec![0; s.q.data().len()];
+            assert!(ln.integer_fast(&s.q, s.aux.zero_point, &k, &mut out, &mut Conditions::default(), simd));
+            assert_eq!(out, reference.values);
+        }
+        assert_eq!(ln.run(&s.q, &s.aux, Mode::Integer).unwrap(), reference);
+    }
+
+    /// A random PTF LayerNorm case: `bits`-bit codes (signed or not) around a zero point,
+    /// power-of-two per-channel input scales, γ and β from zero to large (so the exponent N
+    /// meets both clamps), per-tensor or per-channel output scales; rows uniform, narrow,
+    /// two-valued or constant (zero variance).
+    fn ptf_case(bits: u32, signed: bool, c: usize, nrows: usize, seed: u64) -> (QTensor, Aux) {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let (lo, hi) = int_range(bits, signed);
+        let zp = r.gen_range(lo..=hi);
+        let mut q = Vec::with_capacity(nrows * c);
+        for _ in 0..nrows {
+            let centre = r.gen_range(lo..=hi);
+            let spread = r.gen_range(0..=(hi - lo));
+            match r.gen_range(0..5) {
+                0 => q.extend((0..c).map(|_| r.gen_range(lo..=hi))),
+                1 | 2 => q.extend((0..c).map(|_| (centre + r.gen_range(-spread / 8..=spread / 8)).clamp(lo, hi))),
+                3 => {
+                    let other = r.gen_range(lo..=hi);
+                    q.extend((0..c).map(|_| if r.gen_bool(0.5) { centre } else { other }))
+                }
+                _ => q.extend(std::iter::repeat_n(centre, c)),
+            }
+        }
+        let base = f64::from(2f32.powf(r.gen_range(-12.0..0.0)));
+        let max_factor = [0, 3, 3, 8][r.gen_range(0..4)];
+        let scale = if r.gen_bool(0.9) {
+            Scale::PerChannel((0..c).map(|_| base * 2f64.powi(r.gen_range(0..=max_factor))).collect())
+        } else {
+            Scale::PerTensor(base)
+        };
+        let x = QTensor::new(q, &[nrows, c], scale, bits, signed).unwrap();
+        let value = |r: &mut rand::rngs::StdRng| -> f32 {
+            let m = match r.gen_range(0..10) {
+                0 => 0.0,
+                1 => r.gen_range(1e-7f32..1e-3),
+                2 => r.gen_range(10f32..300.0),
+                _ => r.gen_range(0.05f32..3.0),
+            };
+            if r.gen_bool(0.3) {
+                -m
+            } else {
+                m
+            }
+        };
+        let gamma = (0..c).map(|_| value(&mut r)).collect();
+        let beta = (0..c).map(|_| value(&mut r)).collect();
+        let so = |r: &mut rand::rngs::StdRng| f64::from(2f32.powf(r.gen_range(-10.0..3.0)));
+        let out_scale =
+            if r.gen_bool(0.7) { Scale::PerTensor(so(&mut r)) } else { Scale::PerChannel((0..c).map(|_| so(&mut r)).collect()) };
+        let aux = Aux { gamma: Some(gamma), beta: Some(beta), zero_point: zp, out_scale: Some(out_scale), ..Aux::default() };
+        (x, aux)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// The fast Integer paths (`run`, and the scalar one) equal the reference integer
+        /// datapath: the whole output (values, scale, conditions) or the same error.
+        #[test]
+        fn fast_integer_path_equals_reference(
+            bits in 2u32..=16,
+            signed in proptest::bool::ANY,
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=3,
+            frac_bits in proptest::prop_oneof![proptest::strategy::Just(20u32), 4u32..=40],
+            adapted in proptest::bool::ANY,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let preset = if adapted { Preset::Adapted } else { Preset::Reference };
+            let mut ln = LayerNorm::preset(preset);
+            ln.frac_bits = frac_bits;
+            let (x, aux) = ptf_case(bits, signed, c, nrows, seed);
+            let reference = checked_output("layernorm_fqvit", ln.run_with(&x, &aux, Mode::Integer, &mut NoProbe, IntPath::Reference));
+            let scalar = checked_output("layernorm_fqvit", ln.run_with(&x, &aux, Mode::Integer, &mut NoProbe, IntPath::Scalar));
+            // `run` is the vector kernel where the CPU has AVX-512, else the scalar fast path.
+            for (what, fast) in [("run", ln.run(&x, &aux, Mode::Integer)), ("scalar", scalar)] {
+                match (fast, &reference) {
+                    (Ok(a), Ok(b)) => proptest::prop_assert_eq!(&a, b, "{} differs", what),
+                    (a, b) => proptest::prop_assert_eq!(format!("{a:?}"), format!("{b:?}"), "{} differs", what),
+                }
+            }
+        }
+    }
+
+    /// A channel for [`element_steps_equal_reference`]: `gq` from zero through exact powers of
+    /// two times `D` (where `⌊log2(g/D)⌋` turns on an equality) to 2^61, `hq`, `bq` within the
+    /// row bound, and with `tie` a `bq` that makes `b·2^n/D` an exact half (round-half-even's
+    /// tie), `xq` up to 2^33.
+    fn element_case(r: &mut rand::rngs::StdRng, d: u64, sum: i64, f: u32, tie: bool) -> (i128, i128, i128, i64) {
+        use rand::Rng;
+        let big_d = d << f;
+        let mag = |r: &mut rand::rngs::StdRng, top: u32| -> i64 {
+            let sh = r.gen_range(0..=top);
+            r.gen_range(0..=(1i64 << top) >> sh)
+        };
+        let g: i64 = match r.gen_range(0..5) {
+            0 => 0,
+            1 | 2 => {
+                let j = r.gen_range(-40i32..=10);
+                let v = if j >= 0 { big_d.checked_shl(j as u32).filter(|v| *v < 1 << 61).unwrap_or(big_d) } else { big_d >> -j };
+                v.max(1) as i64 + r.gen_range(-1..=1)
+            }
+            _ => mag(r, 61).max(1),
+        };
+        let gq = i128::from(if r.gen_bool(0.3) { -g } else { g });
+        // |bq|·d + |Σ|·|hq| < 2^62 keeps the row bound.
+        let hcap = (1u64 << 61) / (sum.unsigned_abs() + 1);
+        let bcap = (1u64 << 61) / d;
+        let sign = |r: &mut rand::rngs::StdRng, v: i64| if r.gen_bool(0.5) { -v } else { v };
+        let (h, b) = (mag(r, 61).min(hcap as i64), mag(r, 61).min(bcap as i64));
+        let mut hq = sign(r, h);
+        let mut bq = sign(r, b);
+        if tie {
+            // b = bq·d − Σ·hq = (2k+1)·d·2^(F−n−1) with hq = d·h', bq = (2k+1)·2^(F−n−1) + Σ·h'.
+            let n = ptf_exponent(gq, i128::from(d), f).0;
+            if n < f {
+                let hm = (hcap / d) as i64;
+                let h = mag(r, 20);
+                let h = sign(r, h).clamp(-hm, hm);
+                let odd = 2 * mag(r, 20) + 1;
+                let t = odd.checked_shl(f - n - 1).and_then(|v| v.checked_add(sum.checked_mul(h)?));
+                if let Some(t) = t.filter(|t| t.unsigned_abs() < bcap) {
+                    (hq, bq) = (d as i64 * h, t);
+                }
+            }
+        }
+        let x = mag(r, 33);
+        (gq, i128::from(hq), i128::from(bq), sign(r, x))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The fast path's element steps, scalar and vector, equal [`ptf_output`] on rows that
+        /// pass its row checks, including exact ties and power-of-two ratios `g/D`.
+        #[test]
+        fn element_steps_equal_reference(f in 4u32..=40, seed in proptest::prelude::any::<u64>()) {
+            use rand::{Rng, SeedableRng};
+            let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+            let top = 56 - f;
+            let dtop = ((1u64 << top) - 1) >> r.gen_range(0..top);
+            let d = r.gen_range(1..=dtop);
+            let sh = r.gen_range(0..=40);
+            let sum = r.gen_range(-(1i64 << 40)..=1 << 40) >> sh;
+            let c = r.gen_range(1..=40);
+            let tie = r.gen_bool(0.5);
+            let cases: Vec<_> = (0..c).map(|_| element_case(&mut r, d, sum, f, tie)).collect();
+            let want: Vec<i64> = cases.iter().map(|&(g, h, b, x)| ptf_output(g, h, b, d.into(), sum.into(), x, f, &mut NoProbe)).collect();
+            let (gq, hq, bq): (Vec<i128>, Vec<i128>, Vec<i128>) = (cases.iter().map(|v| v.0).collect(), cases.iter().map(|v| v.1).collect(), cases.iter().map(|v| v.2).collect());
+            let xq: Vec<i64> = cases.iter().map(|v| v.3).collect();
+            let ch = FastChannels::new(&gq, &hq, &bq);
+            let row = FastRow::new(d, sum, f);
+            let scalar: Vec<i64> = (0..c).map(|i| fast_output(&ch, i, &row, xq[i], f)).collect();
+            proptest::prop_assert_eq!(&scalar, &want, "scalar");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+                let mut out = vec![0i64; c];
+                // SAFETY: the features were just checked.
+                let done = unsafe { avx512::row(&ch, &row, &xq, &mut out, f) };
+                proptest::prop_assert_eq!(&out[..done], &want[..done], "avx512");
+            }
+        }
+    }
+
+    /// On the golden PTF case (`../shared/golden`), Reference mode reproduces the published
+    /// outputs (so the case is read right) and the fast Integer path equals the reference one.
+    #[test]
+    fn golden_ptf_case_fast_equals_reference() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/fqvit_ptf_layernorm_in8.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("the golden folder beside the project")).unwrap();
+        let ints = |p: &str| -> Vec<i64> { v.pointer(p).unwrap().as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+        let f32s = |p: &str| -> Vec<f32> { ints(p).into_iter().map(|b| f32::from_bits(b as u32)).collect() };
+        let shape: Vec<usize> = ints("/input/shape").into_iter().map(|d| d as usize).collect();
+        let sc = Scale::PerChannel(f32s("/input/scale/f32_bits").into_iter().map(f64::from).collect());
+        let x = QTensor::new(ints("/input/q"), &shape, sc, 8, false).unwrap();
+        let aux = Aux {
+            gamma: Some(f32s("/params/weight/f32_bits")),
+            beta: Some(f32s("/params/bias/f32_bits")),
+            zero_point: v.pointer("/input/zero_point").unwrap().as_f64().unwrap() as i64,
+            out_scale: Some(Scale::PerTensor(f64::from(f32s("/params/out_scale/f32_bits")[0]))),
+            ..Aux::default()
+        };
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let ln = LayerNorm::preset(preset);
+            assert_eq!(ln.run(&x, &aux, Mode::Reference).unwrap().values, ints("/runs/f64/out_int"));
+            let reference =
+                checked_output("layernorm_fqvit", ln.run_with(&x, &aux, Mode::Integer, &mut NoProbe, IntPath::Reference)).unwrap();
+            assert_eq!(ln.run(&x, &aux, Mode::Integer).unwrap(), reference);
+            let scalar = checked_output("layernorm_fqvit", ln.run_with(&x, &aux, Mode::Integer, &mut NoProbe, IntPath::Scalar)).unwrap();
+            assert_eq!(scalar, reference);
+        }
     }
 
     #[test]
