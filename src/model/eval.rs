@@ -238,10 +238,6 @@ impl EvalAcc {
                 add_cond(&mut self.cond[i], c, k);
             }
         }
-        // Conditions in a fixed order, so that merged and single-pass reports are identical.
-        for c in &mut self.cond {
-            c.sort_by_key(|e| format!("{:?}", e.0));
-        }
         self
     }
 
@@ -264,7 +260,12 @@ impl EvalAcc {
                     asqnr_out: ro,
                     asqnr_in_db: db20(ri),
                     asqnr_out_db: db20(ro),
-                    conditions: self.cond[l.index].clone(),
+                    conditions: {
+                        // A fixed order, so that merged and single-pass reports are identical.
+                        let mut c = self.cond[l.index].clone();
+                        c.sort_by_key(|e| format!("{:?}", e.0));
+                        c
+                    },
                     rows: l.rows,
                     row_len: l.row_len,
                 }
@@ -299,7 +300,7 @@ pub fn evaluate<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick: &(
 /// The sums of [`evaluate`] before the means (what a shard of `mnq run` keeps).
 pub fn evaluate_acc<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick: &(dyn Fn() + Sync)) -> Result<EvalAcc, ModelError> {
     let nl = model.layers.len();
-    let acc = (0..images.len())
+    (0..images.len())
         .into_par_iter()
         .try_fold(
             || EvalAcc::new(nl),
@@ -325,8 +326,7 @@ pub fn evaluate_acc<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick
                 Ok(acc)
             },
         )
-        .try_reduce(|| EvalAcc::new(nl), |a, b| Ok(a.merge(&b)))?;
-    Ok(acc.merge(&EvalAcc::new(nl)))
+        .try_reduce(|| EvalAcc::new(nl), |a, b| Ok(a.merge(&b)))
 }
 
 #[cfg(test)]

@@ -269,31 +269,32 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, 
         samples: vec![(Vec::new(), Vec::new()); nl],
         ranges: vec![RangeProfile::default(); nl],
     };
-    // Per image: the one-image ASQNR accumulators of every layer (joined below in image order,
-    // identical to feeding the images one by one) and, for the first images, the outputs for the
-    // histograms. Keeping no other tap values bounds memory by the images in flight, whatever
-    // the model size.
-    type PerImage = Vec<(Asqnr, Asqnr, Option<(Vec<f64>, Vec<f64>)>, RangeProfile)>;
+    // Per image: a one-image `Sens` (joined below in image order with `Sens::extend`, identical
+    // to feeding the images one by one), with the outputs only for the histograms' first images.
+    // Keeping no other tap values bounds memory by the images in flight, whatever the model size.
     let mut start = 0;
     while start < images.len() {
         let end = (start + CHUNK).min(images.len());
         // Parallel over a chunk, then joined in image order so the result does not depend on threads.
-        let chunk: Vec<PerImage> = (start..end)
+        let chunk: Vec<Sens> = (start..end)
             .into_par_iter()
-            .map(|i| -> Result<PerImage, RunError> {
-                let mut per: PerImage = Vec::with_capacity(nl);
+            .map(|i| -> Result<Sens, RunError> {
+                let mut per = Sens { input: Vec::new(), output: Vec::new(), samples: Vec::new(), ranges: Vec::new() };
+                let keep = first + i < HIST_IMAGES;
                 let mut err = None;
                 forward_pair::<f64>(model, qm, &images.image(i), &mut |a, b| {
-                    let l = per.len();
+                    let l = per.input.len();
                     let mut ai = Asqnr::new(format!("{} input", model.layers[l].name));
                     let mut ao = Asqnr::new(format!("{} output", model.layers[l].name));
                     if let Err(e) = ai.push(a.input, b.input).and_then(|_| ao.push(a.output, b.output)) {
                         err.get_or_insert(e.at_image(i));
                     }
-                    let keep = (first + i < HIST_IMAGES).then(|| (a.output.to_vec(), b.output.to_vec()));
                     let mut rp = RangeProfile::default();
                     rp.push(a, b);
-                    per.push((ai, ao, keep, rp));
+                    per.input.push(ai);
+                    per.output.push(ao);
+                    per.samples.push(if keep { (a.output.to_vec(), b.output.to_vec()) } else { (Vec::new(), Vec::new()) });
+                    per.ranges.push(rp);
                 })?;
                 if let Some(e) = err {
                     return Err(e.into());
@@ -303,15 +304,7 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, 
             })
             .collect::<Result<_, _>>()?;
         for per in chunk {
-            for (l, (ai, ao, keep, rp)) in per.into_iter().enumerate() {
-                s.input[l].extend(ai);
-                s.output[l].extend(ao);
-                s.ranges[l].merge(&rp);
-                if let Some((fo, qo)) = keep {
-                    s.samples[l].0.extend(fo);
-                    s.samples[l].1.extend(qo);
-                }
-            }
+            s.extend(per);
         }
         start = end;
     }
@@ -354,8 +347,8 @@ Per non-linear layer and single-method model, over the sensitivity images: the f
     let mut sat: Vec<Vec<Option<f64>>> = vec![Vec::new(); METHODS.len()];
     for l in layers {
         for (k, meth) in METHODS.iter().enumerate() {
-            let u = unit_for(l.op, *meth).name().to_string();
-            let u = u.as_str();
+            let unit = unit_for(l.op, *meth);
+            let u = unit.name();
             let r = &sens[k].ranges[l.index];
             let f = r.format.as_ref();
             let (smin, smax) = f.map_or((f64::NAN, f64::NAN), |f| {
@@ -496,7 +489,8 @@ impl Sums<'_> {
         let (n, work) = match self.mode {
             Mode::Whole => return Ok(Some(sensitivity(model, qm, images, 0, bar)?)),
             Mode::Shard { spec, work } => {
-                if shard::read_own::<Sens>(work, *spec, key, self.sens_total)?.is_none() {
+                // Stage 2 (or a re-run) finds its slice already written; read_all checks it below.
+                if !shard::has_own(work, *spec, key) {
                     let s = sensitivity(model, qm, images, self.sens_slice().start, bar)?;
                     shard::write(work, *spec, key, self.sens_slice(), self.sens_total, &s)?;
                 }

@@ -140,6 +140,11 @@ pub fn read_own<T: DeserializeOwned>(work: &Path, spec: ShardSpec, key: &str, to
     read_one(work, spec.k, spec.n, key, total)
 }
 
+/// Whether this shard already wrote its partial `key` (its content is checked where it is read).
+pub fn has_own(work: &Path, spec: ShardSpec, key: &str) -> bool {
+    partial_path(work, spec.k, spec.n, key).is_file()
+}
+
 /// Every shard's partial `key` in shard order (so in image order), or the shards still missing.
 pub fn read_all<T: DeserializeOwned>(work: &Path, n: usize, key: &str, total: usize) -> Result<Result<Vec<T>, Vec<usize>>, RunError> {
     let mut have = Vec::with_capacity(n);
