@@ -214,8 +214,8 @@ fn cpu_time_report() {
 }
 
 /// The sensitivity analysis of `mnq run` (issue goal: under 2 minutes on 2 cores): the float
-/// model beside each of the three single-method integer models, every tap into the ASQNRs,
-/// over 32 images on the default (all-core) rayon pool.
+/// model once beside the three single-method integer models, every tap into the ASQNRs, over
+/// 32 images on the default (all-core) rayon pool.
 fn bench_sensitivity(c: &mut Criterion) {
     let s = setup_n(32);
     let models: Vec<IntModel> = [Method::IBert, Method::FqVit, Method::IVit]
@@ -230,11 +230,7 @@ fn bench_sensitivity(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(s.all.len() as u64));
     g.bench_function("deit_tiny_32_images_float_and_3_methods", |b| {
-        b.iter(|| {
-            for qm in &models {
-                mnq::study::sensitivity(&s.model, qm, &s.all, 0, &bar).expect("sensitivity");
-            }
-        })
+        b.iter(|| mnq::study::sensitivity(&s.model, &models.iter().collect::<Vec<_>>(), &s.all, 0, &bar).expect("sensitivity"))
     });
     g.finish();
 }

@@ -24,7 +24,7 @@ fn golden_folder_is_exact() {
     assert!(o.status.success(), "{t}");
     let n = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count();
     assert_eq!(t.lines().filter(|l| l.contains(": exact,")).count(), n, "{t}");
-    assert!(t.contains(&format!("{n} cases: {n} exact, 0 mismatching")), "{t}");
+    assert!(t.contains(&format!("{n} cases: {n} exact, 0 mismatching, 0 unreadable")), "{t}");
 }
 
 #[test]
@@ -51,6 +51,31 @@ fn golden_reports_mismatch_and_bad_files() {
     let o = mnq(&["golden", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("unknown kernel 'IntTanh'"), "{}", text(&o));
+}
+
+#[test]
+fn golden_reports_every_file_with_the_worst_status() {
+    let d = tempfile::tempdir().unwrap();
+    let good = common::golden_dir().join("ivit_softmax_in8_out8.json");
+    let text_of = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(d.path().join("a_good.json"), &text_of).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text_of).unwrap();
+    let old = v["runs"]["f64"]["out_int"][0].as_i64().unwrap();
+    v["runs"]["f64"]["out_int"][0] = serde_json::json!(old + 1);
+    std::fs::write(d.path().join("b_altered.json"), v.to_string()).unwrap();
+    std::fs::write(d.path().join("c_trunc.json"), &text_of[..text_of.len() / 2]).unwrap();
+    std::fs::write(d.path().join("d_good.json"), &text_of).unwrap();
+    // A mismatch alone: status 1, every file listed.
+    let o = mnq(&["golden", d.path().join("a_good.json").to_str().unwrap(), d.path().join("b_altered.json").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // With an unreadable file in the folder: status 2, and the files after it still run.
+    let o = mnq(&["golden", d.path().to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert_eq!(t.lines().filter(|l| l.contains(": exact,")).count(), 2, "{t}");
+    assert!(t.contains("c_trunc.json: unreadable:") && t.contains("not valid JSON"), "{t}");
+    assert!(t.contains("1 of 1182 outputs mismatch"), "{t}");
+    assert!(t.contains("4 cases: 2 exact, 1 mismatching, 1 unreadable"), "{t}");
 }
 
 #[test]

@@ -14,7 +14,10 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-const STUDY: [&str; 9] = ["run", "--quiet", "--bits", "8", "--sens-images", "10", "--images", "30", "--attribution=ops"];
+// `--attr-images 17` cuts the attribution inside a shard's slice (3 shards: 10 | 7 | 0 images;
+// 4 shards: 7 | 8 | 2 | 0), so its exact merge covers shards with part of, and none of, it.
+const STUDY: [&str; 11] =
+    ["run", "--quiet", "--bits", "8", "--sens-images", "10", "--images", "30", "--attribution=ops", "--attr-images", "17"];
 
 fn files(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -76,6 +79,10 @@ fn merged_shards_equal_the_single_run() {
     let mut a = STUDY.to_vec();
     a.extend(["--out", whole.to_str().unwrap()]);
     ok(&mnq(&a));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["attribution"][0]["attribution"]["images"], 17, "--attr-images 17");
+    let md = std::fs::read_to_string(whole.join("attribution_8b.md")).unwrap();
+    assert!(md.contains("the first 17 of the 30 evaluation images (`--attr-images 17`)"), "{md}");
     // 3 shards: the histogram images (first 4 of the split) straddle shards 1 and 2. 4 shards:
     // uneven slices (10 sensitivity images: 2, 3, 2, 3).
     for n in [3usize, 4] {

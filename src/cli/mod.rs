@@ -28,7 +28,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check golden cases (reference-code vectors) bit for bit; exits 1 on any mismatch.
+    /// Check golden cases (reference-code vectors) bit for bit, reporting every file; exits 1 on any mismatch, 2 on an unreadable file.
     Golden {
         /// Case files, or folders of them.
         #[arg(required = true)]
@@ -397,14 +397,30 @@ fn cmd_golden(files: &[PathBuf]) -> Result<i32> {
     if list.is_empty() {
         bail!("no golden case files found in {files:?}");
     }
-    let mut bad = 0;
+    // Every file is reported, an unreadable one included (it does not hide the others'
+    // results); the exit status is the worst seen: 2 unreadable, 1 mismatching, 0 exact.
+    let (mut bad, mut unreadable) = (0, 0);
     for f in &list {
-        let r = golden::run_file(f)?;
-        println!("{}", r.line());
-        bad += usize::from(!r.exact());
+        match golden::run_file(f) {
+            Ok(r) => {
+                println!("{}", r.line());
+                bad += usize::from(!r.exact());
+            }
+            Err(e) => {
+                println!("{}: unreadable: {e}", f.display());
+                unreadable += 1;
+            }
+        }
     }
-    println!("{} cases: {} exact, {} mismatching", list.len(), list.len() - bad, bad);
-    Ok(if bad > 0 { 1 } else { 0 })
+    let n = list.len();
+    println!("{n} cases: {} exact, {bad} mismatching, {unreadable} unreadable", n - bad - unreadable);
+    Ok(if unreadable > 0 {
+        2
+    } else if bad > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 fn cmd_units(as_json: bool) -> Result<()> {

@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// op kind in float64), layers (also each layer alone; one more integer forward per layer).
     #[arg(long, value_enum, default_value = "layers")]
     attribution: mnq::model::attribution::Level,
+    /// Run the attribution on the first N evaluation images only (default: all of them). Its
+    /// cost is one integer forward per variant and image, and `layers` adds one variant per
+    /// layer (ViT-S: 49), so on a real-size model this bounds the run's longest part.
+    #[arg(long)]
+    attr_images: Option<usize>,
     /// Output folder (default reports/<model name>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -120,7 +125,9 @@ pub fn cmd_run(a: &RunArgs) -> Result<i32> {
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(&name));
     // Counts against what the files hold (their headers only), and the output folder, before the run.
     let (eval, calib) = (a.data.join("eval_images.npy"), a.data.join("calib_images.npy"));
-    for (flag, n, file) in [("--sens-images", a.sens_images, &calib), ("--images", a.images, &eval)] {
+    for (flag, n, file) in
+        [("--sens-images", a.sens_images, &calib), ("--images", a.images, &eval), ("--attr-images", a.attr_images, &eval)]
+    {
         if n == Some(0) {
             bail!("{flag} must be at least 1");
         }
@@ -153,6 +160,7 @@ pub fn cmd_run(a: &RunArgs) -> Result<i32> {
         cost_table: a.cost_table.clone(),
         rtl_manifest: a.rtl_manifest.clone(),
         attribution: a.attribution,
+        attr_images: a.attr_images,
         out,
         progress: !a.quiet,
         mode: match (a.shard, &a.work) {

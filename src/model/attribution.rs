@@ -12,7 +12,7 @@
 use super::float::Real;
 use super::manifest::{LayerUnit, EXACT_OPS};
 use super::quant::{ActScales, IntModel, QuantConfig};
-use super::{Images, Layer, Model, ModelError};
+use super::{Images, Layer, Model, ModelError, Output};
 use crate::model::eval::{db20, sqnr_ratio, ExactSum};
 use crate::units::Preset;
 use rayon::prelude::*;
@@ -214,11 +214,14 @@ pub fn attribute<F: Real>(
     images: &Images,
     tick: &(dyn Fn() + Sync),
 ) -> Result<Attribution, ModelError> {
-    let acc = attribute_acc::<F>(model, scales, bits, preset, &variants, images, tick)?;
+    let float = super::eval::float_outputs::<F>(model, images, &|| {});
+    let acc = attribute_acc::<F>(model, scales, bits, preset, &variants, images, &float, tick)?;
     Ok(acc.finish(variants, F::name(), images.labels.is_some()))
 }
 
-/// The sums of [`attribute`] before the means (what a shard of `mnq run` keeps).
+/// The sums of [`attribute`] before the means (what a shard of `mnq run` keeps), against
+/// `float`, the [`float_outputs`](super::eval::float_outputs) of the same images.
+#[allow(clippy::too_many_arguments)]
 pub fn attribute_acc<F: Real>(
     model: &Model,
     scales: &ActScales,
@@ -226,8 +229,10 @@ pub fn attribute_acc<F: Real>(
     preset: Preset,
     variants: &[Variant],
     images: &Images,
+    float: &[Output],
     tick: &(dyn Fn() + Sync),
 ) -> Result<AttrAcc, ModelError> {
+    assert_eq!(float.len(), images.len(), "one float output per image");
     let qms: Vec<IntModel> = variants
         .iter()
         .map(|v| IntModel::new(model, scales, QuantConfig { weight_bits: bits, act_bits: bits, preset, units: v.units.clone() }))
@@ -239,7 +244,7 @@ pub fn attribute_acc<F: Real>(
             || AttrAcc::new(nv),
             |mut a, i| -> Result<AttrAcc, ModelError> {
                 let img = images.image(i);
-                let fo = model.forward_float::<F>(&img, None);
+                let fo = &float[i];
                 let ft = fo.top1();
                 let label = images.labels.as_ref().map(|l| l[i]);
                 a.float_ok += usize::from(label == Some(ft));

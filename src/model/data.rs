@@ -172,6 +172,25 @@ impl Images {
         self.n = hi - lo;
     }
 
+    /// A copy of the first `n` images (all when fewer).
+    pub fn prefix(&self, n: usize) -> Images {
+        let n = n.min(self.n);
+        let p = self.per_image;
+        Images {
+            path: self.path.clone(),
+            n,
+            per_image: p,
+            chans: self.chans,
+            pixels: match &self.pixels {
+                Pixels::U8(v) => Pixels::U8(v[..n * p].to_vec()),
+                Pixels::F32(v) => Pixels::F32(v[..n * p].to_vec()),
+            },
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
+        }
+    }
+
     /// Image `i`, normalised, `[C, H, W]`.
     pub fn image(&self, i: usize) -> Vec<f32> {
         let r = i * self.per_image..(i + 1) * self.per_image;

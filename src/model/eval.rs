@@ -16,19 +16,35 @@ pub fn forward_pair<F: Real>(
     image: &[f32],
     cb: &mut dyn FnMut(&Tap, &Tap),
 ) -> Result<(Output, Output), ModelError> {
+    let (f, mut q) = forward_multi::<F>(model, &[qm], image, &mut |a, b| cb(a, &b[0]))?;
+    Ok((f, q.pop().expect("one integer model")))
+}
+
+/// Run the float forward of one image once and every integer model of `qms` beside it, in
+/// lockstep, calling `cb` with the float tap and the integer models' taps (in `qms` order) of
+/// each non-linear layer; returns the float output and the integer models' outputs. One float
+/// pass serves every model: the float model does not change with the units or the width.
+pub fn forward_multi<F: Real>(
+    model: &Model,
+    qms: &[&IntModel],
+    image: &[f32],
+    cb: &mut dyn FnMut(&Tap, &[Tap]),
+) -> Result<(Output, Vec<Output>), ModelError> {
     let mut f = FloatRun::<F>::new(model, image, true);
-    let mut q = IntRun::new(qm, image, true);
+    let mut qs: Vec<IntRun> = qms.iter().map(|qm| IntRun::new(qm, image, true)).collect();
     loop {
-        match (f.next_tap(), q.next_tap()?) {
-            (Some(a), Some(b)) => {
-                debug_assert_eq!(a.layer.index, b.layer.index);
-                cb(&a, &b);
+        let a = f.next_tap();
+        let bs: Vec<Option<Tap>> = qs.iter_mut().map(|q| q.next_tap()).collect::<Result<_, _>>()?;
+        match a {
+            Some(a) if bs.iter().all(|b| b.as_ref().is_some_and(|b| b.layer.index == a.layer.index)) => {
+                let bs: Vec<Tap> = bs.into_iter().flatten().collect();
+                cb(&a, &bs);
             }
-            (None, None) => break,
+            None if bs.iter().all(Option::is_none) => break,
             _ => unreachable!("float and integer forwards have the same layers"),
         }
     }
-    Ok((f.finish(), q.finish()?))
+    Ok((f.finish(), qs.into_iter().map(IntRun::finish).collect::<Result<_, _>>()?))
 }
 
 /// `E[x²] / E[(x − q)²]` of one tensor (infinite when `q == x`).
@@ -241,11 +257,12 @@ impl EvalAcc {
         self
     }
 
-    /// The means: the report of `qm` on the summed images, whose labels were known or not.
+    /// The means: the report of `qm` on the summed images, whose labels were known or not
+    /// (no per-layer figures when the sums kept none: [`evaluate_logits`]).
     pub fn report(&self, model: &Model, qm: &IntModel, float: &str, labelled: bool) -> EvalReport {
         let n = self.n.max(1) as f64;
-        let layers = model
-            .layers
+        let kept = if self.sin.is_empty() { 0 } else { model.layers.len() };
+        let layers = model.layers[..kept]
             .iter()
             .zip(&qm.config.units)
             .map(|(l, u)| {
@@ -327,6 +344,46 @@ pub fn evaluate_acc<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick
             },
         )
         .try_reduce(|| EvalAcc::new(nl), |a, b| Ok(a.merge(&b)))
+}
+
+/// The float forward's output of every image of `images`, in image order (in parallel on the
+/// current rayon pool), calling `tick` after each image: computed once per study and compared
+/// with every integer model, since the float model does not change with the assignment.
+pub fn float_outputs<F: Real>(model: &Model, images: &Images, tick: &(dyn Fn() + Sync)) -> Vec<Output> {
+    (0..images.len())
+        .into_par_iter()
+        .map(|i| {
+            let o = model.forward_float::<F>(&images.image(i), None);
+            tick();
+            o
+        })
+        .collect()
+}
+
+/// The image-level sums of [`evaluate_acc`] (top-1, agreement, logits ASQNR; no per-layer
+/// figures) of `qm` against `float`, the [`float_outputs`] of the same images: only the
+/// integer forward runs.
+pub fn evaluate_logits(qm: &IntModel, images: &Images, float: &[Output], tick: &(dyn Fn() + Sync)) -> Result<EvalAcc, ModelError> {
+    assert_eq!(float.len(), images.len(), "one float output per image");
+    (0..images.len())
+        .into_par_iter()
+        .try_fold(
+            || EvalAcc::new(0),
+            |mut acc, i| -> Result<EvalAcc, ModelError> {
+                let qo = qm.forward(&images.image(i), None)?;
+                let (ft, qt) = (float[i].top1(), qo.top1());
+                if let Some(l) = &images.labels {
+                    acc.float_ok += usize::from(ft == l[i]);
+                    acc.int_ok += usize::from(qt == l[i]);
+                }
+                acc.agree += usize::from(ft == qt);
+                acc.logits.add(sqnr_ratio(&float[i].logits, &qo.logits));
+                acc.n += 1;
+                tick();
+                Ok(acc)
+            },
+        )
+        .try_reduce(|| EvalAcc::new(0), |a, b| Ok(a.merge(&b)))
 }
 
 #[cfg(test)]

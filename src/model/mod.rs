@@ -23,7 +23,9 @@ pub mod weights;
 
 pub use calib::{calibrate, CalibOptions, Calibration};
 pub use data::{Images, Reference};
-pub use eval::{evaluate, evaluate_acc, forward_pair, EvalAcc, EvalReport, ExactSum, LayerReport};
+pub use eval::{
+    evaluate, evaluate_acc, evaluate_logits, float_outputs, forward_multi, forward_pair, EvalAcc, EvalReport, ExactSum, LayerReport,
+};
 pub use float::{FloatRun, Real};
 pub use graph::Graph;
 pub use manifest::{Arch, Assignment, LayerUnit, Manifest, QuantSection, FLOAT_GELU};

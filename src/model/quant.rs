@@ -108,14 +108,94 @@ impl ActScales {
     }
 }
 
-/// A linear layer with integer weights and its requantisers.
-#[derive(Debug, Clone)]
-struct QLinear {
+/// The integer weights of one linear layer at one width: what depends only on the float
+/// weights (and LayerScale) and the width, not on activation scales or units, so every
+/// [`IntModel`] of a model at that width shares one copy ([`WeightCache`]).
+#[derive(Debug)]
+struct QWeights {
     /// Weights packed for the i32 kernels.
     w: gemm::Packed,
     /// Row-major weights for the plain i64 kernel (used when the i32 kernels are not provably
     /// exact, and by the reference path that tests the fast kernels).
     rm: Vec<i16>,
+    /// Weight scale per output channel.
+    sw: Vec<f64>,
+}
+
+impl QWeights {
+    fn new(w: &[f32], n: usize, k: usize, ls: Option<&[f32]>, wbits: u32) -> QWeights {
+        let qm = qmax(wbits);
+        let (lo, hi) = int_range(wbits, true);
+        let mut rm = Vec::with_capacity(n * k);
+        let mut sw = Vec::with_capacity(n);
+        for o in 0..n {
+            let g = ls.map_or(1.0, |g| f64::from(g[o]));
+            let row = &w[o * k..(o + 1) * k];
+            let amax = row.iter().map(|v| (f64::from(*v) * g).abs()).fold(0.0, f64::max);
+            // I-ViT: s_w = max|w| / (2^(b−1)−1) per output channel; an all-zero row gets 1/qmax.
+            let s = if amax > 0.0 { amax / qm } else { 1.0 / qm };
+            rm.extend(row.iter().map(|v| round_half_even_f64(f64::from(*v) * g / s).clamp(lo as f64, hi as f64) as i16));
+            sw.push(s);
+        }
+        QWeights { w: gemm::Packed::new(&rm, n, k), rm, sw }
+    }
+}
+
+/// Key of a [`WeightCache`] entry: the float weights' address and length, the LayerScale's
+/// address, the width, and a hash of the values (so that weights changed in place, through
+/// `Model::params` or `tensor_mut`, are never served stale).
+type WeightKey = (usize, usize, Option<usize>, u32, u64);
+
+/// Integer weights already quantised for a model, shared by its integer models: an attribution
+/// builds one [`IntModel`] per variant, and a real-size model's weights (ViT-S: 88 MB per width)
+/// held once per variant exhausted memory.
+#[derive(Debug, Default)]
+pub struct WeightCache(std::sync::Mutex<std::collections::HashMap<WeightKey, std::sync::Arc<QWeights>>>);
+
+impl Clone for WeightCache {
+    /// A clone starts empty: the cached entries belong to the original's weights.
+    fn clone(&self) -> WeightCache {
+        WeightCache::default()
+    }
+}
+
+/// A fast hash of float values (their bit patterns), four independent lanes.
+fn values_hash(v: &[f32]) -> u64 {
+    const M: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = [1u64, 2, 3, 4];
+    let chunks = v.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, x) in h.iter_mut().zip(c) {
+            *l = (*l ^ u64::from(x.to_bits())).wrapping_mul(M);
+        }
+    }
+    let mut r = (v.len() as u64).wrapping_mul(M);
+    for x in rest {
+        r = (r ^ u64::from(x.to_bits())).wrapping_mul(M);
+    }
+    h.iter().fold(r, |a, &l| (a.rotate_left(23) ^ l).wrapping_mul(M))
+}
+
+impl WeightCache {
+    fn get(&self, w: &[f32], n: usize, k: usize, ls: Option<&[f32]>, wbits: u32) -> std::sync::Arc<QWeights> {
+        let key = (
+            w.as_ptr() as usize,
+            w.len(),
+            ls.map(|g| g.as_ptr() as usize),
+            wbits,
+            values_hash(w) ^ ls.map_or(0, values_hash).rotate_left(1),
+        );
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key).or_insert_with(|| std::sync::Arc::new(QWeights::new(w, n, k, ls, wbits))).clone()
+    }
+}
+
+/// A linear layer with integer weights and its requantisers.
+#[derive(Debug, Clone)]
+struct QLinear {
+    /// The integer weights (shared).
+    wt: std::sync::Arc<QWeights>,
     n: usize,
     /// Bias in accumulator units `RNE(b / (s_in·s_w))`.
     bias: Vec<i64>,
@@ -129,31 +209,33 @@ struct QLinear {
 
 impl QLinear {
     #[allow(clippy::too_many_arguments)]
-    fn new(w: &[f32], b: &[f32], n: usize, k: usize, ls: Option<&[f32]>, wbits: u32, abits: u32, s_in: f64, s_out: Option<f64>) -> QLinear {
-        let qm = qmax(wbits);
-        let (lo, hi) = int_range(wbits, true);
-        let mut wq = Vec::with_capacity(n * k);
+    fn new(
+        wt: std::sync::Arc<QWeights>,
+        b: &[f32],
+        n: usize,
+        k: usize,
+        ls: Option<&[f32]>,
+        wbits: u32,
+        abits: u32,
+        s_in: f64,
+        s_out: Option<f64>,
+    ) -> QLinear {
         let mut bias = Vec::with_capacity(n);
         let mut acc_scale = Vec::with_capacity(n);
-        for o in 0..n {
+        for (o, &sw) in wt.sw.iter().enumerate() {
             let g = ls.map_or(1.0, |g| f64::from(g[o]));
-            let row = &w[o * k..(o + 1) * k];
-            let amax = row.iter().map(|v| (f64::from(*v) * g).abs()).fold(0.0, f64::max);
-            // I-ViT: s_w = max|w| / (2^(b−1)−1) per output channel; an all-zero row gets 1/qmax.
-            let sw = if amax > 0.0 { amax / qm } else { 1.0 / qm };
-            wq.extend(row.iter().map(|v| round_half_even_f64(f64::from(*v) * g / sw).clamp(lo as f64, hi as f64) as i16));
             let sa = s_in * sw;
             bias.push(round_half_even_f64(f64::from(b[o]) * g / sa).clamp(-9.0e15, 9.0e15) as i64);
             acc_scale.push(sa);
         }
         let req = s_out.map(|so| Requants::new(acc_scale.iter().map(|sa| sa / so)));
         let narrow = gemm::gemm_fits_i32(k, 1i64 << (abits - 1), 1i64 << (wbits - 1));
-        QLinear { w: gemm::Packed::new(&wq, n, k), rm: wq, n, bias, acc_scale, req, narrow }
+        QLinear { wt, n, bias, acc_scale, req, narrow }
     }
 
     /// Input features.
     fn k(&self) -> usize {
-        self.rm.len() / self.n
+        self.wt.rm.len() / self.n
     }
 
     /// Accumulators `x·Wᵀ + bias` (i64) for `rows` input rows.
@@ -162,11 +244,11 @@ impl QLinear {
         if self.narrow && !plain {
             scratch.clear();
             scratch.resize(rows * self.n, 0);
-            gemm::gemm_i16(x, rows, &self.w, scratch);
+            gemm::gemm_i16(x, rows, &self.wt.w, scratch);
             out.extend(scratch.chunks_exact(self.n).flat_map(|r| r.iter().zip(&self.bias).map(|(&a, &b)| i64::from(a) + b)));
         } else {
             out.resize(rows * self.n, 0);
-            gemm::gemm_i16_wide(x, rows, &self.rm, self.n, out);
+            gemm::gemm_i16_wide(x, rows, &self.wt.rm, self.n, out);
             for row in out.chunks_exact_mut(self.n) {
                 for (v, b) in row.iter_mut().zip(&self.bias) {
                     *v += b;
@@ -457,7 +539,8 @@ impl IntModel {
                     &zeros
                 }
             };
-            QLinear::new(prm(l.w), b, l.out, l.inp, l.ls.map(prm), wb, ab, s_in, s_out)
+            let wt = model.wcache.get(prm(l.w), l.out, l.inp, l.ls.map(prm), wb);
+            QLinear::new(wt, b, l.out, l.inp, l.ls.map(prm), wb, ab, s_in, s_out)
         };
 
         // Layers: the unit of each, with its fixed inputs.

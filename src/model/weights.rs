@@ -22,6 +22,8 @@ pub struct Model {
     pub params: Vec<Vec<f32>>,
     /// Non-linear layers in execution order (the graph's).
     pub layers: Vec<Layer>,
+    /// Integer weights quantised so far, shared by every integer model of this model.
+    pub wcache: super::quant::WeightCache,
 }
 
 /// Every tensor a manifest requires: name → (shape, which manifest field requires it).
@@ -110,7 +112,7 @@ impl Model {
         }
         let g = graph::build(&manifest);
         let params = g.params.iter().map(|p| get(&p.name)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Model { layers: g.layers.clone(), graph: g, params, manifest, dir: dir.to_path_buf() })
+        Ok(Model { layers: g.layers.clone(), graph: g, params, manifest, dir: dir.to_path_buf(), wcache: Default::default() })
     }
 
     /// Length of the forward's output (classes, or the feature width for a backbone).

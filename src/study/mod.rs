@@ -14,7 +14,7 @@ pub mod shard;
 use crate::io::{write_atomic, IoError};
 use crate::model::attribution;
 use crate::model::manifest::{unit_for, OrderedLayers};
-use crate::model::{self, calibrate, forward_pair, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig};
+use crate::model::{self, calibrate, forward_multi, ActScales, Assignment, CalibOptions, Images, IntModel, Model, ModelError, QuantConfig};
 use crate::sensitivity::asqnr::{Asqnr, AsqnrError, Convention};
 use crate::sensitivity::assign::{self, AssignError, Axis, Budget, Choice, Problem, Sense, Solution};
 use crate::sensitivity::range::RangeProfile;
@@ -88,6 +88,9 @@ pub struct RunOptions {
     pub rtl_manifest: PathBuf,
     /// Error attribution of the SQNR-diff rule's model (linear quantisation against units).
     pub attribution: crate::model::attribution::Level,
+    /// Attribution on the first N evaluation images only (None = all of them).
+    #[serde(default)]
+    pub attr_images: Option<usize>,
     /// Output folder.
     pub out: PathBuf,
     /// Show progress bars.
@@ -212,7 +215,8 @@ pub struct Sens {
     pub input: Vec<Asqnr>,
     /// ASQNR of every non-linear layer's output, in execution order.
     pub output: Vec<Asqnr>,
-    /// `samples[layer]` = (float outputs, quantised outputs) of the first images.
+    /// `samples[layer]` = (float outputs, quantised outputs) of the first images, at most
+    /// `HIST_VALUES` evenly strided values per image.
     #[serde(with = "samples_bits")]
     pub samples: Vec<(Vec<f64>, Vec<f64>)>,
     /// Range profile of every non-linear layer, in execution order.
@@ -255,46 +259,63 @@ mod samples_bits {
 }
 
 const HIST_IMAGES: usize = 4;
+/// Most output values per layer and image kept for the histograms. An 80-bin histogram needs
+/// far fewer than a real model's outputs (ViT-S softmax: 6x197x197 per image), and keeping
+/// them all cost about 0.5 GB per method and width at 224 px.
+const HIST_VALUES: usize = 4096;
+
+/// Every `stride`-th value, `stride` = ceil(len / HIST_VALUES), from the first: the same
+/// values whichever shard or thread computes the image.
+fn hist_sample(x: &[f64]) -> Vec<f64> {
+    let stride = x.len().div_ceil(HIST_VALUES).max(1);
+    x.iter().step_by(stride).copied().collect()
+}
 const CHUNK: usize = 16;
 
-/// One sensitivity pass of `mnq run`: the float model and the integer model `qm` side by side
-/// over `images` (parallel over images, accumulated in image order), every tap into the ASQNRs.
-/// `first` is the index of `images`' first image in the whole split (a shard's slice starts
-/// later), so that the histogram samples are always those of the split's first images.
-pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, bar: &ProgressBar) -> Result<Sens, RunError> {
+/// The sensitivity pass of `mnq run`: the float model once and every integer model of `qms`
+/// beside it (one [`Sens`] each, in `qms` order) over `images`, parallel over images and
+/// accumulated in image order, every tap into the ASQNRs. `first` is the index of `images`'
+/// first image in the whole split (a shard's slice starts later), so that the histogram
+/// samples are always those of the split's first images.
+pub fn sensitivity(model: &Model, qms: &[&IntModel], images: &Images, first: usize, bar: &ProgressBar) -> Result<Vec<Sens>, RunError> {
     let nl = model.layers.len();
-    let mut s = Sens {
+    let empty = || Sens {
         input: model.layers.iter().map(|l| Asqnr::new(format!("{} input", l.name))).collect(),
         output: model.layers.iter().map(|l| Asqnr::new(format!("{} output", l.name))).collect(),
         samples: vec![(Vec::new(), Vec::new()); nl],
         ranges: vec![RangeProfile::default(); nl],
     };
-    // Per image: a one-image `Sens` (joined below in image order with `Sens::extend`, identical
-    // to feeding the images one by one), with the outputs only for the histograms' first images.
-    // Keeping no other tap values bounds memory by the images in flight, whatever the model size.
+    let mut s: Vec<Sens> = qms.iter().map(|_| empty()).collect();
+    // Per image: a one-image `Sens` per model (joined below in image order with `Sens::extend`,
+    // identical to feeding the images one by one), with the outputs only for the histograms'
+    // first images. Keeping no other tap values bounds memory by the images in flight.
     let mut start = 0;
     while start < images.len() {
         let end = (start + CHUNK).min(images.len());
         // Parallel over a chunk, then joined in image order so the result does not depend on threads.
-        let chunk: Vec<Sens> = (start..end)
+        let chunk: Vec<Vec<Sens>> = (start..end)
             .into_par_iter()
-            .map(|i| -> Result<Sens, RunError> {
-                let mut per = Sens { input: Vec::new(), output: Vec::new(), samples: Vec::new(), ranges: Vec::new() };
+            .map(|i| -> Result<Vec<Sens>, RunError> {
+                let mut per: Vec<Sens> =
+                    qms.iter().map(|_| Sens { input: Vec::new(), output: Vec::new(), samples: Vec::new(), ranges: Vec::new() }).collect();
                 let keep = first + i < HIST_IMAGES;
                 let mut err = None;
-                forward_pair::<f64>(model, qm, &images.image(i), &mut |a, b| {
-                    let l = per.input.len();
-                    let mut ai = Asqnr::new(format!("{} input", model.layers[l].name));
-                    let mut ao = Asqnr::new(format!("{} output", model.layers[l].name));
-                    if let Err(e) = ai.push(a.input, b.input).and_then(|_| ao.push(a.output, b.output)) {
-                        err.get_or_insert(e.at_image(i));
+                forward_multi::<f64>(model, qms, &images.image(i), &mut |a, bs| {
+                    let name = &model.layers[a.layer.index].name;
+                    let fs = if keep { hist_sample(a.output) } else { Vec::new() };
+                    for (p, b) in per.iter_mut().zip(bs) {
+                        let mut ai = Asqnr::new(format!("{name} input"));
+                        let mut ao = Asqnr::new(format!("{name} output"));
+                        if let Err(e) = ai.push(a.input, b.input).and_then(|_| ao.push(a.output, b.output)) {
+                            err.get_or_insert(e.at_image(i));
+                        }
+                        let mut rp = RangeProfile::default();
+                        rp.push(a, b);
+                        p.input.push(ai);
+                        p.output.push(ao);
+                        p.samples.push(if keep { (fs.clone(), hist_sample(b.output)) } else { (Vec::new(), Vec::new()) });
+                        p.ranges.push(rp);
                     }
-                    let mut rp = RangeProfile::default();
-                    rp.push(a, b);
-                    per.input.push(ai);
-                    per.output.push(ao);
-                    per.samples.push(if keep { (a.output.to_vec(), b.output.to_vec()) } else { (Vec::new(), Vec::new()) });
-                    per.ranges.push(rp);
                 })?;
                 if let Some(e) = err {
                     return Err(e.into());
@@ -304,7 +325,9 @@ pub fn sensitivity(model: &Model, qm: &IntModel, images: &Images, first: usize, 
             })
             .collect::<Result<_, _>>()?;
         for per in chunk {
-            s.extend(per);
+            for (t, p) in s.iter_mut().zip(per) {
+                t.extend(p);
+            }
         }
         start = end;
     }
@@ -450,6 +473,11 @@ struct Sums<'a> {
     eval_total: usize,
     /// Shards whose sensitivity partials are still missing.
     waiting: Vec<usize>,
+    /// Whether to show progress bars.
+    progress: bool,
+    /// The float32 forward's outputs of the evaluation images (of this shard's slice), computed
+    /// at the first evaluation that needs them and shared by every integer model and width.
+    float: std::cell::OnceCell<Vec<model::Output>>,
 }
 
 impl Sums<'_> {
@@ -476,45 +504,50 @@ impl Sums<'_> {
         ))
     }
 
-    /// The sensitivity of one single-method model: all images, or `None` while a shard waits
-    /// for the others' slices.
+    /// The sensitivity of the single-method models `qms` (partials `keys`, one per model): all
+    /// images, or `None` while a shard waits for the others' slices.
     fn sensitivity(
         &mut self,
-        key: &str,
+        keys: &[String],
         model: &Model,
-        qm: &IntModel,
+        qms: &[&IntModel],
         images: &Images,
         bar: &ProgressBar,
-    ) -> Result<Option<Sens>, RunError> {
+    ) -> Result<Option<Vec<Sens>>, RunError> {
         let (n, work) = match self.mode {
-            Mode::Whole => return Ok(Some(sensitivity(model, qm, images, 0, bar)?)),
+            Mode::Whole => return Ok(Some(sensitivity(model, qms, images, 0, bar)?)),
             Mode::Shard { spec, work } => {
-                // Stage 2 (or a re-run) finds its slice already written; read_all checks it below.
-                if !shard::has_own(work, *spec, key) {
-                    let s = sensitivity(model, qm, images, self.sens_slice().start, bar)?;
-                    shard::write(work, *spec, key, self.sens_slice(), self.sens_total, &s)?;
+                // Stage 2 (or a re-run) finds its slices already written; read_all checks them below.
+                if keys.iter().any(|k| !shard::has_own(work, *spec, k)) {
+                    let ss = sensitivity(model, qms, images, self.sens_slice().start, bar)?;
+                    for (k, s) in keys.iter().zip(&ss) {
+                        shard::write(work, *spec, k, self.sens_slice(), self.sens_total, s)?;
+                    }
                 }
                 (spec.n, work)
             }
             Mode::Merge { n, work } => (*n, work),
         };
-        match shard::read_all::<Sens>(work, n, key, self.sens_total)? {
-            Ok(parts) => {
-                let mut it = parts.into_iter();
-                let mut s = it.next().expect("at least one shard");
-                for p in it {
-                    s.extend(p);
+        let mut out = Vec::new();
+        for key in keys {
+            match shard::read_all::<Sens>(work, n, key, self.sens_total)? {
+                Ok(parts) => {
+                    let mut it = parts.into_iter();
+                    let mut s = it.next().expect("at least one shard");
+                    for p in it {
+                        s.extend(p);
+                    }
+                    out.push(s);
                 }
-                Ok(Some(s))
-            }
-            Err(missing) if matches!(self.mode, Mode::Merge { .. }) => Err(Self::missing(work, key, &missing, n)),
-            Err(missing) => {
-                self.waiting.extend(missing);
-                self.waiting.sort_unstable();
-                self.waiting.dedup();
-                Ok(None)
+                Err(missing) if matches!(self.mode, Mode::Merge { .. }) => return Err(Self::missing(work, key, &missing, n)),
+                Err(missing) => {
+                    self.waiting.extend(missing);
+                    self.waiting.sort_unstable();
+                    self.waiting.dedup();
+                }
             }
         }
+        Ok((out.len() == keys.len()).then_some(out))
     }
 
     /// The exact sums of `job` over this run's images: computed (and, in a shard, written as
@@ -546,9 +579,19 @@ impl Sums<'_> {
         }
     }
 
+    /// The float32 outputs of the evaluation images, computed on first use.
+    fn float(&self, model: &Model, eval: &Images) -> &[model::Output] {
+        self.float.get_or_init(|| {
+            let b = bar(self.progress, eval.len() as u64, format!("float reference on {} images", eval.len()));
+            let f = model::float_outputs::<f32>(model, eval, &|| b.inc(1));
+            b.finish();
+            f
+        })
+    }
+
     /// End-to-end figures of `qm` (float32 reference) over the evaluation images.
     fn evaluate(&self, key: &str, model: &Model, qm: &IntModel, eval: &Images, bar: &ProgressBar) -> Result<model::EvalReport, RunError> {
-        let acc = self.sums(key, || Ok(model::evaluate_acc::<f32>(model, qm, eval, &|| bar.inc(1))?), |a, b| a.merge(b))?;
+        let acc = self.sums(key, || Ok(model::evaluate_logits(qm, eval, self.float(model, eval), &|| bar.inc(1))?), |a, b| a.merge(b))?;
         Ok(acc.report(model, qm, <f32 as model::Real>::name(), eval.labels.is_some()))
     }
 
@@ -562,14 +605,30 @@ impl Sums<'_> {
         bits: u32,
         vars: Vec<attribution::Variant>,
         eval: &Images,
+        limit: Option<usize>,
         bar: &ProgressBar,
     ) -> Result<attribution::Attribution, RunError> {
+        // The first `limit` images of the whole split: this shard's part of them.
+        let m = limit.map_or(eval.len(), |n| eval.len().min(n.saturating_sub(self.eval_slice().start)));
         let acc = self.sums(
             key,
-            || Ok(attribution::attribute_acc::<f32>(model, scales, bits, Preset::Adapted, &vars, eval, &|| bar.inc(1))?),
+            || {
+                let imgs = eval.prefix(m);
+                let float = &self.float(model, eval)[..m];
+                Ok(attribution::attribute_acc::<f32>(model, scales, bits, Preset::Adapted, &vars, &imgs, float, &|| bar.inc(1))?)
+            },
             |a, b| a.merge(b),
         )?;
         Ok(acc.finish(vars, <f32 as model::Real>::name(), eval.labels.is_some()))
+    }
+}
+
+/// "the N evaluation images", or "the first N of the M evaluation images (`--attr-images N`)".
+fn attr_images_text(n: usize, total: usize) -> String {
+    if n >= total {
+        format!("the {n} evaluation images")
+    } else {
+        format!("the first {n} of the {total} evaluation images (`--attr-images {n}`)")
     }
 }
 
@@ -743,7 +802,14 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
     let calib = Images::load_npy(&o.calib_images, m)?;
     let mut sens_imgs = calib.clone();
     sens_imgs.truncate(o.sens_images);
-    let mut sums = Sums { mode: &o.mode, sens_total: sens_imgs.len(), eval_total: eval.len(), waiting: Vec::new() };
+    let mut sums = Sums {
+        mode: &o.mode,
+        sens_total: sens_imgs.len(),
+        eval_total: eval.len(),
+        waiting: Vec::new(),
+        progress: o.progress,
+        float: std::cell::OnceCell::new(),
+    };
     if let Mode::Shard { spec, work } = &o.mode {
         shard::check_options(work, *spec, o)?;
         sens_imgs.slice(sums.sens_slice());
@@ -787,20 +853,20 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 }
             };
             let scales = ActScales::from_section(&section, bits, &model.graph);
-            let mut sens = Vec::new();
+            let mut qms = Vec::new();
             for meth in METHODS {
                 let a = Assignment::single(&layers, &name, bits, meth);
-                let qm = IntModel::new(
+                qms.push(IntModel::new(
                     &model,
                     &scales,
                     QuantConfig { weight_bits: bits, act_bits: bits, preset: Preset::Adapted, units: a.resolve(&layers, "single")? },
-                )?;
-                let b = bar(o.progress, sens_imgs.len() as u64, format!("{bits}-bit: sensitivity, {} model", meth.name()));
-                if let Some(x) = sums.sensitivity(&format!("sens_{bits}b_{}", meth.name()), &model, &qm, &sens_imgs, &b)? {
-                    sens.push(x);
-                }
-                b.finish();
+                )?);
             }
+            let keys: Vec<String> = METHODS.iter().map(|m| format!("sens_{bits}b_{}", m.name())).collect();
+            let b = bar(o.progress, sens_imgs.len() as u64, format!("{bits}-bit: sensitivity, float beside the single-method models"));
+            let sens = sums.sensitivity(&keys, &model, &qms.iter().collect::<Vec<_>>(), &sens_imgs, &b)?.unwrap_or_default();
+            b.finish();
+            drop(qms);
             prepared.push((bits, scales, sens));
         }
         if let (Mode::Shard { spec, work }, false) = (&o.mode, sums.waiting.is_empty()) {
@@ -902,7 +968,11 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 for (k, meth) in METHODS.iter().enumerate() {
                     series.push((unit_for(l.op, *meth).name().to_string(), sens[k].samples[i].1.clone()));
                 }
-                let t = format!("{name}, {bits}-bit: output of {} ({}), first {HIST_IMAGES} images", l.name, l.label());
+                let t = format!(
+                    "{name}, {bits}-bit: output of {} ({}), first {HIST_IMAGES} images, ≤{HIST_VALUES} values each",
+                    l.name,
+                    l.label()
+                );
                 let stem = format!("hist_{bits}b_{}", l.label().replace('.', "_"));
                 charts::output_histograms(&tmp.join(&stem), &OutputHistograms { title: &t, series: &series })?;
                 hist_layers.push(json!({"layer": l.name, "label": l.label(), "spread_db": sp, "figure": stem}));
@@ -1004,12 +1074,13 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                 let ma = to_model_assignment(&name, bits, &rules[0].1);
                 let units = ma.resolve(&layers, "rule_sqnr-diff")?;
                 let vars = attribution::variants(&layers, &units, o.attribution == attribution::Level::Layers);
-                let b = bar(o.progress, eval.len() as u64, format!("{bits}-bit: attribution, {} variants", vars.len()));
-                let at = sums.attribute(&format!("attr_{bits}b"), &model, &scales, bits, vars, &eval, &b)?;
+                let n_attr = o.attr_images.map_or(eval.len(), |n| n.min(eval.len()));
+                let b = bar(o.progress, n_attr as u64, format!("{bits}-bit: attribution, {} variants", vars.len()));
+                let at = sums.attribute(&format!("attr_{bits}b"), &model, &scales, bits, vars, &eval, o.attr_images, &b)?;
                 b.finish();
                 let header = format!(
-                    "# Where the accuracy goes: {name} at {bits} bits, the sqnr-diff rule's assignment\n\nEach variant is the integer model with the listed layers computing their op in float64 on the dequantised input (`*_float`, output requantised as from a unit), on the {} evaluation images.",
-                    eval.len()
+                    "# Where the accuracy goes: {name} at {bits} bits, the sqnr-diff rule's assignment\n\nEach variant is the integer model with the listed layers computing their op in float64 on the dequantised input (`*_float`, output requantised as from a unit), on {}.",
+                    attr_images_text(at.images, sums.eval_total)
                 );
                 let stem = format!("attribution_{bits}b");
                 let meta = json!({"model": name, "bits": bits, "assignment": format!("assignment_sqnr-diff_{bits}b.json"), "level": o.attribution});
@@ -1200,7 +1271,14 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                     cell("layernorm float")
                 );
             }
-            let _ = writeln!(index, "\nFloat top-1 {}; differences below about 1 point are within the sampling noise of {} images. The per-layer rows and the logits' ASQNR are in each table.", pct(ft), eval.len());
+            let n_attr = attributions.first().map_or(0, |(_, a)| a.images);
+            let float_attr = attributions.first().and_then(|(_, a)| a.float_top1);
+            let _ = writeln!(
+                index,
+                "\nOn {}, where the float top-1 is {}; differences below about 1 point are within the sampling noise of {n_attr} images. The per-layer rows and the logits' ASQNR are in each table.",
+                attr_images_text(n_attr, sums.eval_total),
+                pct(float_attr)
+            );
             results.insert(
                 "attribution".into(),
                 json!(attributions.iter().map(|(b, a)| json!({"bits": b, "attribution": a})).collect::<Vec<_>>()),
