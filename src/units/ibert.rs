@@ -10,6 +10,7 @@
 #![allow(clippy::approx_constant)]
 
 use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
+use super::vector::{Level, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, underflow_rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe,
@@ -189,7 +190,17 @@ impl Softmax {
         Ok(ExpConsts::new(s, self.n, up))
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+    /// Both modes; with `lut` the Integer mode's exponentials come from a table, and with
+    /// `fast` too its rows go through the vector kernel at that level where it accepts them.
+    fn run_with<P: Probe>(
+        &self,
+        x: &QTensor,
+        aux: &Aux,
+        mode: Mode,
+        p: &mut P,
+        lut: bool,
+        fast: Option<Level>,
+    ) -> Result<UnitOutput, UnitError> {
         let k = self.consts(x)?;
         let mask = softmax_mask("softmax_ibert", x, aux)?;
         let (c, _) = rows(x);
@@ -233,8 +244,17 @@ impl Softmax {
                     Vec::new()
                 };
                 let mut e16 = vec![0i64; c];
+                // E16 ≤ 32767 and factor ≤ 2^32: the products are the definition's 64-bit ones.
+                let kernel = fast.and_then(|l| LutSoftmax::new(l, &table, c, osh, top));
                 for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
                     let mrow = mask_row(mask, r, c);
+                    if let Some(kr) = &kernel {
+                        if !mrow.is_some_and(|m| m.contains(&true))
+                            && kr.row(row, &mut e16, orow, |sum| (sum > 0).then(|| ((1i64 << 32) / sum, None)), &mut cond)
+                        {
+                            continue;
+                        }
+                    }
                     let Some(m) = row_max(row, mrow) else {
                         cond.add(Condition::MaskedRow);
                         continue;
@@ -359,10 +379,10 @@ impl Unit for Softmax {
             .unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true))
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false))
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false, None))
     }
     fn scale_fits(&self, s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
         ExpConsts::fits(s, self.n, self.upshift.unwrap_or_else(|| ExpConsts::auto_upshift(s)), None)
@@ -766,5 +786,105 @@ impl Unit for LayerNorm {
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
         checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::vector::cases;
+    use super::*;
+
+    /// IntSoftmax's fast runs (`run`, and the kernel at every level this CPU has) against the
+    /// definition (`lut = false`, every exponential computed) and the table run.
+    fn fast_softmax_equals_definition(sm: &Softmax, x: &QTensor, aux: &Aux) -> Result<(), String> {
+        let def = |lut| checked_output("softmax_ibert", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, None));
+        let want = format!("{:?}", def(false));
+        let mut runs = vec![("table".to_string(), def(true)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), checked_output("softmax_ibert", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, true, Some(l)))));
+        }
+        for (what, got) in runs {
+            if format!("{got:?}") != want {
+                return Err(format!("{what} differs from the definition: {got:?} vs {want}"));
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The fast Integer paths equal the definition: the whole output or the same error,
+        /// for every input width, both presets and perturbed parameters, masked rows included.
+        #[test]
+        fn fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 2u32..=24],
+            signed in proptest::bool::ANY,
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..6,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut sm = Softmax::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => sm.out_bits = 2 + (seed % 23) as u32,
+                2 => sm.n = 1 + (seed % 40) as u32,
+                3 => sm.upshift = Some((seed % 25) as u32),
+                4 => sm.clamp_out = !sm.clamp_out,
+                _ => {}
+            }
+            let x = cases::rows(bits, signed, c, nrows, seed);
+            let aux = cases::mask(&x, seed);
+            if let Err(e) = fast_softmax_equals_definition(&sm, &x, &aux) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every two-element row of 8-bit codes, signed and unsigned, both presets, at scales from
+    /// fine to coarse (c_int = 0 at the coarsest without the adapted upshift).
+    #[test]
+    fn fast_integer_path_exhaustive_8bit_pairs() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let sm = Softmax::preset(preset);
+            for signed in [false, true] {
+                for s in [1e-4, 2f64.powi(-7), 0.0371, 0.25, 1.5] {
+                    let x = cases::all_pairs(8, signed, s);
+                    fast_softmax_equals_definition(&sm, &x, &Aux::default()).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The DeiT-shaped bench input takes the kernel on every row (none refused).
+    #[test]
+    fn bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let sm = Softmax::preset(preset);
+            let s = sample(&sm, 8, Dist::Attention, 6 * 197, 1).unwrap();
+            fast_softmax_equals_definition(&sm, &s.q, &s.aux).unwrap();
+            let k = sm.consts(&s.q).unwrap();
+            let d = Dyadic::from_ratio(32767.0 / k.e_max() as f64);
+            let (lo, hi) = int_range(s.q.bits, s.q.signed);
+            // The unit's table, as its Integer mode builds it.
+            let table: Vec<i64> = (0..=hi - lo)
+                .map(|dd| {
+                    let (z, sh) = k.exp_parts(-dd, &mut NoProbe);
+                    let net = d.e - sh as i32;
+                    let prod = z as i128 * d.m as i128;
+                    let v = if net >= 0 { crate::fixed::shift_round(prod, net as u32, Rounding::HalfEven) } else { prod << (-net) as u32 };
+                    v.clamp(-32768, 32767) as i64
+                })
+                .collect();
+            let (c, _) = rows(&s.q);
+            let top = if sm.clamp_out { (1i64 << sm.out_bits) - 1 } else { 1i64 << sm.out_bits };
+            let kr = LutSoftmax::new(Level::detect(), &table, c, 32 - sm.out_bits, top).unwrap();
+            for row in s.q.data().chunks_exact(c) {
+                let (mut e, mut o) = (vec![0; c], vec![0; c]);
+                assert!(kr.row(row, &mut e, &mut o, |sum| Some(((1i64 << 32) / sum, None)), &mut Conditions::default()));
+            }
+        }
     }
 }

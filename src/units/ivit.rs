@@ -7,6 +7,7 @@
 //! `tests/modes.rs` measures that they agree. The requantiser differs where `|z·m| ≥ 2^53`
 //! (float64 product rounded) and where the reference casts its output to float32.
 
+use super::vector::{Level, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit,
@@ -156,7 +157,17 @@ impl Softmax {
         Ok(())
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+    /// Both modes; with `lut` the exponentials come from a table, and with `fast` too the
+    /// Integer mode's rows go through the vector kernel at that level where it accepts them.
+    fn run_with<P: Probe>(
+        &self,
+        x: &QTensor,
+        aux: &Aux,
+        mode: Mode,
+        p: &mut P,
+        lut: bool,
+        fast: Option<Level>,
+    ) -> Result<UnitOutput, UnitError> {
         let s = self.check(x)?;
         let mask = softmax_mask("softmax_ivit", x, aux)?;
         let (c, _) = rows(x);
@@ -186,8 +197,28 @@ impl Softmax {
         let mut out = vec![0i64; data.len()];
         let mut e = vec![0i64; c];
         let mut cond = Conditions::default();
+        // The kernel's 64-bit products equal the definition's 128-bit ones: e ≤ Σe, so
+        // e·⌊(2^K−1)/Σe⌋ < 2^K, and a saturated row has factor 1 (the kernel checks the bound).
+        let kernel = fast.filter(|_| mode == Mode::Integer).and_then(|l| LutSoftmax::new(l, &table, c, shift, i64::MAX));
         for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
             let mrow = mask_row(mask, r, c);
+            if let Some(kr) = &kernel {
+                if !mrow.is_some_and(|m| m.contains(&true))
+                    && kr.row(
+                        row,
+                        &mut e,
+                        orow,
+                        |sum| {
+                            let sat = (sum > limit).then_some(Condition::SumSaturated);
+                            let sc = sum.min(limit);
+                            (sc > 0).then(|| (recip_factor(k, sc, mode), sat))
+                        },
+                        &mut cond,
+                    )
+                {
+                    continue;
+                }
+            }
             let Some(m) = row_max(row, mrow) else {
                 cond.add(Condition::MaskedRow);
                 continue;
@@ -288,10 +319,10 @@ impl Unit for Softmax {
         Ok(widths.into_iter().max().unwrap())
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true))
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false))
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false, None))
     }
     fn scale_fits(&self, s: f64, _bits: u32, row_len: usize, _aux: &Aux) -> Result<(), String> {
         self.fits(s, row_len)
@@ -920,5 +951,97 @@ impl Unit for Requant {
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
         checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::vector::cases;
+    use super::*;
+
+    /// Shiftmax's fast runs (`run`, and the kernel at every level this CPU has) against the
+    /// definition (`lut = false`, every exponential computed) and the table run.
+    fn fast_softmax_equals_definition(sm: &Softmax, x: &QTensor, aux: &Aux) -> Result<(), String> {
+        let def = |lut| checked_output("softmax_ivit", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, None));
+        let want = format!("{:?}", def(false));
+        let mut runs = vec![("table".to_string(), def(true)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), checked_output("softmax_ivit", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, true, Some(l)))));
+        }
+        for (what, got) in runs {
+            if format!("{got:?}") != want {
+                return Err(format!("{what} differs from the definition: {got:?} vs {want}"));
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The fast Integer paths equal the definition: the whole output or the same error,
+        /// for every input width, both presets and perturbed parameters (saturating sums,
+        /// narrow outputs, custom n and upshift), masked rows included.
+        #[test]
+        fn fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 2u32..=24],
+            signed in proptest::bool::ANY,
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..6,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut sm = Softmax::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => sm.sum_bits = Some(16 + (seed % 20) as u32),
+                2 => sm.out_bits = 2 + (seed % 31) as u32,
+                3 => sm.n = (seed % 41) as u32,
+                4 => sm.upshift = Some((seed % 25) as u32),
+                _ => {}
+            }
+            let x = cases::rows(bits, signed, c, nrows, seed);
+            let aux = cases::mask(&x, seed);
+            if let Err(e) = fast_softmax_equals_definition(&sm, &x, &aux) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every two-element row of 8-bit codes, signed and unsigned, both presets, at scales from
+    /// fine to coarse (the reference's K = 31 saturates at the finest).
+    #[test]
+    fn fast_integer_path_exhaustive_8bit_pairs() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let sm = Softmax::preset(preset);
+            for signed in [false, true] {
+                for s in [1e-4, 2f64.powi(-7), 0.0371, 0.25, 1.5] {
+                    let x = cases::all_pairs(8, signed, s);
+                    fast_softmax_equals_definition(&sm, &x, &Aux::default()).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The DeiT-shaped bench input takes the kernel on every row (none refused).
+    #[test]
+    fn bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let sm = Softmax::preset(preset);
+            let s = sample(&sm, 8, Dist::Attention, 6 * 197, 1).unwrap();
+            fast_softmax_equals_definition(&sm, &s.q, &s.aux).unwrap();
+            let (c, _) = rows(&s.q);
+            let (x0, up, k) = sm.constants(s.q.scale.per_tensor().unwrap(), c);
+            let (lo, hi) = int_range(s.q.bits, s.q.signed);
+            let table: Vec<i64> = (0..=hi - lo).map(|d| exp_shift(-(d << up), x0, i64::from(sm.n), i64::MAX >> 1, &mut NoProbe)).collect();
+            let kr = LutSoftmax::new(Level::detect(), &table, c, k.min(62) + 1 - sm.out_bits, i64::MAX).unwrap();
+            let limit = (1i64 << k.min(62)) - 1;
+            for row in s.q.data().chunks_exact(c) {
+                let (mut e, mut o) = (vec![0; c], vec![0; c]);
+                let f = |sum: i64| Some((recip_factor(k.min(62), sum.min(limit), Mode::Integer), None));
+                assert!(kr.row(row, &mut e, &mut o, f, &mut Conditions::default()));
+            }
+        }
     }
 }

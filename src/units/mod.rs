@@ -9,6 +9,7 @@ pub mod float;
 pub mod fqvit;
 pub mod ibert;
 pub mod ivit;
+pub(crate) mod vector;
 
 use crate::fixed::{FixedError, QTensor, Scale};
 use serde::{Deserialize, Serialize};
