@@ -240,6 +240,18 @@ impl EvalAcc {
         }
     }
 
+    /// Add one image's float and integer outputs (its label when known) to the image-level sums.
+    fn add_outputs(&mut self, label: Option<usize>, fo: &Output, qo: &Output) {
+        let (ft, qt) = (fo.top1(), qo.top1());
+        if let Some(l) = label {
+            self.float_ok += usize::from(ft == l);
+            self.int_ok += usize::from(qt == l);
+        }
+        self.agree += usize::from(ft == qt);
+        self.logits.add(sqnr_ratio(&fo.logits, &qo.logits));
+        self.n += 1;
+    }
+
     /// Join the sums of another image set (any order gives the same result).
     pub fn merge(mut self, o: &EvalAcc) -> EvalAcc {
         self.n += o.n;
@@ -331,14 +343,7 @@ pub fn evaluate_acc<F: Real>(model: &Model, qm: &IntModel, images: &Images, tick
                         add_cond(&mut acc.cond[k], c, n);
                     }
                 })?;
-                let (ft, qt) = (fo.top1(), qo.top1());
-                if let Some(l) = &images.labels {
-                    acc.float_ok += usize::from(ft == l[i]);
-                    acc.int_ok += usize::from(qt == l[i]);
-                }
-                acc.agree += usize::from(ft == qt);
-                acc.logits.add(sqnr_ratio(&fo.logits, &qo.logits));
-                acc.n += 1;
+                acc.add_outputs(images.labels.as_ref().map(|l| l[i]), &fo, &qo);
                 tick();
                 Ok(acc)
             },
@@ -371,14 +376,7 @@ pub fn evaluate_logits(qm: &IntModel, images: &Images, float: &[Output], tick: &
             || EvalAcc::new(0),
             |mut acc, i| -> Result<EvalAcc, ModelError> {
                 let qo = qm.forward(&images.image(i), None)?;
-                let (ft, qt) = (float[i].top1(), qo.top1());
-                if let Some(l) = &images.labels {
-                    acc.float_ok += usize::from(ft == l[i]);
-                    acc.int_ok += usize::from(qt == l[i]);
-                }
-                acc.agree += usize::from(ft == qt);
-                acc.logits.add(sqnr_ratio(&float[i].logits, &qo.logits));
-                acc.n += 1;
+                acc.add_outputs(images.labels.as_ref().map(|l| l[i]), &float[i], &qo);
                 tick();
                 Ok(acc)
             },

@@ -798,17 +798,12 @@ mod tests {
     /// definition (`lut = false`, every exponential computed) and the table run.
     fn fast_softmax_equals_definition(sm: &Softmax, x: &QTensor, aux: &Aux) -> Result<(), String> {
         let def = |lut| checked_output("softmax_ibert", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, None));
-        let want = format!("{:?}", def(false));
+        let want = def(false);
         let mut runs = vec![("table".to_string(), def(true)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
         for l in Level::available() {
             runs.push((format!("{l:?}"), checked_output("softmax_ibert", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, true, Some(l)))));
         }
-        for (what, got) in runs {
-            if format!("{got:?}") != want {
-                return Err(format!("{what} differs from the definition: {got:?} vs {want}"));
-            }
-        }
-        Ok(())
+        cases::same_as_definition(&want, runs)
     }
 
     proptest::proptest! {

@@ -291,6 +291,18 @@ pub(crate) mod cases {
     use crate::fixed::{int_range, QTensor, Scale};
     use rand::{Rng, SeedableRng};
 
+    /// The fast runs `runs` (named) against the definition's result `want`: the first that
+    /// differs, with both results (compared through `Debug`, errors included).
+    pub(crate) fn same_as_definition<T: std::fmt::Debug>(want: &T, runs: Vec<(String, T)>) -> Result<(), String> {
+        let want = format!("{want:?}");
+        for (what, got) in runs {
+            if format!("{got:?}") != want {
+                return Err(format!("{what} differs from the definition: {got:?} vs {want}"));
+            }
+        }
+        Ok(())
+    }
+
     /// `nrows` rows of `c` random `bits`-bit codes (uniform, narrow around a centre, two-valued,
     /// constant, or spanning the whole format), the whole tensor at one scale `2^[−14, 3)`.
     pub(crate) fn rows(bits: u32, signed: bool, c: usize, nrows: usize, seed: u64) -> QTensor {
