@@ -235,7 +235,28 @@ fn bench_sensitivity(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench, bench_sensitivity);
+/// The layer-level attribution's integer variants (the base model, every layer exact alone,
+/// each op kind exact, all exact) on one image, one thread: each model run on its own against
+/// one prefix-shared run (`forward_shared`, the way `mnq run` evaluates them).
+fn bench_shared(c: &mut Criterion) {
+    let s = setup_n(1);
+    let base = s.qm.config.units.clone();
+    let qms: Vec<IntModel> = mnq::model::attribution::variants(&s.model.layers, &base, true)
+        .into_iter()
+        .filter(|v| v.kind != mnq::model::attribution::VariantKind::UnitsOnly)
+        .map(|v| IntModel::new(&s.model, &s.scales, QuantConfig { units: v.units, ..s.qm.config.clone() }).expect("integer model"))
+        .collect();
+    let refs: Vec<&IntModel> = qms.iter().collect();
+    let mut g = c.benchmark_group(format!("attribution_variants_{}", qms.len()));
+    g.sample_size(10);
+    g.bench_function("independent", |b| {
+        b.iter(|| refs.iter().map(|q| q.forward(&s.images[0], None).expect("forward")).collect::<Vec<_>>())
+    });
+    g.bench_function("prefix_shared", |b| b.iter(|| mnq::model::forward_shared(&refs, &s.images[0]).expect("forward")));
+    g.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench, bench_sensitivity, bench_shared);
 
 fn main() {
     cpu_time_report();

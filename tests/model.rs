@@ -537,6 +537,74 @@ fn integer_forward_is_deterministic_and_mixed_assignments_run() {
 }
 
 #[test]
+fn shared_prefix_forwards_equal_independent_forwards() {
+    // forward_shared runs one branch per distinct unit from the layer where models part; each
+    // output must be the model's own forward, bit for bit, whatever the mix of assignments,
+    // exact layers, scales, widths and kernels it is given.
+    for (arch, ls) in [("vit", true), ("deit", false), ("swin", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = if arch == "swin" {
+            // Shifted windows with masks and relative position bias: the random timm Swin fixture.
+            Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/swin_random")).unwrap()
+        } else {
+            write(dir.path(), &manifest(arch, ls, 4), 71)
+        };
+        let m = model.manifest.clone();
+        let imgs = images(dir.path(), &m, 3, 72);
+        let s8 = calibrated(&model, &imgs, 8);
+        let s6 = calibrated(&model, &imgs, 6);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(73);
+        let mut qms = Vec::new();
+        let base: Vec<LayerUnit> = Assignment::single(&model.layers, &m.name, 8, Method::IVit).resolve(&model.layers, "t").unwrap();
+        for k in 0..10 {
+            let units: Vec<LayerUnit> = match k {
+                // The base, and the base again: identical models share the whole run.
+                0 | 1 => base.clone(),
+                // One layer exact (an attribution variant), early, middle and last.
+                2..=4 => {
+                    let li = [0, model.layers.len() / 2, model.layers.len() - 1][k - 2];
+                    let mut u = base.clone();
+                    u[li] = LayerUnit::Exact(model.layers[li].op);
+                    u
+                }
+                // Random mixes, float GELU included.
+                _ => model
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        let mut c = mnq::model::manifest::units_for(l.op);
+                        c.push(format!("{}_float", l.op.name()));
+                        LayerUnit::parse(&c[rng.gen_range(0..c.len())]).unwrap()
+                    })
+                    .collect(),
+            };
+            qms.push(IntModel::new(&model, &s8, QuantConfig { weight_bits: 8, act_bits: 8, preset: Preset::Adapted, units }).unwrap());
+        }
+        // Other families: another width, the reference preset, the plain kernels.
+        qms.push(
+            IntModel::new(&model, &s6, QuantConfig { weight_bits: 6, act_bits: 6, preset: Preset::Adapted, units: base.clone() }).unwrap(),
+        );
+        qms.push(
+            IntModel::new(&model, &s8, QuantConfig { weight_bits: 8, act_bits: 8, preset: Preset::Reference, units: base.clone() })
+                .unwrap(),
+        );
+        qms.push(int_model(&model, &s8, 8, Method::IVit).with_plain_kernels(true));
+        let refs: Vec<&IntModel> = qms.iter().collect();
+        let mut exact_differs = false;
+        for i in 0..imgs.len() {
+            let img = imgs.image(i);
+            let shared = mnq::model::forward_shared(&refs, &img).unwrap();
+            for (k, qm) in qms.iter().enumerate() {
+                assert_eq!(shared[k], qm.forward(&img, None).unwrap(), "{arch}: model {k}, image {i}");
+            }
+            exact_differs |= (2..=4).any(|k| shared[k].int_logits != shared[0].int_logits);
+        }
+        // The branches are real: an exact layer changes the integer logits somewhere.
+        assert!(exact_differs, "{arch}: no exact-layer variant differs from the base");
+    }
+}
+
+#[test]
 fn fast_kernels_equal_plain_integer_kernels_bit_for_bit() {
     // The SIMD GEMMs and vector requantisers against i64 loops and Dyadic::apply, on every
     // method, both widths, taps included.

@@ -238,6 +238,9 @@ pub fn attribute_acc<F: Real>(
         .map(|v| IntModel::new(model, scales, QuantConfig { weight_bits: bits, act_bits: bits, preset, units: v.units.clone() }))
         .collect::<Result<_, _>>()?;
     let nv = qms.len();
+    // Every variant but `units only` is an integer model of one family: one prefix-shared run.
+    let int_k: Vec<usize> = (0..nv).filter(|&k| variants[k].kind != VariantKind::UnitsOnly).collect();
+    let int_qms: Vec<&IntModel> = int_k.iter().map(|&k| &qms[k]).collect();
     (0..images.len())
         .into_par_iter()
         .try_fold(
@@ -248,11 +251,14 @@ pub fn attribute_acc<F: Real>(
                 let ft = fo.top1();
                 let label = images.labels.as_ref().map(|l| l[i]);
                 a.float_ok += usize::from(label == Some(ft));
+                let mut outs: Vec<Option<Output>> = vec![None; nv];
+                for (&k, o) in int_k.iter().zip(super::quant::forward_shared(&int_qms, &img)?) {
+                    outs[k] = Some(o);
+                }
                 for (k, qm) in qms.iter().enumerate() {
-                    let qo = if variants[k].kind == VariantKind::UnitsOnly {
-                        super::float::FloatRun::<F>::new(model, &img, false).with_units(qm).try_finish()?
-                    } else {
-                        qm.forward(&img, None)?
+                    let qo = match outs[k].take() {
+                        Some(o) => o,
+                        None => super::float::FloatRun::<F>::new(model, &img, false).with_units(qm).try_finish()?,
                     };
                     let qt = qo.top1();
                     a.ok[k] += usize::from(label == Some(qt));

@@ -384,6 +384,29 @@ pub fn evaluate_logits(qm: &IntModel, images: &Images, float: &[Output], tick: &
         .try_reduce(|| EvalAcc::new(0), |a, b| Ok(a.merge(&b)))
 }
 
+/// [`evaluate_logits`] of several integer models at once, one sum per model: each image runs
+/// through all of them with their shared prefixes computed once ([`forward_shared`](super::quant::forward_shared)).
+pub fn evaluate_logits_many(
+    qms: &[&IntModel],
+    images: &Images,
+    float: &[Output],
+    tick: &(dyn Fn() + Sync),
+) -> Result<Vec<EvalAcc>, ModelError> {
+    assert_eq!(float.len(), images.len(), "one float output per image");
+    let empty = || vec![EvalAcc::new(0); qms.len()];
+    (0..images.len())
+        .into_par_iter()
+        .try_fold(empty, |mut acc, i| -> Result<Vec<EvalAcc>, ModelError> {
+            let outs = super::quant::forward_shared(qms, &images.image(i))?;
+            for (a, qo) in acc.iter_mut().zip(&outs) {
+                a.add_outputs(images.labels.as_ref().map(|l| l[i]), &float[i], qo);
+            }
+            tick();
+            Ok(acc)
+        })
+        .try_reduce(empty, |a, b| Ok(a.into_iter().zip(&b).map(|(x, y)| x.merge(y)).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,12 +24,13 @@ pub mod weights;
 pub use calib::{calibrate, CalibOptions, Calibration};
 pub use data::{Images, Reference};
 pub use eval::{
-    evaluate, evaluate_acc, evaluate_logits, float_outputs, forward_multi, forward_pair, EvalAcc, EvalReport, ExactSum, LayerReport,
+    evaluate, evaluate_acc, evaluate_logits, evaluate_logits_many, float_outputs, forward_multi, forward_pair, EvalAcc, EvalReport,
+    ExactSum, LayerReport,
 };
 pub use float::{FloatRun, Real};
 pub use graph::Graph;
 pub use manifest::{Arch, Assignment, LayerUnit, Manifest, QuantSection, FLOAT_GELU};
-pub use quant::{ActScales, IntModel, IntRun, QuantConfig};
+pub use quant::{forward_shared, ActScales, IntModel, IntRun, QuantConfig};
 pub use weights::{write_random_model, Model};
 
 use crate::units::{Condition, Op, UnitError};

@@ -495,6 +495,9 @@ pub struct IntModel {
     pub layers: Vec<Layer>,
     /// The configuration it was built with.
     pub config: QuantConfig,
+    /// Fingerprint of everything the nodes are built from except the units: models of one
+    /// family compute the same values up to the first layer whose units differ.
+    family: u64,
     nodes: Vec<QNode>,
     qlayers: Vec<QLayer>,
     slots: usize,
@@ -529,7 +532,15 @@ impl IntModel {
         let (wb, ab) = (config.weight_bits, config.act_bits);
         let point_scale = |p: usize| scales.get(&g.points[p].name);
         let bits_of = |p: usize| if g.points[p].is_residual() { RESIDUAL_BITS } else { ab };
-        let prm = |id: usize| model.param(id);
+        // What the nodes are built from besides the units (see `family`): every float parameter
+        // read, the shared integer weights by identity, the scales and the widths.
+        let fp = std::cell::Cell::new(0x243F_6A88_85A3_08D3u64);
+        let mix = |v: u64| fp.set((fp.get().rotate_left(23) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let prm = |id: usize| {
+            let p = model.param(id);
+            mix(values_hash(p));
+            p
+        };
         let qlin = |l: &LinearP, s_in: f64, s_out: Option<f64>| -> QLinear {
             let zeros;
             let b = match l.b {
@@ -539,7 +550,8 @@ impl IntModel {
                     &zeros
                 }
             };
-            let wt = model.wcache.get(prm(l.w), l.out, l.inp, l.ls.map(prm), wb);
+            let wt = model.wcache.get(model.param(l.w), l.out, l.inp, l.ls.map(prm), wb);
+            mix(std::sync::Arc::as_ptr(&wt) as usize as u64);
             QLinear::new(wt, b, l.out, l.inp, l.ls.map(prm), wb, ab, s_in, s_out)
         };
 
@@ -742,10 +754,17 @@ impl IntModel {
                 }
             });
         }
+        {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{scales:?} {wb} {ab} {:?}", config.preset).hash(&mut h);
+            mix(h.finish());
+        }
         Ok(IntModel {
             manifest: model.manifest.clone(),
             layers: model.layers.clone(),
             config,
+            family: fp.get(),
             nodes,
             qlayers,
             slots: g.slots,
@@ -1271,17 +1290,44 @@ impl<'q> IntRun<'q> {
         }
     }
 
+    /// Run the next node; Some(layer) when it was a non-linear layer.
+    fn step(&mut self) -> Result<Option<usize>, ModelError> {
+        let qm = self.qm;
+        let i = self.pc;
+        let tapped = self.exec(i)?;
+        for &s in &qm.free_after[i] {
+            self.vals[s] = IVal::Empty;
+        }
+        self.pc += 1;
+        Ok(tapped)
+    }
+
+    /// The same state continued by `qm`, a model of the same family whose units agree with
+    /// this run's model on every layer already run.
+    fn fork(&self, qm: &'q IntModel) -> IntRun<'q> {
+        debug_assert_eq!(qm.family, self.qm.family);
+        IntRun {
+            qm,
+            pc: self.pc,
+            taps: false,
+            image: if self.pc == 0 { self.image.clone() } else { Vec::new() },
+            vals: self.vals.clone(),
+            s: Scratch::default(),
+            tap_layer: 0,
+            tap_in: Vec::new(),
+            tap_fmt: super::InputFormat::default(),
+            tap_out: Vec::new(),
+            cond: Vec::new(),
+            logits: self.logits.clone(),
+            int_logits: self.int_logits.clone(),
+        }
+    }
+
     /// Run to the next non-linear layer and show its input and output; None when done.
     pub fn next_tap(&mut self) -> Result<Option<Tap<'_>>, ModelError> {
         let qm = self.qm;
         while self.pc < qm.nodes.len() {
-            let i = self.pc;
-            let tapped = self.exec(i)?;
-            for &s in &qm.free_after[i] {
-                self.vals[s] = IVal::Empty;
-            }
-            self.pc += 1;
-            if let Some(li) = tapped {
+            if let Some(li) = self.step()? {
                 self.tap_layer = li;
                 return Ok(Some(Tap {
                     layer: &qm.layers[li],
@@ -1299,6 +1345,76 @@ impl<'q> IntRun<'q> {
     pub fn finish(mut self) -> Result<Output, ModelError> {
         while self.next_tap()?.is_some() {}
         Ok(Output { logits: std::mem::take(&mut self.logits), int_logits: std::mem::take(&mut self.int_logits) })
+    }
+}
+
+/// Integer forwards of one image through several models, each shared prefix computed once.
+///
+/// Models of one family (built from the same [`Model`], scales, widths and preset) compute
+/// the same values up to the node of the first layer whose units differ, so the runs are a
+/// tree: one run until the models' units part, then one branch per distinct unit, forked from
+/// the state there. Attribution variants (one layer exact each) and the assignments `mnq run`
+/// evaluates mostly share long prefixes. Models of other families, or with other kernels, run
+/// on their own. The outputs equal `qm.forward(image, None)` of each model, bit for bit.
+pub fn forward_shared(qms: &[&IntModel], image: &[f32]) -> Result<Vec<Output>, ModelError> {
+    let mut out: Vec<Option<Output>> = vec![None; qms.len()];
+    let mut families: Vec<Vec<usize>> = Vec::new();
+    for (k, qm) in qms.iter().enumerate() {
+        let same = |g: &Vec<usize>| qms[g[0]].family == qm.family && qms[g[0]].plain == qm.plain;
+        match families.iter_mut().find(|g| same(g)) {
+            Some(g) => g.push(k),
+            None => families.push(vec![k]),
+        }
+    }
+    for g in families {
+        let run = IntRun::new(qms[g[0]], image, false);
+        shared_branch(qms, g, run, &mut out)?;
+    }
+    Ok(out.into_iter().map(|o| o.expect("every model runs")).collect())
+}
+
+/// Continue `run` for the models `group` (whose units agree on every layer run so far).
+fn shared_branch<'q>(qms: &[&'q IntModel], group: Vec<usize>, mut run: IntRun<'q>, out: &mut [Option<Output>]) -> Result<(), ModelError> {
+    let nodes = run.qm.nodes.len();
+    while run.pc < nodes {
+        if group.len() > 1 {
+            if let Some(li) = run.qm.nodes[run.pc].layer() {
+                let mut parts: Vec<Vec<usize>> = Vec::new();
+                for &k in &group {
+                    let unit = &qms[k].qlayers[li].choice;
+                    match parts.iter_mut().find(|p| &qms[p[0]].qlayers[li].choice == unit) {
+                        Some(p) => p.push(k),
+                        None => parts.push(vec![k]),
+                    }
+                }
+                if parts.len() > 1 {
+                    let last = parts.pop().expect("two parts or more");
+                    for p in parts {
+                        let fork = run.fork(qms[p[0]]);
+                        shared_branch(qms, p, fork, out)?;
+                    }
+                    let fork = run.fork(qms[last[0]]);
+                    drop(run);
+                    return shared_branch(qms, last, fork, out);
+                }
+            }
+        }
+        run.step()?;
+    }
+    let o = Output { logits: std::mem::take(&mut run.logits), int_logits: std::mem::take(&mut run.int_logits) };
+    for &k in &group {
+        out[k] = Some(o.clone());
+    }
+    Ok(())
+}
+
+impl QNode {
+    /// The non-linear layer this node computes, if it is one.
+    fn layer(&self) -> Option<usize> {
+        match self {
+            QNode::LayerNorm { layer, .. } | QNode::Softmax { layer, .. } | QNode::Gelu { layer, .. } => Some(*layer),
+            _ => None,
+        }
     }
 }
 

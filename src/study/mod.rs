@@ -589,10 +589,45 @@ impl Sums<'_> {
         })
     }
 
-    /// End-to-end figures of `qm` (float32 reference) over the evaluation images.
-    fn evaluate(&self, key: &str, model: &Model, qm: &IntModel, eval: &Images, bar: &ProgressBar) -> Result<model::EvalReport, RunError> {
-        let acc = self.sums(key, || Ok(model::evaluate_logits(qm, eval, self.float(model, eval), &|| bar.inc(1))?), |a, b| a.merge(b))?;
-        Ok(acc.report(model, qm, <f32 as model::Real>::name(), eval.labels.is_some()))
+    /// End-to-end figures of each of `qms` (float32 reference) over the evaluation images, the
+    /// sums kept as partial `keys[k]` (one per model, as [`Sums::sums`] does for one), the
+    /// models that still need them run together with their shared prefixes computed once.
+    fn evaluate_many(
+        &self,
+        keys: &[String],
+        model: &Model,
+        qms: &[&IntModel],
+        eval: &Images,
+        bar: &ProgressBar,
+    ) -> Result<Vec<model::EvalReport>, RunError> {
+        let mut accs: Vec<Option<model::EvalAcc>> = vec![None; qms.len()];
+        if let Mode::Shard { spec, work } = self.mode {
+            for (a, key) in accs.iter_mut().zip(keys) {
+                *a = shard::read_own(work, *spec, key, self.eval_total)?;
+            }
+        }
+        if !matches!(self.mode, Mode::Merge { .. }) {
+            let todo: Vec<usize> = (0..qms.len()).filter(|&k| accs[k].is_none()).collect();
+            if !todo.is_empty() {
+                let run: Vec<&IntModel> = todo.iter().map(|&k| qms[k]).collect();
+                let got = model::evaluate_logits_many(&run, eval, self.float(model, eval), &|| bar.inc(1))?;
+                for (&k, a) in todo.iter().zip(got) {
+                    if let Mode::Shard { spec, work } = self.mode {
+                        shard::write(work, *spec, &keys[k], self.eval_slice(), self.eval_total, &a)?;
+                    }
+                    accs[k] = Some(a);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(qms.len());
+        for (k, a) in accs.into_iter().enumerate() {
+            let acc = match a {
+                Some(a) => a,
+                None => self.sums(&keys[k], || unreachable!("only a merge reads every shard's sums"), |a: model::EvalAcc, b| a.merge(b))?,
+            };
+            out.push(acc.report(model, qms[k], <f32 as model::Real>::name(), eval.labels.is_some()));
+        }
+        Ok(out)
     }
 
     /// The attribution variants over the evaluation images.
@@ -1041,34 +1076,43 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
             for (n, a, _) in &pareto_assign {
                 to_eval.push((n.clone(), "pareto".into(), a.clone()));
             }
-            let mut acc: Vec<Accuracy> = Vec::new();
-            let mut cache: BTreeMap<Vec<(String, String)>, Accuracy> = BTreeMap::new();
-            for (n, kind, a) in &to_eval {
-                let r = if let Some(r) = cache.get(&a.0) {
-                    r.clone()
-                } else {
-                    let ma = to_model_assignment(&name, bits, a);
-                    let qm = build(ma.resolve(&layers, n)?)?;
-                    let b = bar(o.progress, eval.len() as u64, format!("{bits}-bit: accuracy, {n}"));
-                    let key = format!("eval_{bits}b_{}", crate::cost::fnv64(&serde_json::to_string(&a.0).expect("serialises")));
-                    let rep = sums.evaluate(&key, &model, &qm, &eval, &b)?;
-                    b.finish();
-                    if float_top1.is_none() {
-                        float_top1 = rep.float_top1;
+            // Each distinct assignment once, all of them in one pass over the images.
+            let mut uniq: Vec<&assign::Assignment> = Vec::new();
+            let mut which: Vec<usize> = Vec::with_capacity(to_eval.len());
+            let mut qms = Vec::new();
+            for (n, _, a) in &to_eval {
+                which.push(match uniq.iter().position(|u| u.0 == a.0) {
+                    Some(i) => i,
+                    None => {
+                        qms.push(build(to_model_assignment(&name, bits, a).resolve(&layers, n)?)?);
+                        uniq.push(a);
+                        uniq.len() - 1
                     }
-                    let r = Accuracy {
-                        name: n.clone(),
-                        kind: kind.clone(),
-                        top1: rep.int_top1,
-                        agreement: rep.agreement,
-                        logits_asqnr_db: rep.logits_asqnr_db,
-                        assignment: a.0.iter().cloned().collect(),
-                    };
-                    cache.insert(a.0.clone(), r.clone());
-                    r
-                };
-                acc.push(Accuracy { name: n.clone(), kind: kind.clone(), ..r });
+                });
             }
+            let keys: Vec<String> = uniq
+                .iter()
+                .map(|a| format!("eval_{bits}b_{}", crate::cost::fnv64(&serde_json::to_string(&a.0).expect("serialises"))))
+                .collect();
+            let b = bar(o.progress, eval.len() as u64, format!("{bits}-bit: accuracy of {} distinct assignments", uniq.len()));
+            let reps = sums.evaluate_many(&keys, &model, &qms.iter().collect::<Vec<_>>(), &eval, &b)?;
+            b.finish();
+            drop(qms);
+            if float_top1.is_none() {
+                float_top1 = reps.first().and_then(|r| r.float_top1);
+            }
+            let acc: Vec<Accuracy> = to_eval
+                .iter()
+                .zip(&which)
+                .map(|((n, kind, a), &i)| Accuracy {
+                    name: n.clone(),
+                    kind: kind.clone(),
+                    top1: reps[i].int_top1,
+                    agreement: reps[i].agreement,
+                    logits_asqnr_db: reps[i].logits_asqnr_db,
+                    assignment: a.0.iter().cloned().collect(),
+                })
+                .collect();
             // 6. Where the accuracy goes: the SQNR-diff rule's model with op kinds (layers) in float64.
             if o.attribution != attribution::Level::None {
                 let ma = to_model_assignment(&name, bits, &rules[0].1);
