@@ -10,7 +10,7 @@
 #![allow(clippy::approx_constant)]
 
 use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
-use super::vector::{Level, LutSoftmax};
+use super::vector::{IbertGelu, Level, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, underflow_rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe,
@@ -484,7 +484,9 @@ impl Gelu {
         (c >> k.n) == ((c + b1 * b1) >> k.n)
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+    /// Both modes; with `fast` the Integer mode runs the vector kernel at that level where it
+    /// accepts the constants.
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, fast: Option<Level>) -> Result<UnitOutput, UnitError> {
         self.check(x)?;
         let c = x.row_len();
         let consts: Vec<GeluConsts> = match &x.scale {
@@ -503,8 +505,44 @@ impl Gelu {
             (0..x.data().len()).filter(|i| collapsed[i % c]).count()
         };
         cond.add_n(Condition::ErfCollapsed, n_collapsed);
-        let out: Vec<i64> = x
-            .data()
+        let fast_out = match (mode, fast) {
+            (Mode::Integer, Some(level)) => Self::integer_fast(level, x, &consts),
+            _ => None,
+        };
+        let out: Vec<i64> = if let Some(out) = fast_out { out } else { self.definition(x, &consts, mode, p, &mut cond) };
+        let scale = match &x.scale {
+            Scale::PerTensor(_) => Scale::PerTensor(consts[0].s_out),
+            Scale::PerChannel(_) => Scale::PerChannel(consts.iter().map(|k| k.s_out).collect()),
+        };
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+
+    /// The Integer mode through the vector kernel at `level`, or `None` where the kernel does
+    /// not prove its 64-bit words wide enough (the definition then runs).
+    fn integer_fast(level: Level, x: &QTensor, consts: &[GeluConsts]) -> Option<Vec<i64>> {
+        let data = x.data();
+        let c = x.row_len();
+        if data.is_empty() || c == 0 {
+            return None;
+        }
+        let lanes = |f: fn(&GeluConsts) -> i64| -> Vec<i64> { consts.iter().map(f).collect() };
+        let (b, cc, shift, n) = (lanes(|k| k.b), lanes(|k| k.c), lanes(|k| k.shift), lanes(|k| i64::from(k.n)));
+        let k = IbertGelu::new(level, x.bits, &b, &cc, &shift, &n)?;
+        let mut out = vec![0i64; data.len()];
+        if k.per_element() {
+            for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+                k.run(row, orow);
+            }
+        } else {
+            k.run(data, &mut out);
+        }
+        Some(out)
+    }
+
+    /// The element steps of both modes, one element at a time (the Integer mode's definition).
+    fn definition<P: Probe>(&self, x: &QTensor, consts: &[GeluConsts], mode: Mode, p: &mut P, cond: &mut Conditions) -> Vec<i64> {
+        let c = x.row_len();
+        x.data()
             .iter()
             .enumerate()
             .map(|(i, &q)| {
@@ -544,12 +582,7 @@ impl Gelu {
                     }
                 }
             })
-            .collect();
-        let scale = match &x.scale {
-            Scale::PerTensor(_) => Scale::PerTensor(consts[0].s_out),
-            Scale::PerChannel(_) => Scale::PerChannel(consts.iter().map(|k| k.s_out).collect()),
-        };
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() })
+            .collect()
     }
 }
 
@@ -603,11 +636,11 @@ impl Unit for Gelu {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe))
+        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, Mode::Integer, probe))
+        checked_output(self.name(), self.run_with(x, Mode::Integer, probe, None))
     }
     fn scale_fits(&self, s: f64, bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
         self.fits(s, bits)
@@ -850,6 +883,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// i-GELU's fast runs (`run`, and the kernel at every level this CPU has) against the definition.
+    fn fast_gelu_equals_definition(g: &Gelu, x: &QTensor) -> Result<(), String> {
+        let want = checked_output("gelu_ibert", g.run_with(x, Mode::Integer, &mut NoProbe, None));
+        let mut runs = vec![("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), checked_output("gelu_ibert", g.run_with(x, Mode::Integer, &mut NoProbe, Some(l)))));
+        }
+        cases::same_as_definition(&want, runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// i-GELU's vector path equals the definition for 2..=16-bit inputs and the int32
+        /// accumulator (per-channel scales), both presets and perturbed `n`/`k`.
+        #[test]
+        fn gelu_fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 17u32..=32, proptest::strategy::Just(32u32)],
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            channel in proptest::bool::ANY,
+            tweak in 0u32..4,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut g = Gelu::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => g.n = Some((seed % 61) as u32),
+                2 => g.k = 1.0 + (seed % 1000) as f64 / 1000.0,
+                _ => {}
+            }
+            let x = cases::rows(bits, true, c, nrows, seed);
+            // Accumulator-like scales for wide inputs (inputs of about ±8), random ones otherwise.
+            let top = 8.0 / f64::from(1u32 << (bits - 1).min(31));
+            let x = if channel { cases::per_channel(x, top.log2() - 4.0, top.log2() + 2.0, seed) } else { x };
+            if let Err(e) = fast_gelu_equals_definition(&g, &x) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every 8-bit code, both presets, scales from fine to coarse (erf collapsed at the coarsest).
+    #[test]
+    fn gelu_fast_integer_path_exhaustive_8bit() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            for s in [1e-4, 2f64.powi(-7), 8.0 / 127.0, 0.25, 1.5] {
+                fast_gelu_equals_definition(&g, &cases::all_codes(8, true, s)).unwrap();
+            }
+        }
+    }
+
+    /// The bench input (8-bit) and the model's int32 accumulator take the kernel.
+    #[test]
+    fn gelu_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            let s = sample(&g, 8, Dist::Gelu, 197, 1).unwrap();
+            let consts = [g.consts(s.q.scale.per_tensor().unwrap())];
+            assert!(Gelu::integer_fast(Level::detect(), &s.q, &consts).is_some());
+            fast_gelu_equals_definition(&g, &s.q).unwrap();
+        }
+        let x = cases::per_channel(cases::rows(32, true, 64, 3, 5), -20.0, -14.0, 5);
+        let g = Gelu::preset(Preset::Adapted);
+        let consts: Vec<GeluConsts> = x.scale.values().iter().map(|s| g.consts(*s)).collect();
+        assert!(Gelu::integer_fast(Level::detect(), &x, &consts).is_some());
     }
 
     /// The DeiT-shaped bench input takes the kernel on every row (none refused).
