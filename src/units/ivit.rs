@@ -7,7 +7,7 @@
 //! `tests/modes.rs` measures that they agree. The requantiser differs where `|z·m| ≥ 2^53`
 //! (float64 product rounded) and where the reference casts its output to float32.
 
-use super::vector::{Level, LutSoftmax};
+use super::vector::{lut_map, min_max, Level, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit,
@@ -432,15 +432,90 @@ impl Gelu {
         self.sigma(q, m, em, x0, n, up, mode, p)
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, memo: bool) -> Result<UnitOutput, UnitError> {
+    /// The outputs `q·σ` of codes `lo..=hi` in a row with maximum `rmax` (ignored element-wise),
+    /// each from [`Gelu::element`], and whether each saturated.
+    fn table(&self, lo: i64, hi: i64, rmax: i64, (x0, n, up, mode): (i64, i64, u32, Mode)) -> (Vec<i64>, Vec<bool>) {
+        let em_row = exp_shift(-rmax << up, x0, n, 1i64 << 31, &mut NoProbe);
+        (lo..=hi)
+            .map(|q| {
+                let (sig, sat) = self.element(q, (rmax, em_row, x0, n, up, mode), &mut NoProbe);
+                (q * sig, sat)
+            })
+            .unzip()
+    }
+
+    /// The outputs and saturated-element count through tables built by the definition itself
+    /// (σ depends only on q element-wise, or on (row max, q)) and read by the vector kernel at
+    /// `level`; `None` when building the tables would cost more element steps than the tensor has.
+    fn tabulated(&self, level: Level, data: &[i64], c: usize, k: (i64, i64, u32, Mode)) -> Option<(Vec<i64>, usize)> {
+        if data.is_empty() || c == 0 {
+            return None;
+        }
+        let mut out = vec![0i64; data.len()];
+        let mut sat = 0;
+        let count = |row: &[i64], lo: i64, flags: &[bool]| row.iter().filter(|&&q| flags[(q - lo) as usize]).count();
+        if !self.row_max {
+            let (lo, hi) = min_max(level, data);
+            if (hi - lo) as usize >= data.len() {
+                return None;
+            }
+            let (t, flags) = self.table(lo, hi, 0, k);
+            if !lut_map(level, data, lo, &t, &mut out) {
+                return None;
+            }
+            if flags.contains(&true) {
+                sat = count(data, lo, &flags);
+            }
+            return Some((out, sat));
+        }
+        let ranges: Vec<(i64, i64)> = data.chunks_exact(c).map(|r| min_max(level, r)).collect();
+        let lo = ranges.iter().map(|r| r.0).min()?;
+        let mut maxima: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+        maxima.sort_unstable();
+        maxima.dedup();
+        // One table per distinct row maximum m, over lo..=m.
+        if maxima.iter().map(|&m| (m - lo + 1) as usize).sum::<usize>() > data.len() {
+            return None;
+        }
+        let mut tables: Vec<Option<(Vec<i64>, Vec<bool>)>> = vec![None; maxima.len()];
+        for ((row, orow), &(_, m)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&ranges) {
+            let slot = maxima.binary_search(&m).ok()?;
+            let (t, flags) = tables[slot].get_or_insert_with(|| self.table(lo, m, m, k));
+            if !lut_map(level, row, lo, t, orow) {
+                return None;
+            }
+            if flags.contains(&true) {
+                sat += count(row, lo, flags);
+            }
+        }
+        Some((out, sat))
+    }
+
+    /// Both modes; `memo` memoises σ of narrow inputs, and with `fast` the Integer mode reads
+    /// tables built by the definition through the vector kernel at that level.
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, memo: bool, fast: Option<Level>) -> Result<UnitOutput, UnitError> {
         let s = self.check(x)?;
         let (x0, up, n) = self.constants(s);
         let (c, _) = rows(x);
         let n = i64::from(n);
         let cap = 1i64 << 31;
         let data = x.data();
-        let mut out = vec![0i64; data.len()];
+        let s_out = fl32(f64::from(s as f32) * f64::from(2f32.powi(-(self.out_bits as i32 - 1))));
+        let output = |values: Vec<i64>, cond: Conditions| UnitOutput {
+            values,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerTensor(s_out),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        };
         let mut cond = Conditions::default();
+        if let (Mode::Integer, Some(level)) = (mode, fast) {
+            if let Some((out, sat)) = self.tabulated(level, data, c, (x0, n, up, mode)) {
+                cond.add_n(Condition::SumSaturated, sat);
+                return Ok(output(out, cond));
+            }
+        }
+        let mut out = vec![0i64; data.len()];
         let (lo, hi) = int_range(x.bits, true);
         let span = (hi - lo + 1) as usize;
         // σ depends only on (row max, q) — or on q alone element-wise — so narrow inputs are
@@ -482,14 +557,7 @@ impl Gelu {
                 *o = v;
             }
         }
-        let s_out = fl32(f64::from(s as f32) * f64::from(2f32.powi(-(self.out_bits as i32 - 1))));
-        Ok(UnitOutput {
-            values: out,
-            shape: x.shape().to_vec(),
-            scale: Scale::PerTensor(s_out),
-            encoding: Encoding::Linear,
-            conditions: cond.into_vec(),
-        })
+        Ok(output(out, cond))
     }
 }
 
@@ -558,11 +626,11 @@ impl Unit for Gelu {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe, true))
+        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe, true, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, Mode::Integer, probe, false))
+        checked_output(self.name(), self.run_with(x, Mode::Integer, probe, false, None))
     }
     fn scale_fits(&self, s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
         self.fits(s)
@@ -1015,6 +1083,73 @@ mod tests {
                     fast_softmax_equals_definition(&sm, &x, &Aux::default()).unwrap();
                 }
             }
+        }
+    }
+
+    /// ShiftGELU's fast runs (`run`, the memo, and the tables at every level this CPU has)
+    /// against the definition (every element computed).
+    fn fast_gelu_equals_definition(g: &Gelu, x: &QTensor) -> Result<(), String> {
+        let def = |memo, fast| checked_output("gelu_ivit", g.run_with(x, Mode::Integer, &mut NoProbe, memo, fast));
+        let want = def(false, None);
+        let mut runs = vec![("memo".to_string(), def(true, None)), ("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), def(false, Some(l))));
+        }
+        cases::same_as_definition(&want, runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// ShiftGELU's tabulated path equals the definition for 2..=16-bit inputs, both presets
+        /// (row-wise and element-wise) and perturbed parameters.
+        #[test]
+        fn gelu_fast_integer_path_equals_reference(
+            bits in 2u32..=16,
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in proptest::prop_oneof![1usize..=4, 1usize..=64],
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..6,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut g = Gelu::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => g.out_bits = 2 + (seed % 23) as u32,
+                2 => g.n = Some((seed % 41) as u32),
+                3 => g.upshift = Some((seed % 25) as u32),
+                4 => g.row_max = !g.row_max,
+                _ => {}
+            }
+            let x = cases::rows(bits, true, c, nrows, seed);
+            if let Err(e) = fast_gelu_equals_definition(&g, &x) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every 8-bit code (one row) and every two-element 8-bit row, both presets, five scales.
+    #[test]
+    fn gelu_fast_integer_path_exhaustive_8bit() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            for s in [1e-4, 2f64.powi(-7), 8.0 / 127.0, 0.25, 1.5] {
+                fast_gelu_equals_definition(&g, &cases::all_codes(8, true, s)).unwrap();
+                fast_gelu_equals_definition(&g, &cases::all_pairs(8, true, s)).unwrap();
+            }
+        }
+    }
+
+    /// The bench input takes the tables (both presets).
+    #[test]
+    fn gelu_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            let s = sample(&g, 8, Dist::Gelu, 197, 1).unwrap();
+            let (x0, up, n) = g.constants(s.q.scale.per_tensor().unwrap());
+            let k = (x0, i64::from(n), up, Mode::Integer);
+            assert!(g.tabulated(Level::detect(), s.q.data(), s.q.row_len(), k).is_some(), "{preset}");
+            fast_gelu_equals_definition(&g, &s.q).unwrap();
         }
     }
 

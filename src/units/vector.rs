@@ -129,10 +129,32 @@ impl<'a> LutSoftmax<'a> {
     }
 }
 
+/// `(min, max)` of `q` (`(i64::MAX, i64::MIN)` when empty).
+pub(crate) fn min_max(level: Level, q: &[i64]) -> (i64, i64) {
+    match level {
+        Level::Scalar => min_max_portable(q),
+        // SAFETY: the level was detected (or listed as available) on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { min_max_avx2(q) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { avx512::min_max(q) },
+    }
+}
+
+#[inline(always)]
+fn min_max_portable(q: &[i64]) -> (i64, i64) {
+    (q.iter().copied().fold(i64::MAX, i64::min), q.iter().copied().fold(i64::MIN, i64::max))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn min_max_avx2(q: &[i64]) -> (i64, i64) {
+    min_max_portable(q)
+}
+
 #[inline(always)]
 fn exp_portable(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
-    let mx = row.iter().copied().fold(i64::MIN, i64::max);
-    let mn = row.iter().copied().fold(i64::MAX, i64::min);
+    let (mn, mx) = min_max_portable(row);
     // Also keeps every index `max − q` inside the table.
     if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
         return None;
@@ -444,19 +466,8 @@ mod avx512 {
         let c = row.len();
         assert!(e.len() == c);
         let full = c / 8 * 8;
-        let (mut vmx, mut vmn) = (_mm512_set1_epi64(i64::MIN), _mm512_set1_epi64(i64::MAX));
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ c.
-            let q = unsafe { _mm512_loadu_si512(row.as_ptr().add(i).cast()) };
-            vmx = _mm512_max_epi64(vmx, q);
-            vmn = _mm512_min_epi64(vmn, q);
-        }
-        let mut mx = _mm512_reduce_max_epi64(vmx);
-        let mut mn = _mm512_reduce_min_epi64(vmn);
-        for &q in &row[full..] {
-            mx = mx.max(q);
-            mn = mn.min(q);
-        }
+        // SAFETY: the caller's CPU has AVX-512F/DQ.
+        let (mn, mx) = unsafe { min_max(row) };
         // Every index max − q is then in 0..table.len(): the gathers stay inside the table.
         if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
             return None;
@@ -478,6 +489,24 @@ mod avx512 {
             sum += *ei;
         }
         Some(sum)
+    }
+
+    /// [`super::min_max_portable`] in eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn min_max(q: &[i64]) -> (i64, i64) {
+        let full = q.len() / 8 * 8;
+        let (mut vmn, mut vmx) = (_mm512_set1_epi64(i64::MAX), _mm512_set1_epi64(i64::MIN));
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ q.len().
+            let v = unsafe { _mm512_loadu_si512(q.as_ptr().add(i).cast()) };
+            vmx = _mm512_max_epi64(vmx, v);
+            vmn = _mm512_min_epi64(vmn, v);
+        }
+        let (tn, tx) = super::min_max_portable(&q[full..]);
+        (_mm512_reduce_min_epi64(vmn).min(tn), _mm512_reduce_max_epi64(vmx).max(tx))
     }
 
     /// [`super::gelu_ibert_portable`] in eight lanes (`vpmullq`, `vpsravq`).
