@@ -7,7 +7,7 @@
 //! `tests/modes.rs` measures that they agree. The requantiser differs where `|z·m| ≥ 2^53`
 //! (float64 product rounded) and where the reference casts its output to float32.
 
-use super::vector::{lut_map, min_max, Level, LutSoftmax};
+use super::vector::{lut_map, min_max, Level, LnRows, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit,
@@ -701,7 +701,52 @@ impl LayerNorm {
         }
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+    /// The Newton root of the definition for `var < 2^62` (then every step fits 64-bit words:
+    /// `k + var/k < 2^63` while `k < 2^62`), or `None`.
+    fn newton64(&self, var: i128) -> Option<i64> {
+        let start = match self.start {
+            NewtonStart::Fixed(v) => v,
+            NewtonStart::BitLength => 1u64 << bit_length(var as u128).div_ceil(2),
+        };
+        if !(0..1 << 62).contains(&var) || start >= 1 << 62 {
+            return None;
+        }
+        let (var, mut k) = (var as u64, start);
+        for _ in 0..self.newton_steps {
+            k = ((k + var / k.max(1)) >> 1).max(1);
+        }
+        Some(k as i64)
+    }
+
+    /// The Integer mode through the row kernels at `level` (`cond` holds the conditions counted
+    /// so far), or `None` where they do not prove 64-bit words wide enough (the definition runs).
+    fn integer_fast(&self, level: Level, x: &QTensor, bias: &[i64], mut cond: Conditions) -> Option<(Vec<i64>, Conditions)> {
+        let (c, _) = rows(x);
+        let ln = LnRows::new(level, x.bits, c)?;
+        let data = x.data();
+        let bmax = bias.iter().map(|b| b.unsigned_abs()).max().unwrap_or(0).min(1 << 62) as i64;
+        let mut out = vec![0i64; data.len()];
+        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let st = ln.stats(row);
+            let mean = crate::fixed::div_round(i128::from(st.sum), c as i128, crate::fixed::Rounding::HalfEven) as i64;
+            let var = st.centred_sumsq(mean, c);
+            if var == 0 {
+                cond.add(Condition::ZeroVariance);
+            }
+            let factor = ((1i64 << 31) - 1) / self.newton64(var)?;
+            if factor == 0 {
+                cond.add(Condition::FactorUnderflow);
+            }
+            if !ln.affine(row, &st, mean, factor, bias, bmax, orow) {
+                let y: Vec<i64> = row.iter().map(|&q| q - mean).collect();
+                ln_scale_row(&y, factor, bias, orow, &mut NoProbe);
+            }
+        }
+        Some((out, cond))
+    }
+
+    /// Both modes; with `fast` the Integer mode runs the row kernels at that level where they apply.
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, fast: Option<Level>) -> Result<UnitOutput, UnitError> {
         let u = "layernorm_ivit";
         check_bits(u, x, 2, 32, Some(true))?;
         x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: u, what: "I-LayerNorm needs a per-tensor input scale".into() })?;
@@ -710,6 +755,12 @@ impl LayerNorm {
         let mut cond = Conditions::default();
         let (bias, scale) = ln_bias_and_scale(gamma, beta, c, &mut cond);
         let data = x.data();
+        if let (Mode::Integer, Some(level)) = (mode, fast) {
+            if let Some((values, cond)) = self.integer_fast(level, x, &bias, cond.clone()) {
+                let (shape, scale, conditions) = (x.shape().to_vec(), Scale::PerChannel(scale), cond.into_vec());
+                return Ok(UnitOutput { values, shape, scale, encoding: Encoding::Linear, conditions });
+            }
+        }
         let mut out = vec![0i64; data.len()];
         let mut y = vec![0i64; c];
         for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
@@ -824,11 +875,11 @@ impl Unit for LayerNorm {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, None))
     }
 }
 
@@ -1150,6 +1201,72 @@ mod tests {
             let k = (x0, i64::from(n), up, Mode::Integer);
             assert!(g.tabulated(Level::detect(), s.q.data(), s.q.row_len(), k).is_some(), "{preset}");
             fast_gelu_equals_definition(&g, &s.q).unwrap();
+        }
+    }
+
+    /// I-LayerNorm's fast runs (`run`, and the row kernels at every level this CPU has) against the definition.
+    fn fast_ln_equals_definition(ln: &LayerNorm, x: &QTensor, aux: &Aux) -> Result<(), String> {
+        let want = checked_output("layernorm_ivit", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, None));
+        let mut runs = vec![("run".to_string(), ln.run(x, aux, Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), checked_output("layernorm_ivit", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, Some(l)))));
+        }
+        cases::same_as_definition(&want, runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The LayerNorm's vector path equals the definition: widths 2..=32 (the 16- and 22-bit
+        /// residuals included), rows 1..=1024, per-channel γ/β, both presets, perturbed parameters.
+        #[test]
+        fn ln_fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 2u32..=32, proptest::strategy::Just(16u32), proptest::strategy::Just(22u32)],
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..5,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut ln = LayerNorm::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => ln.newton_steps = (seed % 12) as u32,
+                2 => ln.start = NewtonStart::Fixed(1 + seed % (1 << 40)),
+                3 => ln.start = NewtonStart::Fixed(1 << 16),
+                _ => {}
+            }
+            let x = cases::rows(bits, true, c, nrows, seed);
+            let aux = cases::ln_affine(c, seed);
+            if let Err(e) = fast_ln_equals_definition(&ln, &x, &aux) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every two-element row of 8-bit codes, both presets, three affine parameter sets.
+    #[test]
+    fn ln_fast_integer_path_exhaustive_8bit_pairs() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let ln = LayerNorm::preset(preset);
+            for seed in 0..3 {
+                fast_ln_equals_definition(&ln, &cases::all_pairs(8, true, 0.05), &cases::ln_affine(2, seed)).unwrap();
+            }
+        }
+    }
+
+    /// The bench input (8-bit) and a 16-bit residual take the row kernels.
+    #[test]
+    fn ln_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let ln = LayerNorm::preset(preset);
+            for bits in [8, 16] {
+                let s = sample(&ln, bits, Dist::Layernorm, 197, 1).unwrap();
+                let (g, b) = affine("t", &s.aux, s.q.row_len()).unwrap();
+                let (bias, _) = ln_bias_and_scale(g, b, s.q.row_len(), &mut Conditions::default());
+                assert!(ln.integer_fast(Level::detect(), &s.q, &bias, Conditions::default()).is_some(), "{preset} {bits}");
+                fast_ln_equals_definition(&ln, &s.q, &s.aux).unwrap();
+            }
         }
     }
 

@@ -667,6 +667,23 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// The float-seeded root equals the exact one around every square and at random points.
+    #[test]
+    fn isqrt_u64_is_exact() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(3);
+        let check = |v: u64| assert_eq!(u128::from(isqrt_u64(v)), crate::fixed::isqrt(u128::from(v)), "{v}");
+        for k in (0u64..70_000).chain((0..2000).map(|i| (1u64 << 32) - 1 - i)) {
+            for d in [-1i64, 0, 1] {
+                check((k * k).wrapping_add_signed(d));
+            }
+        }
+        for _ in 0..100_000 {
+            check(r.gen::<u64>() >> r.gen_range(0..64));
+        }
+        check(u64::MAX);
+    }
+
     /// Every level's table softmax equals the plain scalar loops, rows spanning the table
     /// exactly or one code more (refused), factors up to the 63-bit bound.
     #[test]
@@ -757,6 +774,28 @@ pub(crate) mod cases {
         let q: Vec<i64> = (lo..=hi).collect();
         let n = q.len();
         QTensor::new(q, &[1, n], Scale::PerTensor(s), bits, signed).unwrap()
+    }
+
+    /// Per-channel LayerNorm parameters for rows of `c`: γ and β each zero, tiny, huge or
+    /// ordinary, either sign.
+    pub(crate) fn ln_affine(c: usize, seed: u64) -> Aux {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0x1a7e);
+        let mut value = || -> f32 {
+            let m = match r.gen_range(0..10) {
+                0 => 0.0,
+                1 => r.gen_range(1e-7f32..1e-3),
+                2 => r.gen_range(10f32..300.0),
+                _ => r.gen_range(0.05f32..3.0),
+            };
+            if r.gen_bool(0.3) {
+                -m
+            } else {
+                m
+            }
+        };
+        let gamma = (0..c).map(|_| value()).collect();
+        let beta = (0..c).map(|_| value()).collect();
+        Aux { gamma: Some(gamma), beta: Some(beta), ..Aux::default() }
     }
 
     /// With probability 1/4 a softmax mask for `x`: per row none, some or every element masked.
