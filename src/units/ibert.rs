@@ -684,7 +684,7 @@ impl LayerNorm {
     /// so far), or `None` where they do not prove 64-bit words wide enough (the definition runs).
     fn integer_fast(&self, level: Level, x: &QTensor, bias: &[i64], mut cond: Conditions) -> Option<(Vec<i64>, Conditions)> {
         let (c, _) = rows(x);
-        let ln = LnRows::new(level, x.bits, c)?;
+        let ln = LnRows::new(level, x.bits, c, bias)?;
         let data = x.data();
         let stats: Vec<_> = data.chunks_exact(c).map(|r| ln.stats(r)).collect();
         let means: Vec<i64> = stats.iter().map(|s| div_round(i128::from(s.sum), c as i128, Rounding::HalfEven) as i64).collect();
@@ -707,7 +707,6 @@ impl LayerNorm {
             vars = vars_at(shift);
         }
         cond.add_n(Condition::VarianceOverflow, vars.iter().filter(|&&v| v >= limit).count());
-        let bmax = bias.iter().map(|b| b.unsigned_abs()).max().unwrap_or(0).min(1 << 62) as i64;
         let mut out = vec![0i64; data.len()];
         for (((row, orow), &var), (st, &mean)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&vars).zip(stats.iter().zip(&means))
         {
@@ -726,7 +725,7 @@ impl LayerNorm {
             if factor == 0 {
                 cond.add(Condition::FactorUnderflow);
             }
-            if !ln.affine(row, st, mean, factor, bias, bmax, orow) {
+            if !ln.affine(row, st, mean, factor, bias, orow) {
                 let y: Vec<i64> = row.iter().map(|&q| q - mean).collect();
                 ln_scale_row(&y, factor, bias, orow, &mut NoProbe);
             }

@@ -338,14 +338,18 @@ impl RowStats {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LnRows {
     level: Level,
+    /// The largest `|bias|` the rows are given (capped at 2^62).
+    bmax: i64,
 }
 
 impl LnRows {
-    /// The kernels, or `None` when `c·2^(2·bits) ≥ 2^63`: below it `Σq²` and every shifted
-    /// sum of squares of centred values (`|q − m| < 2^bits`) are exact 64-bit sums.
-    pub(crate) fn new(level: Level, bits: u32, c: usize) -> Option<LnRows> {
+    /// The kernels for rows given the per-channel `bias`, or `None` when `c·2^(2·bits) ≥ 2^63`:
+    /// below it `Σq²` and every shifted sum of squares of centred values (`|q − m| < 2^bits`)
+    /// are exact 64-bit sums.
+    pub(crate) fn new(level: Level, bits: u32, c: usize, bias: &[i64]) -> Option<LnRows> {
         let ok = (1..=32).contains(&bits) && c > 0 && (c as u128) << (2 * bits) < 1 << 63;
-        ok.then_some(LnRows { level })
+        let bmax = bias.iter().map(|b| b.unsigned_abs()).max().unwrap_or(0).min(1 << 62) as i64;
+        ok.then_some(LnRows { level, bmax })
     }
 
     /// `Σq`, `Σq²`, min and max of a non-empty row of the width given to [`LnRows::new`].
@@ -376,12 +380,12 @@ impl LnRows {
 
     /// `out_j = (((q_j − m)·factor) >> 1) + bias_j` (`ivit::ln_scale_row` on the centred row),
     /// or false, having written nothing, when 64-bit words do not hold it: with `s` the row's
-    /// stats, `max|q − m|·factor` must be below 2^62 and that plus `max|bias|` (`bmax`) too.
-    pub(crate) fn affine(&self, row: &[i64], s: &RowStats, m: i64, factor: i64, bias: &[i64], bmax: i64, out: &mut [i64]) -> bool {
+    /// stats, `max|q − m|·factor` must be below 2^62 and that plus `max|bias|` too.
+    pub(crate) fn affine(&self, row: &[i64], s: &RowStats, m: i64, factor: i64, bias: &[i64], out: &mut [i64]) -> bool {
         assert!(bias.len() == row.len() && out.len() == row.len());
         let dev = (i128::from(s.max) - i128::from(m)).max(i128::from(m) - i128::from(s.min));
         let prod = dev * i128::from(factor).abs();
-        if factor < 0 || prod >= 1 << 62 || (prod >> 1) + i128::from(bmax) >= 1 << 62 {
+        if factor < 0 || prod >= 1 << 62 || (prod >> 1) + i128::from(self.bmax) >= 1 << 62 {
             return false;
         }
         match self.level {
