@@ -713,7 +713,12 @@ impl LayerNorm {
         }
         let (var, mut k) = (var as u64, start);
         for _ in 0..self.newton_steps {
-            k = ((k + var / k.max(1)) >> 1).max(1);
+            let next = ((k + var / k.max(1)) >> 1).max(1);
+            // A step is a function of k alone: at a fixed point the remaining steps change nothing.
+            if next == k {
+                break;
+            }
+            k = next;
         }
         Some(k as i64)
     }
