@@ -10,7 +10,7 @@
 #![allow(clippy::approx_constant)]
 
 use super::ivit::{floor_div, ln_bias_and_scale, ln_scale_row};
-use super::vector::{Level, LutSoftmax};
+use super::vector::{IbertGelu, Level, LnRows, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, underflow_rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe,
@@ -484,7 +484,9 @@ impl Gelu {
         (c >> k.n) == ((c + b1 * b1) >> k.n)
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+    /// Both modes; with `fast` the Integer mode runs the vector kernel at that level where it
+    /// accepts the constants.
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, fast: Option<Level>) -> Result<UnitOutput, UnitError> {
         self.check(x)?;
         let c = x.row_len();
         let consts: Vec<GeluConsts> = match &x.scale {
@@ -503,8 +505,44 @@ impl Gelu {
             (0..x.data().len()).filter(|i| collapsed[i % c]).count()
         };
         cond.add_n(Condition::ErfCollapsed, n_collapsed);
-        let out: Vec<i64> = x
-            .data()
+        let fast_out = match (mode, fast) {
+            (Mode::Integer, Some(level)) => Self::integer_fast(level, x, &consts),
+            _ => None,
+        };
+        let out: Vec<i64> = if let Some(out) = fast_out { out } else { self.definition(x, &consts, mode, p, &mut cond) };
+        let scale = match &x.scale {
+            Scale::PerTensor(_) => Scale::PerTensor(consts[0].s_out),
+            Scale::PerChannel(_) => Scale::PerChannel(consts.iter().map(|k| k.s_out).collect()),
+        };
+        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() })
+    }
+
+    /// The Integer mode through the vector kernel at `level`, or `None` where the kernel does
+    /// not prove its 64-bit words wide enough (the definition then runs).
+    fn integer_fast(level: Level, x: &QTensor, consts: &[GeluConsts]) -> Option<Vec<i64>> {
+        let data = x.data();
+        let c = x.row_len();
+        if data.is_empty() || c == 0 {
+            return None;
+        }
+        let lanes = |f: fn(&GeluConsts) -> i64| -> Vec<i64> { consts.iter().map(f).collect() };
+        let (b, cc, shift, n) = (lanes(|k| k.b), lanes(|k| k.c), lanes(|k| k.shift), lanes(|k| i64::from(k.n)));
+        let k = IbertGelu::new(level, x.bits, &b, &cc, &shift, &n)?;
+        let mut out = vec![0i64; data.len()];
+        if k.per_element() {
+            for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+                k.run(row, orow);
+            }
+        } else {
+            k.run(data, &mut out);
+        }
+        Some(out)
+    }
+
+    /// The element steps of both modes, one element at a time (the Integer mode's definition).
+    fn definition<P: Probe>(&self, x: &QTensor, consts: &[GeluConsts], mode: Mode, p: &mut P, cond: &mut Conditions) -> Vec<i64> {
+        let c = x.row_len();
+        x.data()
             .iter()
             .enumerate()
             .map(|(i, &q)| {
@@ -544,12 +582,7 @@ impl Gelu {
                     }
                 }
             })
-            .collect();
-        let scale = match &x.scale {
-            Scale::PerTensor(_) => Scale::PerTensor(consts[0].s_out),
-            Scale::PerChannel(_) => Scale::PerChannel(consts.iter().map(|k| k.s_out).collect()),
-        };
-        Ok(UnitOutput { values: out, shape: x.shape().to_vec(), scale, encoding: Encoding::Linear, conditions: cond.into_vec() })
+            .collect()
     }
 }
 
@@ -603,11 +636,11 @@ impl Unit for Gelu {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe))
+        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, Mode::Integer, probe))
+        checked_output(self.name(), self.run_with(x, Mode::Integer, probe, None))
     }
     fn scale_fits(&self, s: f64, bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
         self.fits(s, bits)
@@ -647,7 +680,61 @@ impl LayerNorm {
         (0..64).find(|t| worst >> (2 * t) < 1u128 << 32).unwrap_or(64)
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+    /// The Integer mode through the row kernels at `level` (`cond` holds the conditions counted
+    /// so far), or `None` where they do not prove 64-bit words wide enough (the definition runs).
+    fn integer_fast(&self, level: Level, x: &QTensor, bias: &[i64], mut cond: Conditions) -> Option<(Vec<i64>, Conditions)> {
+        let (c, _) = rows(x);
+        let ln = LnRows::new(level, x.bits, c, bias)?;
+        let data = x.data();
+        let stats: Vec<_> = data.chunks_exact(c).map(|r| ln.stats(r)).collect();
+        let means: Vec<i64> = stats.iter().map(|s| div_round(i128::from(s.sum), c as i128, Rounding::HalfEven) as i64).collect();
+        // Σ((q − mean) >> sh)², exactly (LnRows bounds every sum below 2^63).
+        let vars_at = |sh: u32| -> Vec<i128> {
+            data.chunks_exact(c)
+                .zip(stats.iter().zip(&means))
+                .map(|(r, (s, &m))| if sh == 0 { s.centred_sumsq(m, c) } else { i128::from(ln.sumsq_shifted(r, m, sh)) })
+                .collect()
+        };
+        let mut shift = match self.shift {
+            ShiftRule::Dynamic(s) | ShiftRule::Frozen(s) => s,
+            ShiftRule::Static => Self::static_shift(x.bits, c),
+        };
+        let mut vars = vars_at(shift);
+        let limit = 1i128 << 32;
+        if matches!(self.shift, ShiftRule::Dynamic(_)) && vars.iter().any(|&v| v >= limit) {
+            let t = vars_at(0).iter().map(|&v| (0..64).find(|t| v <= 1i128 << (32 + 2 * t)).unwrap_or(64)).max().unwrap_or(0);
+            shift = shift.max(t as u32);
+            vars = vars_at(shift);
+        }
+        cond.add_n(Condition::VarianceOverflow, vars.iter().filter(|&&v| v >= limit).count());
+        let mut out = vec![0i64; data.len()];
+        for (((row, orow), &var), (st, &mean)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&vars).zip(stats.iter().zip(&means))
+        {
+            let root = i128::from(super::vector::isqrt_u64(u64::try_from(var).ok()?));
+            // The definition's `root << shift` in 64-bit words, refused where it would wrap.
+            if shift >= 63 || root << shift >= 1 << 63 {
+                return None;
+            }
+            let std = (root << shift) as i64;
+            if std == 0 {
+                cond.add(Condition::ZeroVariance);
+                orow.copy_from_slice(bias);
+                continue;
+            }
+            let factor = (1i64 << 31) / std;
+            if factor == 0 {
+                cond.add(Condition::FactorUnderflow);
+            }
+            if !ln.affine(row, st, mean, factor, bias, orow) {
+                let y: Vec<i64> = row.iter().map(|&q| q - mean).collect();
+                ln_scale_row(&y, factor, bias, orow, &mut NoProbe);
+            }
+        }
+        Some((out, cond))
+    }
+
+    /// Both modes; with `fast` the Integer mode runs the row kernels at that level where they apply.
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, fast: Option<Level>) -> Result<UnitOutput, UnitError> {
         let u = "layernorm_ibert";
         check_bits(u, x, 2, 32, Some(true))?;
         x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: u, what: "IntLayerNorm needs a per-tensor input scale".into() })?;
@@ -656,6 +743,12 @@ impl LayerNorm {
         let mut cond = Conditions::default();
         let (bias, scale) = ln_bias_and_scale(gamma, beta, c, &mut cond);
         let data = x.data();
+        if let (Mode::Integer, Some(level)) = (mode, fast) {
+            if let Some((values, cond)) = self.integer_fast(level, x, &bias, cond.clone()) {
+                let (shape, scale, conditions) = (x.shape().to_vec(), Scale::PerChannel(scale), cond.into_vec());
+                return Ok(UnitOutput { values, shape, scale, encoding: Encoding::Linear, conditions });
+            }
+        }
         // Pass 1: centre every row (the shift rule needs every row's variance first).
         let mut y = vec![0i64; data.len()];
         for (row, yrow) in data.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
@@ -781,11 +874,11 @@ impl Unit for LayerNorm {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, None))
     }
 }
 
@@ -848,6 +941,140 @@ mod tests {
                     let x = cases::all_pairs(8, signed, s);
                     fast_softmax_equals_definition(&sm, &x, &Aux::default()).unwrap();
                 }
+            }
+        }
+    }
+
+    /// i-GELU's fast runs (`run`, and the kernel at every level this CPU has) against the definition.
+    fn fast_gelu_equals_definition(g: &Gelu, x: &QTensor) -> Result<(), String> {
+        let want = checked_output("gelu_ibert", g.run_with(x, Mode::Integer, &mut NoProbe, None));
+        let mut runs = vec![("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), checked_output("gelu_ibert", g.run_with(x, Mode::Integer, &mut NoProbe, Some(l)))));
+        }
+        cases::same_as_definition(&want, runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// i-GELU's vector path equals the definition for 2..=16-bit inputs and the int32
+        /// accumulator (per-channel scales), both presets and perturbed `n`/`k`.
+        #[test]
+        fn gelu_fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 17u32..=32, proptest::strategy::Just(32u32)],
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            channel in proptest::bool::ANY,
+            tweak in 0u32..4,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut g = Gelu::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => g.n = Some((seed % 61) as u32),
+                2 => g.k = 1.0 + (seed % 1000) as f64 / 1000.0,
+                _ => {}
+            }
+            let x = cases::rows(bits, true, c, nrows, seed);
+            // Accumulator-like scales for wide inputs (inputs of about ±8), random ones otherwise.
+            let top = 8.0 / f64::from(1u32 << (bits - 1).min(31));
+            let x = if channel { cases::per_channel(x, top.log2() - 4.0, top.log2() + 2.0, seed) } else { x };
+            if let Err(e) = fast_gelu_equals_definition(&g, &x) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every 8-bit code, both presets, scales from fine to coarse (erf collapsed at the coarsest).
+    #[test]
+    fn gelu_fast_integer_path_exhaustive_8bit() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            for s in [1e-4, 2f64.powi(-7), 8.0 / 127.0, 0.25, 1.5] {
+                fast_gelu_equals_definition(&g, &cases::all_codes(8, true, s)).unwrap();
+            }
+        }
+    }
+
+    /// The bench input (8-bit) and the model's int32 accumulator take the kernel.
+    #[test]
+    fn gelu_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            let s = sample(&g, 8, Dist::Gelu, 197, 1).unwrap();
+            let consts = [g.consts(s.q.scale.per_tensor().unwrap())];
+            assert!(Gelu::integer_fast(Level::detect(), &s.q, &consts).is_some());
+            fast_gelu_equals_definition(&g, &s.q).unwrap();
+        }
+        let x = cases::per_channel(cases::rows(32, true, 64, 3, 5), -20.0, -14.0, 5);
+        let g = Gelu::preset(Preset::Adapted);
+        let consts: Vec<GeluConsts> = x.scale.values().iter().map(|s| g.consts(*s)).collect();
+        assert!(Gelu::integer_fast(Level::detect(), &x, &consts).is_some());
+    }
+
+    /// IntLayerNorm's fast runs (`run`, and the row kernels at every level this CPU has) against the definition.
+    fn fast_ln_equals_definition(ln: &LayerNorm, x: &QTensor, aux: &Aux) -> Result<(), String> {
+        let want = checked_output("layernorm_ibert", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, None));
+        let mut runs = vec![("run".to_string(), ln.run(x, aux, Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), checked_output("layernorm_ibert", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, Some(l)))));
+        }
+        cases::same_as_definition(&want, runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The LayerNorm's vector path equals the definition: widths 2..=32 (the 16- and 22-bit
+        /// residuals included), rows 1..=1024, per-channel γ/β, both presets, perturbed parameters.
+        #[test]
+        fn ln_fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 2u32..=32, proptest::strategy::Just(16u32), proptest::strategy::Just(22u32)],
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..5,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut ln = LayerNorm::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => ln.shift = ShiftRule::Dynamic((seed % 12) as u32),
+                2 => ln.shift = ShiftRule::Frozen((seed % 20) as u32),
+                _ => {}
+            }
+            let x = cases::rows(bits, true, c, nrows, seed);
+            let aux = cases::ln_affine(c, seed);
+            if let Err(e) = fast_ln_equals_definition(&ln, &x, &aux) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every two-element row of 8-bit codes, both presets, three affine parameter sets.
+    #[test]
+    fn ln_fast_integer_path_exhaustive_8bit_pairs() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let ln = LayerNorm::preset(preset);
+            for seed in 0..3 {
+                fast_ln_equals_definition(&ln, &cases::all_pairs(8, true, 0.05), &cases::ln_affine(2, seed)).unwrap();
+            }
+        }
+    }
+
+    /// The bench input (8-bit) and a 16-bit residual take the row kernels.
+    #[test]
+    fn ln_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let ln = LayerNorm::preset(preset);
+            for bits in [8, 16] {
+                let s = sample(&ln, bits, Dist::Layernorm, 197, 1).unwrap();
+                let (g, b) = affine("t", &s.aux, s.q.row_len()).unwrap();
+                let (bias, _) = ln_bias_and_scale(g, b, s.q.row_len(), &mut Conditions::default());
+                assert!(ln.integer_fast(Level::detect(), &s.q, &bias, Conditions::default()).is_some(), "{preset} {bits}");
+                fast_ln_equals_definition(&ln, &s.q, &s.aux).unwrap();
             }
         }
     }

@@ -7,7 +7,7 @@
 //! `tests/modes.rs` measures that they agree. The requantiser differs where `|z·m| ≥ 2^53`
 //! (float64 product rounded) and where the reference casts its output to float32.
 
-use super::vector::{Level, LutSoftmax};
+use super::vector::{lut_map, min_max, Level, LnRows, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe, Unit,
@@ -432,15 +432,90 @@ impl Gelu {
         self.sigma(q, m, em, x0, n, up, mode, p)
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, memo: bool) -> Result<UnitOutput, UnitError> {
+    /// The outputs `q·σ` of codes `lo..=hi` in a row with maximum `rmax` (ignored element-wise),
+    /// each from [`Gelu::element`], and whether each saturated.
+    fn table(&self, lo: i64, hi: i64, rmax: i64, (x0, n, up, mode): (i64, i64, u32, Mode)) -> (Vec<i64>, Vec<bool>) {
+        let em_row = exp_shift(-rmax << up, x0, n, 1i64 << 31, &mut NoProbe);
+        (lo..=hi)
+            .map(|q| {
+                let (sig, sat) = self.element(q, (rmax, em_row, x0, n, up, mode), &mut NoProbe);
+                (q * sig, sat)
+            })
+            .unzip()
+    }
+
+    /// The outputs and saturated-element count through tables built by the definition itself
+    /// (σ depends only on q element-wise, or on (row max, q)) and read by the vector kernel at
+    /// `level`; `None` when building the tables would cost more element steps than the tensor has.
+    fn tabulated(&self, level: Level, data: &[i64], c: usize, k: (i64, i64, u32, Mode)) -> Option<(Vec<i64>, usize)> {
+        if data.is_empty() || c == 0 {
+            return None;
+        }
+        let mut out = vec![0i64; data.len()];
+        let mut sat = 0;
+        let count = |row: &[i64], lo: i64, flags: &[bool]| row.iter().filter(|&&q| flags[(q - lo) as usize]).count();
+        if !self.row_max {
+            let (lo, hi) = min_max(level, data);
+            if (hi - lo) as usize >= data.len() {
+                return None;
+            }
+            let (t, flags) = self.table(lo, hi, 0, k);
+            if !lut_map(level, data, lo, &t, &mut out) {
+                return None;
+            }
+            if flags.contains(&true) {
+                sat = count(data, lo, &flags);
+            }
+            return Some((out, sat));
+        }
+        let ranges: Vec<(i64, i64)> = data.chunks_exact(c).map(|r| min_max(level, r)).collect();
+        let lo = ranges.iter().map(|r| r.0).min()?;
+        let mut maxima: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+        maxima.sort_unstable();
+        maxima.dedup();
+        // One table per distinct row maximum m, over lo..=m.
+        if maxima.iter().map(|&m| (m - lo + 1) as usize).sum::<usize>() > data.len() {
+            return None;
+        }
+        let mut tables: Vec<Option<(Vec<i64>, Vec<bool>)>> = vec![None; maxima.len()];
+        for ((row, orow), &(_, m)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&ranges) {
+            let slot = maxima.binary_search(&m).ok()?;
+            let (t, flags) = tables[slot].get_or_insert_with(|| self.table(lo, m, m, k));
+            if !lut_map(level, row, lo, t, orow) {
+                return None;
+            }
+            if flags.contains(&true) {
+                sat += count(row, lo, flags);
+            }
+        }
+        Some((out, sat))
+    }
+
+    /// Both modes; `memo` memoises σ of narrow inputs, and with `fast` the Integer mode reads
+    /// tables built by the definition through the vector kernel at that level.
+    fn run_with<P: Probe>(&self, x: &QTensor, mode: Mode, p: &mut P, memo: bool, fast: Option<Level>) -> Result<UnitOutput, UnitError> {
         let s = self.check(x)?;
         let (x0, up, n) = self.constants(s);
         let (c, _) = rows(x);
         let n = i64::from(n);
         let cap = 1i64 << 31;
         let data = x.data();
-        let mut out = vec![0i64; data.len()];
+        let s_out = fl32(f64::from(s as f32) * f64::from(2f32.powi(-(self.out_bits as i32 - 1))));
+        let output = |values: Vec<i64>, cond: Conditions| UnitOutput {
+            values,
+            shape: x.shape().to_vec(),
+            scale: Scale::PerTensor(s_out),
+            encoding: Encoding::Linear,
+            conditions: cond.into_vec(),
+        };
         let mut cond = Conditions::default();
+        if let (Mode::Integer, Some(level)) = (mode, fast) {
+            if let Some((out, sat)) = self.tabulated(level, data, c, (x0, n, up, mode)) {
+                cond.add_n(Condition::SumSaturated, sat);
+                return Ok(output(out, cond));
+            }
+        }
+        let mut out = vec![0i64; data.len()];
         let (lo, hi) = int_range(x.bits, true);
         let span = (hi - lo + 1) as usize;
         // σ depends only on (row max, q) — or on q alone element-wise — so narrow inputs are
@@ -482,14 +557,7 @@ impl Gelu {
                 *o = v;
             }
         }
-        let s_out = fl32(f64::from(s as f32) * f64::from(2f32.powi(-(self.out_bits as i32 - 1))));
-        Ok(UnitOutput {
-            values: out,
-            shape: x.shape().to_vec(),
-            scale: Scale::PerTensor(s_out),
-            encoding: Encoding::Linear,
-            conditions: cond.into_vec(),
-        })
+        Ok(output(out, cond))
     }
 }
 
@@ -558,11 +626,11 @@ impl Unit for Gelu {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe, true))
+        checked_output(self.name(), self.run_with(x, mode, &mut NoProbe, true, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, Mode::Integer, probe, false))
+        checked_output(self.name(), self.run_with(x, Mode::Integer, probe, false, None))
     }
     fn scale_fits(&self, s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
         self.fits(s)
@@ -633,7 +701,56 @@ impl LayerNorm {
         }
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P) -> Result<UnitOutput, UnitError> {
+    /// The Newton root of the definition for `var < 2^62` (then every step fits 64-bit words:
+    /// `k + var/k < 2^63` while `k < 2^62`), or `None`.
+    fn newton64(&self, var: i128) -> Option<i64> {
+        let start = match self.start {
+            NewtonStart::Fixed(v) => v,
+            NewtonStart::BitLength => 1u64 << bit_length(var as u128).div_ceil(2),
+        };
+        if !(0..1 << 62).contains(&var) || start >= 1 << 62 {
+            return None;
+        }
+        let (var, mut k) = (var as u64, start);
+        for _ in 0..self.newton_steps {
+            let next = ((k + var / k.max(1)) >> 1).max(1);
+            // A step is a function of k alone: at a fixed point the remaining steps change nothing.
+            if next == k {
+                break;
+            }
+            k = next;
+        }
+        Some(k as i64)
+    }
+
+    /// The Integer mode through the row kernels at `level` (`cond` holds the conditions counted
+    /// so far), or `None` where they do not prove 64-bit words wide enough (the definition runs).
+    fn integer_fast(&self, level: Level, x: &QTensor, bias: &[i64], mut cond: Conditions) -> Option<(Vec<i64>, Conditions)> {
+        let (c, _) = rows(x);
+        let ln = LnRows::new(level, x.bits, c, bias)?;
+        let data = x.data();
+        let mut out = vec![0i64; data.len()];
+        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let st = ln.stats(row);
+            let mean = crate::fixed::div_round(i128::from(st.sum), c as i128, crate::fixed::Rounding::HalfEven) as i64;
+            let var = st.centred_sumsq(mean, c);
+            if var == 0 {
+                cond.add(Condition::ZeroVariance);
+            }
+            let factor = ((1i64 << 31) - 1) / self.newton64(var)?;
+            if factor == 0 {
+                cond.add(Condition::FactorUnderflow);
+            }
+            if !ln.affine(row, &st, mean, factor, bias, orow) {
+                let y: Vec<i64> = row.iter().map(|&q| q - mean).collect();
+                ln_scale_row(&y, factor, bias, orow, &mut NoProbe);
+            }
+        }
+        Some((out, cond))
+    }
+
+    /// Both modes; with `fast` the Integer mode runs the row kernels at that level where they apply.
+    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, fast: Option<Level>) -> Result<UnitOutput, UnitError> {
         let u = "layernorm_ivit";
         check_bits(u, x, 2, 32, Some(true))?;
         x.scale.per_tensor().ok_or_else(|| UnitError::Aux { unit: u, what: "I-LayerNorm needs a per-tensor input scale".into() })?;
@@ -642,6 +759,12 @@ impl LayerNorm {
         let mut cond = Conditions::default();
         let (bias, scale) = ln_bias_and_scale(gamma, beta, c, &mut cond);
         let data = x.data();
+        if let (Mode::Integer, Some(level)) = (mode, fast) {
+            if let Some((values, cond)) = self.integer_fast(level, x, &bias, cond.clone()) {
+                let (shape, scale, conditions) = (x.shape().to_vec(), Scale::PerChannel(scale), cond.into_vec());
+                return Ok(UnitOutput { values, shape, scale, encoding: Encoding::Linear, conditions });
+            }
+        }
         let mut out = vec![0i64; data.len()];
         let mut y = vec![0i64; c];
         for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
@@ -756,11 +879,11 @@ impl Unit for LayerNorm {
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe))
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
         no_mask(self.name(), aux)?;
-        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe))
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, None))
     }
 }
 
@@ -1014,6 +1137,139 @@ mod tests {
                     let x = cases::all_pairs(8, signed, s);
                     fast_softmax_equals_definition(&sm, &x, &Aux::default()).unwrap();
                 }
+            }
+        }
+    }
+
+    /// ShiftGELU's fast runs (`run`, the memo, and the tables at every level this CPU has)
+    /// against the definition (every element computed).
+    fn fast_gelu_equals_definition(g: &Gelu, x: &QTensor) -> Result<(), String> {
+        let def = |memo, fast| checked_output("gelu_ivit", g.run_with(x, Mode::Integer, &mut NoProbe, memo, fast));
+        let want = def(false, None);
+        let mut runs = vec![("memo".to_string(), def(true, None)), ("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), def(false, Some(l))));
+        }
+        cases::same_as_definition(&want, runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// ShiftGELU's tabulated path equals the definition for 2..=16-bit inputs, both presets
+        /// (row-wise and element-wise) and perturbed parameters.
+        #[test]
+        fn gelu_fast_integer_path_equals_reference(
+            bits in 2u32..=16,
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in proptest::prop_oneof![1usize..=4, 1usize..=64],
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..6,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut g = Gelu::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => g.out_bits = 2 + (seed % 23) as u32,
+                2 => g.n = Some((seed % 41) as u32),
+                3 => g.upshift = Some((seed % 25) as u32),
+                4 => g.row_max = !g.row_max,
+                _ => {}
+            }
+            let x = cases::rows(bits, true, c, nrows, seed);
+            if let Err(e) = fast_gelu_equals_definition(&g, &x) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every 8-bit code (one row) and every two-element 8-bit row, both presets, five scales.
+    #[test]
+    fn gelu_fast_integer_path_exhaustive_8bit() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            for s in [1e-4, 2f64.powi(-7), 8.0 / 127.0, 0.25, 1.5] {
+                fast_gelu_equals_definition(&g, &cases::all_codes(8, true, s)).unwrap();
+                fast_gelu_equals_definition(&g, &cases::all_pairs(8, true, s)).unwrap();
+            }
+        }
+    }
+
+    /// The bench input takes the tables (both presets).
+    #[test]
+    fn gelu_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let g = Gelu::preset(preset);
+            let s = sample(&g, 8, Dist::Gelu, 197, 1).unwrap();
+            let (x0, up, n) = g.constants(s.q.scale.per_tensor().unwrap());
+            let k = (x0, i64::from(n), up, Mode::Integer);
+            assert!(g.tabulated(Level::detect(), s.q.data(), s.q.row_len(), k).is_some(), "{preset}");
+            fast_gelu_equals_definition(&g, &s.q).unwrap();
+        }
+    }
+
+    /// I-LayerNorm's fast runs (`run`, and the row kernels at every level this CPU has) against the definition.
+    fn fast_ln_equals_definition(ln: &LayerNorm, x: &QTensor, aux: &Aux) -> Result<(), String> {
+        let want = checked_output("layernorm_ivit", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, None));
+        let mut runs = vec![("run".to_string(), ln.run(x, aux, Mode::Integer))];
+        for l in Level::available() {
+            runs.push((format!("{l:?}"), checked_output("layernorm_ivit", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, Some(l)))));
+        }
+        cases::same_as_definition(&want, runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The LayerNorm's vector path equals the definition: widths 2..=32 (the 16- and 22-bit
+        /// residuals included), rows 1..=1024, per-channel γ/β, both presets, perturbed parameters.
+        #[test]
+        fn ln_fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 2u32..=32, proptest::strategy::Just(16u32), proptest::strategy::Just(22u32)],
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..5,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut ln = LayerNorm::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => ln.newton_steps = (seed % 12) as u32,
+                2 => ln.start = NewtonStart::Fixed(1 + seed % (1 << 40)),
+                3 => ln.start = NewtonStart::Fixed(1 << 16),
+                _ => {}
+            }
+            let x = cases::rows(bits, true, c, nrows, seed);
+            let aux = cases::ln_affine(c, seed);
+            if let Err(e) = fast_ln_equals_definition(&ln, &x, &aux) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every two-element row of 8-bit codes, both presets, three affine parameter sets.
+    #[test]
+    fn ln_fast_integer_path_exhaustive_8bit_pairs() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let ln = LayerNorm::preset(preset);
+            for seed in 0..3 {
+                fast_ln_equals_definition(&ln, &cases::all_pairs(8, true, 0.05), &cases::ln_affine(2, seed)).unwrap();
+            }
+        }
+    }
+
+    /// The bench input (8-bit) and a 16-bit residual take the row kernels.
+    #[test]
+    fn ln_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let ln = LayerNorm::preset(preset);
+            for bits in [8, 16] {
+                let s = sample(&ln, bits, Dist::Layernorm, 197, 1).unwrap();
+                let (g, b) = affine("t", &s.aux, s.q.row_len()).unwrap();
+                let (bias, _) = ln_bias_and_scale(g, b, s.q.row_len(), &mut Conditions::default());
+                assert!(ln.integer_fast(Level::detect(), &s.q, &bias, Conditions::default()).is_some(), "{preset} {bits}");
+                fast_ln_equals_definition(&ln, &s.q, &s.aux).unwrap();
             }
         }
     }

@@ -129,10 +129,32 @@ impl<'a> LutSoftmax<'a> {
     }
 }
 
+/// `(min, max)` of `q` (`(i64::MAX, i64::MIN)` when empty).
+pub(crate) fn min_max(level: Level, q: &[i64]) -> (i64, i64) {
+    match level {
+        Level::Scalar => min_max_portable(q),
+        // SAFETY: the level was detected (or listed as available) on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { min_max_avx2(q) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { avx512::min_max(q) },
+    }
+}
+
+#[inline(always)]
+fn min_max_portable(q: &[i64]) -> (i64, i64) {
+    (q.iter().copied().fold(i64::MAX, i64::min), q.iter().copied().fold(i64::MIN, i64::max))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn min_max_avx2(q: &[i64]) -> (i64, i64) {
+    min_max_portable(q)
+}
+
 #[inline(always)]
 fn exp_portable(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
-    let mx = row.iter().copied().fold(i64::MIN, i64::max);
-    let mn = row.iter().copied().fold(i64::MAX, i64::min);
+    let (mn, mx) = min_max_portable(row);
     // Also keeps every index `max − q` inside the table.
     if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
         return None;
@@ -168,6 +190,272 @@ fn scale_avx2(e: &[i64], f: i64, shift: u32, top: i64, out: &mut [i64]) -> bool 
     scale_portable(e, f, shift, top, out)
 }
 
+/// i-GELU's integer constants (`kernels.md` §1.1) in 64-bit lanes: each slice holds one value
+/// (a per-tensor scale) or one per element of the rows it is applied to (per-channel scales).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IbertGelu<'a> {
+    level: Level,
+    b: &'a [i64],
+    c: &'a [i64],
+    shift: &'a [i64],
+    n: &'a [i64],
+}
+
+impl<'a> IbertGelu<'a> {
+    /// The kernel for `bits`-bit inputs, or `None` when 64-bit words are not proven wide enough
+    /// for every step. `|t| = |min(|q|, −b) + b| ≤ |b|`, so `|y| ≤ Y = b² + |c|`; required:
+    /// `Y < 2^63`, shifts `n ≤ 62`, and `2^(bits−1)·((Y >> n) + 1 + |shift|) < 2^63` (so neither
+    /// the erf sum nor the output product wraps: the definition's 128-bit values are these).
+    pub(crate) fn new(level: Level, bits: u32, b: &'a [i64], c: &'a [i64], shift: &'a [i64], n: &'a [i64]) -> Option<IbertGelu<'a>> {
+        let len = b.len();
+        if len == 0 || c.len() != len || shift.len() != len || n.len() != len || !(1..=62).contains(&bits) {
+            return None;
+        }
+        let ok = (0..len).all(|i| {
+            let (bi, ci, si, ni) = (i128::from(b[i]), i128::from(c[i]), i128::from(shift[i]), n[i]);
+            let y = bi * bi + ci.abs();
+            if y >= 1 << 63 || !(0..=62).contains(&ni) {
+                return false;
+            }
+            let sum = (y >> ni) + 1 + si.abs();
+            (sum << (bits - 1)) < 1 << 63
+        });
+        ok.then_some(IbertGelu { level, b, c, shift, n })
+    }
+
+    /// Whether the constants are one per element (per-channel) rather than one for all.
+    pub(crate) fn per_element(&self) -> bool {
+        self.b.len() != 1
+    }
+
+    /// `out_j = q_j · ((±(min(|q_j|, −b) + b)² + c) >> n) + shift)`, the definition's element
+    /// step; with per-element constants `q` must be as long as them.
+    pub(crate) fn run(&self, q: &[i64], out: &mut [i64]) {
+        assert!(out.len() == q.len() && (!self.per_element() || self.b.len() == q.len()));
+        match self.level {
+            Level::Scalar => gelu_ibert_portable(self, q, out),
+            // SAFETY: the level was detected (or listed as available) on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { gelu_ibert_avx2(self, q, out) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::gelu_ibert(self, q, out) },
+        }
+    }
+
+    /// The constants of elements `from..` (the same one where it is per-tensor).
+    fn tail(&self, from: usize) -> IbertGelu<'a> {
+        if !self.per_element() {
+            return *self;
+        }
+        IbertGelu { level: self.level, b: &self.b[from..], c: &self.c[from..], shift: &self.shift[from..], n: &self.n[from..] }
+    }
+}
+
+#[inline(always)]
+fn gelu_ibert_element(q: i64, b: i64, c: i64, shift: i64, n: i64) -> i64 {
+    let t = q.abs().min(-b) + b;
+    let y = t * t + c;
+    // q = 0 gives 0 whatever the sign of y, as the definition's y = 0 does.
+    let y = if q < 0 { -y } else { y };
+    q * ((y >> n) + shift)
+}
+
+#[inline(always)]
+fn gelu_ibert_portable(k: &IbertGelu, q: &[i64], out: &mut [i64]) {
+    if k.per_element() {
+        for (((((o, &x), &b), &c), &s), &n) in out.iter_mut().zip(q).zip(k.b).zip(k.c).zip(k.shift).zip(k.n) {
+            *o = gelu_ibert_element(x, b, c, s, n);
+        }
+    } else {
+        let (b, c, s, n) = (k.b[0], k.c[0], k.shift[0], k.n[0]);
+        for (o, &x) in out.iter_mut().zip(q) {
+            *o = gelu_ibert_element(x, b, c, s, n);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gelu_ibert_avx2(k: &IbertGelu, q: &[i64], out: &mut [i64]) {
+    gelu_ibert_portable(k, q, out)
+}
+
+/// `out_j = table[q_j − lo]` (an element-wise unit tabulated over its input codes by its own
+/// definition); false, with `out` partly written, when some `q_j` is outside the table.
+pub(crate) fn lut_map(level: Level, q: &[i64], lo: i64, table: &[i64], out: &mut [i64]) -> bool {
+    assert!(out.len() == q.len());
+    match level {
+        Level::Scalar => lut_map_portable(q, lo, table, out),
+        // SAFETY: the level was detected (or listed as available) on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { lut_map_avx2(q, lo, table, out) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { avx512::lut_map(q, lo, table, out) },
+    }
+}
+
+#[inline(always)]
+fn lut_map_portable(q: &[i64], lo: i64, table: &[i64], out: &mut [i64]) -> bool {
+    let mut ok = true;
+    for (o, &x) in out.iter_mut().zip(q) {
+        // The wrapping difference of an out-of-range code is a huge index: one compare refuses both sides.
+        let i = x.wrapping_sub(lo) as u64;
+        ok &= i < table.len() as u64;
+        *o = table.get(i as usize).copied().unwrap_or(0);
+    }
+    ok
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lut_map_avx2(q: &[i64], lo: i64, table: &[i64], out: &mut [i64]) -> bool {
+    lut_map_portable(q, lo, table, out)
+}
+
+/// Sums of one LayerNorm row: `Σq`, `Σq²`, min and max.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowStats {
+    /// `Σq`.
+    pub sum: i64,
+    /// `Σq²`.
+    pub sumsq: i64,
+    /// Smallest element.
+    pub min: i64,
+    /// Largest element.
+    pub max: i64,
+}
+
+impl RowStats {
+    /// `Σ(q − m)² = Σq² − 2mΣq + c·m²`, exactly (the definition sums the centred squares).
+    pub(crate) fn centred_sumsq(&self, m: i64, c: usize) -> i128 {
+        let m = i128::from(m);
+        i128::from(self.sumsq) - 2 * m * i128::from(self.sum) + c as i128 * m * m
+    }
+}
+
+/// The row kernels of the integer LayerNorms (I-BERT, I-ViT): sums, shifted sums of squares
+/// and the normalising multiply, for rows of `c` elements of at most `bits` bits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LnRows {
+    level: Level,
+    /// The largest `|bias|` the rows are given (capped at 2^62).
+    bmax: i64,
+}
+
+impl LnRows {
+    /// The kernels for rows given the per-channel `bias`, or `None` when `c·2^(2·bits) ≥ 2^63`:
+    /// below it `Σq²` and every shifted sum of squares of centred values (`|q − m| < 2^bits`)
+    /// are exact 64-bit sums.
+    pub(crate) fn new(level: Level, bits: u32, c: usize, bias: &[i64]) -> Option<LnRows> {
+        let ok = (1..=32).contains(&bits) && c > 0 && (c as u128) << (2 * bits) < 1 << 63;
+        let bmax = bias.iter().map(|b| b.unsigned_abs()).max().unwrap_or(0).min(1 << 62) as i64;
+        ok.then_some(LnRows { level, bmax })
+    }
+
+    /// `Σq`, `Σq²`, min and max of a non-empty row of the width given to [`LnRows::new`].
+    pub(crate) fn stats(&self, row: &[i64]) -> RowStats {
+        match self.level {
+            Level::Scalar => stats_portable(row),
+            // SAFETY: the level was detected (or listed as available) on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { stats_avx2(row) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::stats(row) },
+        }
+    }
+
+    /// `Σ((q − m) >> sh)²` for a row whose elements and `m` lie in `[s.min, s.max]` (`s` its
+    /// stats): `|(q − m) >> sh| ≤ s.max − s.min < 2^bits`, so the 64-bit sum is exact.
+    pub(crate) fn sumsq_shifted(&self, row: &[i64], m: i64, sh: u32) -> i64 {
+        let sh = sh.min(63);
+        match self.level {
+            Level::Scalar => sumsq_shifted_portable(row, m, sh),
+            // SAFETY: the level was detected (or listed as available) on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { sumsq_shifted_avx2(row, m, sh) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::sumsq_shifted(row, m, sh) },
+        }
+    }
+
+    /// `out_j = (((q_j − m)·factor) >> 1) + bias_j` (`ivit::ln_scale_row` on the centred row),
+    /// or false, having written nothing, when 64-bit words do not hold it: with `s` the row's
+    /// stats, `max|q − m|·factor` must be below 2^62 and that plus `max|bias|` too.
+    pub(crate) fn affine(&self, row: &[i64], s: &RowStats, m: i64, factor: i64, bias: &[i64], out: &mut [i64]) -> bool {
+        assert!(bias.len() == row.len() && out.len() == row.len());
+        let dev = (i128::from(s.max) - i128::from(m)).max(i128::from(m) - i128::from(s.min));
+        let prod = dev * i128::from(factor).abs();
+        if factor < 0 || prod >= 1 << 62 || (prod >> 1) + i128::from(self.bmax) >= 1 << 62 {
+            return false;
+        }
+        match self.level {
+            Level::Scalar => affine_portable(row, m, factor, bias, out),
+            // SAFETY: the level was detected (or listed as available) on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { affine_avx2(row, m, factor, bias, out) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::affine(row, m, factor, bias, out) },
+        }
+        true
+    }
+}
+
+#[inline(always)]
+fn stats_portable(row: &[i64]) -> RowStats {
+    let (mut sum, mut sumsq, mut min, mut max) = (0i64, 0i64, i64::MAX, i64::MIN);
+    for &q in row {
+        sum += q;
+        sumsq += q * q;
+        min = min.min(q);
+        max = max.max(q);
+    }
+    RowStats { sum, sumsq, min, max }
+}
+
+#[inline(always)]
+fn sumsq_shifted_portable(row: &[i64], m: i64, sh: u32) -> i64 {
+    row.iter().map(|&q| ((q - m) >> sh).pow(2)).sum()
+}
+
+#[inline(always)]
+fn affine_portable(row: &[i64], m: i64, factor: i64, bias: &[i64], out: &mut [i64]) {
+    for ((o, &q), &b) in out.iter_mut().zip(row).zip(bias) {
+        *o = (((q - m) * factor) >> 1) + b;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn stats_avx2(row: &[i64]) -> RowStats {
+    stats_portable(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sumsq_shifted_avx2(row: &[i64], m: i64, sh: u32) -> i64 {
+    sumsq_shifted_portable(row, m, sh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn affine_avx2(row: &[i64], m: i64, factor: i64, bias: &[i64], out: &mut [i64]) {
+    affine_portable(row, m, factor, bias, out)
+}
+
+/// `⌊√v⌋`, exactly (as [`crate::fixed::isqrt`]), from the float64 root corrected both ways.
+#[inline]
+pub(crate) fn isqrt_u64(v: u64) -> u64 {
+    let mut r = (v as f64).sqrt() as u64;
+    // The float root is within one of the true one for every u64; the checks make it exact.
+    while u128::from(r) * u128::from(r) > u128::from(v) {
+        r -= 1;
+    }
+    while u128::from(r + 1) * u128::from(r + 1) <= u128::from(v) {
+        r += 1;
+    }
+    r
+}
+
 /// The AVX-512F/DQ kernels: eight 64-bit lanes, the last `len mod 8` elements in scalar code.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -182,19 +470,8 @@ mod avx512 {
         let c = row.len();
         assert!(e.len() == c);
         let full = c / 8 * 8;
-        let (mut vmx, mut vmn) = (_mm512_set1_epi64(i64::MIN), _mm512_set1_epi64(i64::MAX));
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ c.
-            let q = unsafe { _mm512_loadu_si512(row.as_ptr().add(i).cast()) };
-            vmx = _mm512_max_epi64(vmx, q);
-            vmn = _mm512_min_epi64(vmn, q);
-        }
-        let mut mx = _mm512_reduce_max_epi64(vmx);
-        let mut mn = _mm512_reduce_min_epi64(vmn);
-        for &q in &row[full..] {
-            mx = mx.max(q);
-            mn = mn.min(q);
-        }
+        // SAFETY: the caller's CPU has AVX-512F/DQ.
+        let (mn, mx) = unsafe { min_max(row) };
         // Every index max − q is then in 0..table.len(): the gathers stay inside the table.
         if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
             return None;
@@ -216,6 +493,148 @@ mod avx512 {
             sum += *ei;
         }
         Some(sum)
+    }
+
+    /// [`super::min_max_portable`] in eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn min_max(q: &[i64]) -> (i64, i64) {
+        let full = q.len() / 8 * 8;
+        let (mut vmn, mut vmx) = (_mm512_set1_epi64(i64::MAX), _mm512_set1_epi64(i64::MIN));
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ q.len().
+            let v = unsafe { _mm512_loadu_si512(q.as_ptr().add(i).cast()) };
+            vmx = _mm512_max_epi64(vmx, v);
+            vmn = _mm512_min_epi64(vmn, v);
+        }
+        let (tn, tx) = super::min_max_portable(&q[full..]);
+        (_mm512_reduce_min_epi64(vmn).min(tn), _mm512_reduce_max_epi64(vmx).max(tx))
+    }
+
+    /// [`super::gelu_ibert_portable`] in eight lanes (`vpmullq`, `vpsravq`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn gelu_ibert(k: &super::IbertGelu, q: &[i64], out: &mut [i64]) {
+        let len = q.len();
+        assert!(out.len() == len && (!k.per_element() || k.b.len() == len));
+        let full = len / 8 * 8;
+        let per = k.per_element();
+        let zero = _mm512_setzero_si512();
+        let lane = |v: &[i64], i: usize| {
+            if per {
+                // SAFETY: i + 8 ≤ len = v.len() for per-element constants.
+                unsafe { _mm512_loadu_si512(v.as_ptr().add(i).cast()) }
+            } else {
+                _mm512_set1_epi64(v[0])
+            }
+        };
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ len = q.len() = out.len().
+            unsafe {
+                let x = _mm512_loadu_si512(q.as_ptr().add(i).cast());
+                let b = lane(k.b, i);
+                let t = _mm512_add_epi64(_mm512_min_epi64(_mm512_abs_epi64(x), _mm512_sub_epi64(zero, b)), b);
+                let y = _mm512_add_epi64(_mm512_mullo_epi64(t, t), lane(k.c, i));
+                let y = _mm512_mask_sub_epi64(y, _mm512_cmplt_epi64_mask(x, zero), zero, y);
+                let s = _mm512_add_epi64(_mm512_srav_epi64(y, lane(k.n, i)), lane(k.shift, i));
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), _mm512_mullo_epi64(x, s));
+            }
+        }
+        super::gelu_ibert_portable(&k.tail(full), &q[full..], &mut out[full..]);
+    }
+
+    /// [`super::lut_map_portable`]: gathers masked to the lanes whose index is inside the table.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn lut_map(q: &[i64], lo: i64, table: &[i64], out: &mut [i64]) -> bool {
+        let len = q.len();
+        assert!(out.len() == len);
+        let full = len / 8 * 8;
+        let (vlo, vlen) = (_mm512_set1_epi64(lo), _mm512_set1_epi64(table.len() as i64));
+        let mut bad: __mmask8 = 0;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ len = out.len(); only lanes with 0 ≤ index < table.len() are read.
+            unsafe {
+                let idx = _mm512_sub_epi64(_mm512_loadu_si512(q.as_ptr().add(i).cast()), vlo);
+                let inside = _mm512_cmplt_epu64_mask(idx, vlen);
+                bad |= !inside;
+                let v = _mm512_mask_i64gather_epi64::<8>(_mm512_setzero_si512(), inside, idx, table.as_ptr());
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), v);
+            }
+        }
+        super::lut_map_portable(&q[full..], lo, table, &mut out[full..]) && bad == 0
+    }
+
+    /// [`super::stats_portable`] in eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn stats(row: &[i64]) -> super::RowStats {
+        let full = row.len() / 8 * 8;
+        let (mut s, mut ss) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let (mut mn, mut mx) = (_mm512_set1_epi64(i64::MAX), _mm512_set1_epi64(i64::MIN));
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ row.len().
+            let q = unsafe { _mm512_loadu_si512(row.as_ptr().add(i).cast()) };
+            s = _mm512_add_epi64(s, q);
+            ss = _mm512_add_epi64(ss, _mm512_mullo_epi64(q, q));
+            mn = _mm512_min_epi64(mn, q);
+            mx = _mm512_max_epi64(mx, q);
+        }
+        let t = super::stats_portable(&row[full..]);
+        super::RowStats {
+            sum: _mm512_reduce_add_epi64(s) + t.sum,
+            sumsq: _mm512_reduce_add_epi64(ss) + t.sumsq,
+            min: _mm512_reduce_min_epi64(mn).min(t.min),
+            max: _mm512_reduce_max_epi64(mx).max(t.max),
+        }
+    }
+
+    /// [`super::sumsq_shifted_portable`] in eight lanes (arithmetic shifts, as `>>` on i64).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn sumsq_shifted(row: &[i64], m: i64, sh: u32) -> i64 {
+        let full = row.len() / 8 * 8;
+        let (vm, vsh) = (_mm512_set1_epi64(m), _mm_cvtsi64_si128(i64::from(sh)));
+        let mut ss = _mm512_setzero_si512();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ row.len().
+            let q = unsafe { _mm512_loadu_si512(row.as_ptr().add(i).cast()) };
+            let y = _mm512_sra_epi64(_mm512_sub_epi64(q, vm), vsh);
+            ss = _mm512_add_epi64(ss, _mm512_mullo_epi64(y, y));
+        }
+        _mm512_reduce_add_epi64(ss) + super::sumsq_shifted_portable(&row[full..], m, sh)
+    }
+
+    /// [`super::affine_portable`] in eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn affine(row: &[i64], m: i64, factor: i64, bias: &[i64], out: &mut [i64]) {
+        let len = row.len();
+        assert!(bias.len() == len && out.len() == len);
+        let full = len / 8 * 8;
+        let (vm, vf) = (_mm512_set1_epi64(m), _mm512_set1_epi64(factor));
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ len = bias.len() = out.len().
+            unsafe {
+                let q = _mm512_loadu_si512(row.as_ptr().add(i).cast());
+                let b = _mm512_loadu_si512(bias.as_ptr().add(i).cast());
+                let v = _mm512_srai_epi64::<1>(_mm512_mullo_epi64(_mm512_sub_epi64(q, vm), vf));
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), _mm512_add_epi64(v, b));
+            }
+        }
+        super::affine_portable(&row[full..], m, factor, &bias[full..], &mut out[full..]);
     }
 
     /// [`super::scale_portable`] for `0 ≤ e_j·f < 2^63` (so the logical shift is the arithmetic one).
@@ -251,6 +670,23 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The float-seeded root equals the exact one around every square and at random points.
+    #[test]
+    fn isqrt_u64_is_exact() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(3);
+        let check = |v: u64| assert_eq!(u128::from(isqrt_u64(v)), crate::fixed::isqrt(u128::from(v)), "{v}");
+        for k in (0u64..70_000).chain((0..2000).map(|i| (1u64 << 32) - 1 - i)) {
+            for d in [-1i64, 0, 1] {
+                check((k * k).wrapping_add_signed(d));
+            }
+        }
+        for _ in 0..100_000 {
+            check(r.gen::<u64>() >> r.gen_range(0..64));
+        }
+        check(u64::MAX);
+    }
 
     /// Every level's table softmax equals the plain scalar loops, rows spanning the table
     /// exactly or one code more (refused), factors up to the 63-bit bound.
@@ -325,6 +761,45 @@ pub(crate) mod cases {
         }
         let s = 2f64.powf(r.gen_range(-14.0..3.0));
         QTensor::new(q, &[nrows, c], Scale::PerTensor(s), bits, signed).unwrap()
+    }
+
+    /// `x` with one random scale `2^[lo, hi)` per channel instead of its per-tensor scale.
+    pub(crate) fn per_channel(x: QTensor, lo: f64, hi: f64, seed: u64) -> QTensor {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0xc4a7);
+        let s: Vec<f64> = (0..x.row_len()).map(|_| 2f64.powf(r.gen_range(lo..hi))).collect();
+        let shape = x.shape().to_vec();
+        let (bits, signed) = (x.bits, x.signed);
+        QTensor::new(x.data().to_vec(), &shape, Scale::PerChannel(s), bits, signed).unwrap()
+    }
+
+    /// Every `bits`-bit code once, as one row, at scale `s`.
+    pub(crate) fn all_codes(bits: u32, signed: bool, s: f64) -> QTensor {
+        let (lo, hi) = int_range(bits, signed);
+        let q: Vec<i64> = (lo..=hi).collect();
+        let n = q.len();
+        QTensor::new(q, &[1, n], Scale::PerTensor(s), bits, signed).unwrap()
+    }
+
+    /// Per-channel LayerNorm parameters for rows of `c`: γ and β each zero, tiny, huge or
+    /// ordinary, either sign.
+    pub(crate) fn ln_affine(c: usize, seed: u64) -> Aux {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0x1a7e);
+        let mut value = || -> f32 {
+            let m = match r.gen_range(0..10) {
+                0 => 0.0,
+                1 => r.gen_range(1e-7f32..1e-3),
+                2 => r.gen_range(10f32..300.0),
+                _ => r.gen_range(0.05f32..3.0),
+            };
+            if r.gen_bool(0.3) {
+                -m
+            } else {
+                m
+            }
+        };
+        let gamma = (0..c).map(|_| value()).collect();
+        let beta = (0..c).map(|_| value()).collect();
+        Aux { gamma: Some(gamma), beta: Some(beta), ..Aux::default() }
     }
 
     /// With probability 1/4 a softmax mask for `x`: per row none, some or every element masked.
