@@ -129,8 +129,8 @@ fn area_is_non_decreasing_in_lanes_and_bits() {
             assert!(x.nand2_eq <= y.nand2_eq, "{} {} NAND2-eq > {} {}", a.name(), x.nand2_eq, b.name(), y.nand2_eq);
             assert!(x.memory_bits <= y.memory_bits, "{} memory bits > {}", a.name(), b.name());
             assert!(x.lut4 <= y.lut4, "{} {:?} LUT4 > {} {:?}", a.name(), x.lut4, b.name(), y.lut4);
-            // Xilinx LUT6-eq only in lanes: ABC maps three units' 6-bit datapaths to up to 10 %
-            // more LUTs than their 8-bit ones (measured, README "Costs").
+            // Xilinx LUT6-eq only in lanes: yosys maps three units' 6-bit datapaths to up to
+            // 10.4 % more LUT6-eq than their 8-bit ones (measured, README "Costs").
             if a.bits == b.bits {
                 assert!(x.lut6_eq <= y.lut6_eq, "{} {:?} LUT6-eq > {} {:?}", a.name(), x.lut6_eq, b.name(), y.lut6_eq);
             }
