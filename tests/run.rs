@@ -226,3 +226,68 @@ fn dataflow_area_budget_uses_the_committed_cost_table() {
     assert!(err.contains("smallest achievable area"), "{err}");
     assert!(!out2.exists());
 }
+
+#[test]
+fn area_metric_lut6_takes_the_xilinx_column_and_a_table_without_it_is_refused() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let t = mnq::cost::Table::load(&root.join("reports/cost/cost.json")).unwrap();
+    let lut6 = |u: &str| t.luts(u, 8, 1, mnq::cost::Target::Xilinx).unwrap() as f64;
+    let model = mnq::model::Model::load(&root.join("sim/models/deit_tiny_fmnist")).unwrap();
+    let hw = |op: mnq::units::Op| -> Vec<String> {
+        t.rows.iter().filter(|r| r.bits == 8 && r.lanes == 1 && r.op == op.name()).map(|r| r.unit.clone()).collect()
+    };
+    let cheapest: f64 = model.layers.iter().map(|l| hw(l.op).iter().map(|u| lut6(u)).fold(f64::INFINITY, f64::min)).sum();
+    let budget = (cheapest * 1.05).ceil().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let args = |out: &Path, table: &Path| -> Vec<String> {
+        [
+            "run",
+            "--quiet",
+            "--bits",
+            "8",
+            "--sens-images",
+            "4",
+            "--images",
+            "4",
+            "--arch",
+            "dataflow",
+            "--area-metric",
+            "lut6",
+            "--area-budget",
+            &budget,
+            "--cost-table",
+            table.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args(&out, &root.join("reports/cost/cost.json"));
+    let o = mnq(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let s = &r["bits"][0]["budget_solution"];
+    let area = s["area"].as_f64().unwrap();
+    let sum: f64 = s["assignment"].as_object().unwrap().values().map(|u| lut6(u.as_str().unwrap())).sum();
+    assert!((sum - area).abs() < 1e-9, "dataflow area {area}, sum of the units' LUT6-eq {sum}");
+    assert!(area >= cheapest, "{area} < {cheapest}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary.to_string().contains("area_lut6_eq") && !summary.to_string().contains("area_nand2_eq"));
+    // The same run on a table without Xilinx figures: refused with the `mnq cost` run to do, nothing written.
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("reports/cost/cost.json")).unwrap()).unwrap();
+    for row in v["rows"].as_array_mut().unwrap() {
+        row.as_object_mut().unwrap().remove("xilinx");
+    }
+    let old = dir.path().join("old.json");
+    std::fs::write(&old, serde_json::to_string(&v).unwrap()).unwrap();
+    let out2 = dir.path().join("r2");
+    let a = args(&out2, &old);
+    let o = mnq(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--area-metric lut6") && err.contains("--target xilinx") && err.contains("no xilinx figures"), "{err}");
+    assert!(!out2.exists());
+}

@@ -17,12 +17,12 @@ pub struct CostArgs {
     #[command(flatten)]
     select: HwSelect,
     /// Synthesis targets (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "asic,ice40")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "asic,ice40,xilinx")]
     target: Vec<Target>,
     /// Also place and route with nextpnr-ice40 (iCE40HX8K) and report fmax, ns per row and rows/s.
     #[arg(long)]
     fmax: bool,
-    /// No ASIC/iCE40 synthesis: timing and accuracy only (plus place and route with --fmax); the table keeps its synthesis figures where the Verilog is unchanged.
+    /// No ASIC/iCE40/Xilinx synthesis: timing and accuracy only (plus place and route with --fmax); the table keeps its synthesis figures where the Verilog is unchanged.
     #[arg(long)]
     no_synth: bool,
     /// Parallel synthesis runs (default: the number of CPUs).
@@ -98,7 +98,12 @@ pub fn run(a: &CostArgs) -> Result<i32> {
         .iter()
         .flat_map(|r| {
             let f = |what: &str, o: Option<(&str, &str)>| o.map(|(why, log)| format!("{} ({what}): {why}; log kept at {log}", r.name));
-            [f("asic", outcome_failure(&r.asic)), f("ice40", outcome_failure(&r.ice40)), f("fmax", outcome_failure(&r.fmax))]
+            [
+                f("asic", outcome_failure(&r.asic)),
+                f("ice40", outcome_failure(&r.ice40)),
+                f("xilinx", outcome_failure(&r.xilinx)),
+                f("fmax", outcome_failure(&r.fmax)),
+            ]
         })
         .flatten()
         .collect();

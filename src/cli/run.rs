@@ -29,9 +29,14 @@ pub struct RunArgs {
     /// Architecture model of the cost-aware part.
     #[arg(long, value_enum, default_value = "shared")]
     arch: Arch,
-    /// Area budget (NAND2-eq; needs the cost table).
+    /// Area budget (in the units of --area-metric; needs the cost table).
     #[arg(long)]
     area_budget: Option<f64>,
+    /// Area figure of the cost table the optimiser uses: nand2 (ASIC NAND2-eq plus row-buffer
+    /// SRAM), lut4 (iCE40 LUT4) or lut6 (Xilinx 7-series LUT6-equivalents); FPGA block RAMs and
+    /// DSPs are not counted.
+    #[arg(long, value_enum, default_value = "nand2")]
+    area_metric: mnq::cost::AreaMetric,
     /// Latency budget (cycles per image over the layers with hardware).
     #[arg(long)]
     latency_budget: Option<u64>,
@@ -154,6 +159,7 @@ pub fn cmd_run(a: &RunArgs) -> Result<i32> {
         bits: a.bits.clone(),
         arch: a.arch,
         area_budget: a.area_budget,
+        area_metric: a.area_metric,
         latency_budget: a.latency_budget,
         convention: a.convention,
         max_pareto_eval: a.max_pareto_eval,

@@ -2,7 +2,7 @@
 //! models, accuracy from the golden units the hardware implements; the cost table that
 //! `mnq cost` writes (`reports/cost/cost.json`) and the assignment reads ([`Table::load`]).
 //!
-//! - [`yosys`]: the two pinned synthesis scripts (ASIC-like gates, iCE40) and their parsers;
+//! - [`yosys`]: the pinned synthesis scripts (ASIC-like gates, iCE40, Xilinx 7-series) and their parsers;
 //! - [`nextpnr`]: place and route for fmax (`--fmax`);
 //! - [`latency`]: timing measured on the cycle models, fitted and checked against the manifest;
 //! - [`accuracy`]: SQNR of the configuration's golden unit;
@@ -14,7 +14,7 @@ pub mod nextpnr;
 pub mod table;
 pub mod yosys;
 
-pub use table::{Area, Row, Table};
+pub use table::{Area, AreaMetric, Row, Table};
 
 use crate::hdl::RtlConfig;
 use serde::{Deserialize, Serialize};
@@ -108,6 +108,8 @@ pub enum Target {
     Asic,
     /// Lattice iCE40 UltraPlus: LUT4, carry, flip-flops, block RAM, DSP.
     Ice40,
+    /// Xilinx 7-series: LUT, LUTRAM, SRL, CARRY4, flip-flops, RAMB18/RAMB36, DSP48E1.
+    Xilinx,
 }
 
 impl std::fmt::Display for Target {
@@ -115,6 +117,7 @@ impl std::fmt::Display for Target {
         f.write_str(match self {
             Target::Asic => "asic",
             Target::Ice40 => "ice40",
+            Target::Xilinx => "xilinx",
         })
     }
 }
@@ -164,6 +167,35 @@ pub struct Ice40Cost {
     pub bram: u64,
     /// DSP blocks (`SB_MAC16`).
     pub dsp: u64,
+}
+
+/// Figures of the Xilinx 7-series synthesis (a yosys estimate: no place and route, not Vivado).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct XilinxCost {
+    /// Cells by type.
+    pub cells: BTreeMap<String, u64>,
+    /// Logic LUTs: `LUT1`..`LUT6` and `INV`.
+    pub lut: u64,
+    /// LUT6 sites used as distributed RAM.
+    pub lutram: u64,
+    /// Shift registers in LUTs (`SRL16E`, `SRLC32E`).
+    pub srl: u64,
+    /// LUT6-equivalents: every LUT6 site used, `lut + lutram + srl`, no two sharing a site.
+    pub lut6_eq: u64,
+    /// `MUXF7` and `MUXF8` (slice muxes beside the LUTs).
+    pub muxf: u64,
+    /// `CARRY4` chains of 4 bits.
+    pub carry4: u64,
+    /// Flip-flops (`FDRE`, `FDSE`, `FDCE`, `FDPE`).
+    pub ff: u64,
+    /// `DSP48E1` slices.
+    pub dsp: u64,
+    /// 18-kbit block RAMs (`RAMB18E1`).
+    pub ramb18: u64,
+    /// 36-kbit block RAMs (`RAMB36E1`).
+    pub ramb36: u64,
+    /// Block RAM in 36-kbit tiles: `ramb36 + ramb18 / 2`.
+    pub bram36_eq: f64,
 }
 
 /// Place-and-route result.
@@ -270,14 +302,40 @@ pub fn synth_asic(cfg: &RtlConfig, file: &Path, dir: &Path) -> Result<AsicCost, 
 pub fn synth_ice40(cfg: &RtlConfig, file: &Path, dir: &Path) -> Result<Ice40Cost, CostError> {
     let name = cfg.name();
     let text = run_yosys(&name, "ice40", &yosys::script(yosys::ICE40_SCRIPT, file, &name, None), dir, "ice40")?;
-    let st = yosys::parse_stat(&text, "ice40", &dir.join("ice40.log"))?;
-    let sum = |p: &str| st.cells.iter().filter(|(k, _)| k.starts_with(p)).map(|(_, v)| v).sum::<u64>();
-    Ok(Ice40Cost {
-        lut4: sum("SB_LUT4"),
-        carry: sum("SB_CARRY"),
-        dff: sum("SB_DFF"),
-        bram: sum("SB_RAM40"),
-        dsp: sum("SB_MAC16"),
+    let log = dir.join("ice40.log");
+    let st = yosys::parse_stat(&text, "ice40", &log)?;
+    ice40_cost(st, &log)
+}
+
+/// The iCE40 figures of a parsed `stat` block.
+pub fn ice40_cost(st: yosys::Stat, log: &Path) -> Result<Ice40Cost, CostError> {
+    let c = yosys::classify(&st, yosys::ICE40_CLASSES, log)?;
+    Ok(Ice40Cost { lut4: c["lut4"], carry: c["carry"], dff: c["dff"], bram: c["bram"], dsp: c["dsp"], cells: st.cells })
+}
+
+/// Synthesise `file` for Xilinx 7-series in `dir`.
+pub fn synth_xilinx(cfg: &RtlConfig, file: &Path, dir: &Path) -> Result<XilinxCost, CostError> {
+    let name = cfg.name();
+    let text = run_yosys(&name, "xilinx", &yosys::script(yosys::XILINX_SCRIPT, file, &name, None), dir, "xilinx")?;
+    let log = dir.join("xilinx.log");
+    xilinx_cost(yosys::parse_stat(&text, "xilinx", &log)?, &log)
+}
+
+/// The Xilinx figures of a parsed `stat` block.
+pub fn xilinx_cost(st: yosys::Stat, log: &Path) -> Result<XilinxCost, CostError> {
+    let c = yosys::classify(&st, yosys::XILINX_CLASSES, log)?;
+    Ok(XilinxCost {
+        lut: c["lut"],
+        lutram: c["lutram"],
+        srl: c["srl"],
+        lut6_eq: c["lut"] + c["lutram"] + c["srl"],
+        muxf: c["muxf"],
+        carry4: c["carry4"],
+        ff: c["ff"],
+        dsp: c["dsp"],
+        ramb18: c["ramb18"],
+        ramb36: c["ramb36"],
+        bram36_eq: c["ramb36"] as f64 + c["ramb18"] as f64 / 2.0,
         cells: st.cells,
     })
 }
@@ -341,7 +399,7 @@ pub fn require_tools(opts: &Options) -> Result<BTreeMap<String, String>, CostErr
 pub struct Done {
     /// Configuration.
     pub name: String,
-    /// What ran: `asic`, `ice40`, `fmax`.
+    /// What ran: `asic`, `ice40`, `xilinx`, `fmax`.
     pub what: String,
     /// Wall seconds.
     pub seconds: f64,
@@ -412,6 +470,7 @@ pub fn measure(configs: &[RtlConfig], opts: &Options, progress: &(dyn Fn(&Done) 
                 let r = std::fs::create_dir_all(&dir).map_err(io(&dir)).and_then(|_| match w {
                     Work::Synth(Target::Asic) => synth_asic(cfg, &files[i].0, &dir).map(Res::Asic),
                     Work::Synth(Target::Ice40) => synth_ice40(cfg, &files[i].0, &dir).map(Res::Ice40),
+                    Work::Synth(Target::Xilinx) => synth_xilinx(cfg, &files[i].0, &dir).map(Res::Xilinx),
                     Work::Pnr => place_and_route(cfg, &files[i].0, &dir).map(Res::Fmax),
                 });
                 let (what, line, failed) = match (&w, &r) {
@@ -427,6 +486,14 @@ pub fn measure(configs: &[RtlConfig], opts: &Options, progress: &(dyn Fn(&Done) 
                     (_, Ok(Res::Ice40(c))) => (
                         "ice40".into(),
                         format!("{} LUT4, {} carry, {} DFF, {} BRAM, {} DSP", c.lut4, c.carry, c.dff, c.bram, c.dsp),
+                        false,
+                    ),
+                    (_, Ok(Res::Xilinx(x))) => (
+                        "xilinx".into(),
+                        format!(
+                            "{} LUT6-eq ({} LUT, {} LUTRAM, {} SRL), {} CARRY4, {} FF, {} RAMB18 + {} RAMB36, {} DSP48E1",
+                            x.lut6_eq, x.lut, x.lutram, x.srl, x.carry4, x.ff, x.ramb18, x.ramb36, x.dsp
+                        ),
                         false,
                     ),
                     (_, Ok(Res::Fmax(f))) => (
@@ -445,9 +512,11 @@ pub fn measure(configs: &[RtlConfig], opts: &Options, progress: &(dyn Fn(&Done) 
         match (w, r) {
             (_, Ok(Res::Asic(a))) => row.asic = Some(Outcome::Ok(a)),
             (_, Ok(Res::Ice40(c))) => row.ice40 = Some(Outcome::Ok(c)),
+            (_, Ok(Res::Xilinx(x))) => row.xilinx = Some(Outcome::Ok(x)),
             (_, Ok(Res::Fmax(f))) => row.fmax = Some(Outcome::Ok(f)),
             (Work::Synth(Target::Asic), Err(e)) => row.asic = Some(failed(e)),
             (Work::Synth(Target::Ice40), Err(e)) => row.ice40 = Some(failed(e)),
+            (Work::Synth(Target::Xilinx), Err(e)) => row.xilinx = Some(failed(e)),
             (Work::Pnr, Err(e)) => row.fmax = Some(failed(e)),
         }
     }
@@ -464,5 +533,6 @@ fn work_name(w: Work) -> String {
 enum Res {
     Asic(AsicCost),
     Ice40(Ice40Cost),
+    Xilinx(XilinxCost),
     Fmax(Fmax),
 }

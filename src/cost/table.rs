@@ -3,7 +3,7 @@
 
 use super::accuracy::{self, Accuracy};
 use super::latency::{self, RowTiming, TimingModel};
-use super::{AsicCost, CostError, Fmax, Ice40Cost, Outcome};
+use super::{AsicCost, CostError, Fmax, Ice40Cost, Outcome, XilinxCost};
 use crate::hdl::RtlConfig;
 use crate::io::write_atomic;
 use crate::units::{self, Preset};
@@ -49,6 +49,9 @@ pub struct Row {
     pub asic: Option<Outcome<AsicCost>>,
     /// iCE40 synthesis.
     pub ice40: Option<Outcome<Ice40Cost>>,
+    /// Xilinx 7-series synthesis (absent from tables written before the target existed).
+    #[serde(default)]
+    pub xilinx: Option<Outcome<XilinxCost>>,
     /// Place and route (`--fmax`).
     pub fmax: Option<Outcome<Fmax>>,
     /// Timing at the reported row lengths, from the cycle model.
@@ -78,6 +81,51 @@ pub struct Area {
     pub bram: Option<u64>,
     /// iCE40 DSPs, when synthesised.
     pub dsp: Option<u64>,
+    /// Xilinx 7-series LUT6-equivalents, when synthesised.
+    pub lut6_eq: Option<u64>,
+}
+
+/// Which area figure of the cost table the optimiser of `mnq run` uses (`--area-metric`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AreaMetric {
+    /// ASIC-like NAND2-equivalents of logic and flip-flops, plus the row-buffer SRAM.
+    #[default]
+    Nand2,
+    /// iCE40 LUT4 (block RAMs and DSPs not counted).
+    Lut4,
+    /// Xilinx 7-series LUT6-equivalents (block RAMs and DSPs not counted).
+    Lut6,
+}
+
+impl AreaMetric {
+    /// The figure's unit in words, for tables and axes.
+    pub fn unit(self) -> &'static str {
+        match self {
+            AreaMetric::Nand2 => "NAND2-eq",
+            AreaMetric::Lut4 => "iCE40 LUT4",
+            AreaMetric::Lut6 => "Xilinx LUT6-eq",
+        }
+    }
+
+    /// The suffix of JSON keys holding the figure (`area_<key>`).
+    pub fn key(self) -> &'static str {
+        match self {
+            AreaMetric::Nand2 => "nand2_eq",
+            AreaMetric::Lut4 => "lut4",
+            AreaMetric::Lut6 => "lut6_eq",
+        }
+    }
+}
+
+impl std::fmt::Display for AreaMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AreaMetric::Nand2 => "nand2",
+            AreaMetric::Lut4 => "lut4",
+            AreaMetric::Lut6 => "lut6",
+        })
+    }
 }
 
 fn longest_row(cfg: &RtlConfig) -> Option<usize> {
@@ -121,6 +169,7 @@ impl Row {
             verilog_fnv64: super::fnv64(verilog),
             asic: None,
             ice40: None,
+            xilinx: None,
             fmax: None,
             timing,
             timing_model,
@@ -170,6 +219,7 @@ fn scripts() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("asic".into(), super::yosys::ASIC_SCRIPT.into());
     m.insert("ice40".into(), super::yosys::ICE40_SCRIPT.into());
+    m.insert("xilinx".into(), super::yosys::XILINX_SCRIPT.into());
     m.insert("fmax_yosys".into(), super::yosys::ICE40_PNR_SCRIPT.into());
     m.insert("fmax_nextpnr".into(), format!("nextpnr-ice40 --json {{json}} {}", super::nextpnr::NEXTPNR_ARGS.join(" ")));
     m
@@ -179,6 +229,7 @@ fn notes() -> Vec<String> {
     vec![
         "ASIC: yosys generic gates (CMOS set), transistors from `stat -tech cmos`, NAND2-equivalents = transistors / 4; row-buffer memories kept as macros and counted in memory bits only".into(),
         "iCE40 UltraPlus: the steps of synth_ice40 -dsp with single-pass gate-level opt and a shorter ABC script (SB_MAC16 DSPs, SB_RAM40_4K block RAMs of 4 kbit)".into(),
+        "Xilinx 7-series: the steps of synth_xilinx -family xc7 -flatten -noiopad -noclkbuf with single-pass gate-level opt and a shorter ABC script; a yosys estimate, no place and route, not Vivado; LUT6-eq = LUT + LUTRAM sites + SRL, BRAM36-eq = RAMB36 + RAMB18 / 2".into(),
         "fmax: synth_ice40 without DSPs and nextpnr-ice40 on iCE40HX8K-CT256, seed 1".into(),
         format!("timing: cycle model, {} back-to-back rows, no input gaps, no back-pressure; latency = first input beat to first output beat; row period = cycles per row in steady state", latency::ROWS),
         format!("accuracy: golden unit the hardware implements (adapted preset), Integer mode, SQNR against float on the op's standard distribution, {} rows, seed {}", accuracy::ROWS, accuracy::SEED),
@@ -212,6 +263,7 @@ impl Table {
                     if o.verilog_fnv64 == r.verilog_fnv64 {
                         r.asic = r.asic.or(o.asic.take());
                         r.ice40 = r.ice40.or(o.ice40.take());
+                        r.xilinx = r.xilinx.or(o.xilinx.take());
                         r.fmax = r.fmax.or(o.fmax.take());
                     }
                     *o = r;
@@ -245,6 +297,7 @@ impl Table {
             None => return Err(CostError::Lookup(format!("{}: not synthesised for the ASIC target", r.name))),
         };
         let ice = r.ice40.as_ref().and_then(Outcome::ok);
+        let xil = r.xilinx.as_ref().and_then(Outcome::ok);
         Ok(Area {
             nand2_eq: a.nand2_eq,
             transistors: a.transistors,
@@ -252,7 +305,29 @@ impl Table {
             lut4: ice.map(|c| c.lut4),
             bram: ice.map(|c| c.bram),
             dsp: ice.map(|c| c.dsp),
+            lut6_eq: xil.map(|x| x.lut6_eq),
         })
+    }
+
+    /// The LUT figure of an FPGA target (`lut4` of iCE40, `lut6_eq` of Xilinx) for a
+    /// configuration; an error names the `mnq cost` run that supplies a missing one.
+    pub fn luts(&self, unit: &str, bits: u32, lanes: usize, target: super::Target) -> Result<u64, CostError> {
+        let r = self.row(unit, bits, lanes)?;
+        let (status, n) = match target {
+            super::Target::Ice40 => (r.ice40.as_ref().map(|o| o.ok().is_some()), r.ice40.as_ref().and_then(Outcome::ok).map(|c| c.lut4)),
+            super::Target::Xilinx => {
+                (r.xilinx.as_ref().map(|o| o.ok().is_some()), r.xilinx.as_ref().and_then(Outcome::ok).map(|x| x.lut6_eq))
+            }
+            super::Target::Asic => return Err(CostError::Lookup("the ASIC target has no LUTs".into())),
+        };
+        let again = format!("`mnq cost --unit {unit} --bits {bits} --lanes {lanes} --target {target}`");
+        match (status, n) {
+            (_, Some(n)) => Ok(n),
+            (Some(false), _) => {
+                Err(CostError::Lookup(format!("{}: the {target} synthesis failed (see its log); fix it and run {again}", r.name)))
+            }
+            _ => Err(CostError::Lookup(format!("{}: no {target} figures in the cost table: run {again}", r.name))),
+        }
     }
 
     /// Cycles for `rows` rows of `row_len` elements streamed back to back through one
@@ -288,6 +363,7 @@ impl Table {
             .map(|r| {
                 let asic = r.asic.as_ref().and_then(Outcome::ok);
                 let ice = r.ice40.as_ref().and_then(Outcome::ok);
+                let xil = r.xilinx.as_ref().and_then(Outcome::ok);
                 let fmax = r.fmax.as_ref().and_then(Outcome::ok);
                 serde_json::json!({
                     "name": r.name,
@@ -309,6 +385,17 @@ impl Table {
                     "ice40_dff": ice.map(|c| c.dff),
                     "ice40_bram": ice.map(|c| c.bram),
                     "ice40_dsp": ice.map(|c| c.dsp),
+                    "xilinx_status": status(r.xilinx.as_ref().map(|o| o.ok().is_some())),
+                    "xilinx_lut6_eq": xil.map(|x| x.lut6_eq),
+                    "xilinx_lut": xil.map(|x| x.lut),
+                    "xilinx_lutram": xil.map(|x| x.lutram),
+                    "xilinx_srl": xil.map(|x| x.srl),
+                    "xilinx_carry4": xil.map(|x| x.carry4),
+                    "xilinx_ff": xil.map(|x| x.ff),
+                    "xilinx_dsp48": xil.map(|x| x.dsp),
+                    "xilinx_ramb18": xil.map(|x| x.ramb18),
+                    "xilinx_ramb36": xil.map(|x| x.ramb36),
+                    "xilinx_bram36_eq": xil.map(|x| x.bram36_eq),
                     "fmax_mhz": fmax.and_then(|f| f.mhz),
                     "fmax_device": fmax.map(|f| f.device.clone()),
                     "timing": r.timing.iter().map(|t| serde_json::json!({
@@ -329,7 +416,7 @@ impl Table {
             "tool": format!("mnq {}", env!("CARGO_PKG_VERSION")),
             "tools": self.tools,
             "scripts_fnv64": self.scripts.iter().map(|(k, v)| (k.clone(), super::fnv64(v))).collect::<BTreeMap<_, _>>(),
-            "estimate": "yosys synthesis estimates of the unit alone, without place and route (fmax: nextpnr-ice40 where measured); memory bits are the row buffers, outside the NAND2-eq figure",
+            "estimate": "yosys synthesis estimates of the unit alone, without place and route (fmax: nextpnr-ice40 where measured; Xilinx: yosys synth_xilinx, not Vivado); memory bits are the row buffers, outside the NAND2-eq figure",
             "configurations": configs,
         })
     }
@@ -366,6 +453,18 @@ impl Table {
             "ice40_dff",
             "ice40_bram",
             "ice40_dsp",
+            "xilinx_status",
+            "xilinx_lut6_eq",
+            "xilinx_lut",
+            "xilinx_lutram",
+            "xilinx_srl",
+            "xilinx_muxf",
+            "xilinx_carry4",
+            "xilinx_ff",
+            "xilinx_dsp48",
+            "xilinx_ramb18",
+            "xilinx_ramb36",
+            "xilinx_bram36_eq",
             "fmax_status",
             "fmax_mhz",
             "fmax_device",
@@ -390,6 +489,7 @@ impl Table {
         for r in &self.rows {
             let a = r.asic.as_ref().and_then(Outcome::ok);
             let c = r.ice40.as_ref().and_then(Outcome::ok);
+            let x = r.xilinx.as_ref().and_then(Outcome::ok);
             let f = r.fmax.as_ref().and_then(Outcome::ok);
             let mut v: Vec<String> = vec![
                 r.name.clone(),
@@ -413,6 +513,18 @@ impl Table {
                 opt(c.map(|c| c.dff.to_string())),
                 opt(c.map(|c| c.bram.to_string())),
                 opt(c.map(|c| c.dsp.to_string())),
+                status(r.xilinx.as_ref().map(|o| o.ok().is_some())),
+                opt(x.map(|x| x.lut6_eq.to_string())),
+                opt(x.map(|x| x.lut.to_string())),
+                opt(x.map(|x| x.lutram.to_string())),
+                opt(x.map(|x| x.srl.to_string())),
+                opt(x.map(|x| x.muxf.to_string())),
+                opt(x.map(|x| x.carry4.to_string())),
+                opt(x.map(|x| x.ff.to_string())),
+                opt(x.map(|x| x.dsp.to_string())),
+                opt(x.map(|x| x.ramb18.to_string())),
+                opt(x.map(|x| x.ramb36.to_string())),
+                opt(x.map(|x| x.bram36_eq.to_string())),
                 status(r.fmax.as_ref().map(|o| o.ok().is_some())),
                 opt(f.and_then(|f| f.mhz).map(|m| format!("{m:.2}"))),
                 opt(f.map(|f| f.device.clone())),
@@ -449,7 +561,7 @@ impl Table {
         for n in &self.notes {
             let _ = writeln!(s, "- {n}");
         }
-        s.push_str("\n## Area and accuracy\n\n| configuration | SQNR (dB) | ASIC cells | flip-flops | transistors | NAND2-eq | memory bits | LUT4 | carry | DFF | BRAM | DSP | fmax (MHz) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("\n## Area and accuracy\n\n| configuration | SQNR (dB) | ASIC cells | flip-flops | transistors | NAND2-eq | memory bits | LUT4 | carry | DFF | BRAM | DSP | LUT6-eq | CARRY4 | FF | BRAM36-eq | DSP48 | fmax (MHz) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let fail = |log: &str| format!("FAILED (log {log})");
         for r in &self.rows {
             let asic = match &r.asic {
@@ -464,6 +576,11 @@ impl Table {
                 Some(Outcome::Failed { log, .. }) => format!("{} | | | | ", fail(log)),
                 None => "not run | | | | ".into(),
             };
+            let xil = match &r.xilinx {
+                Some(Outcome::Ok(x)) => format!("{} | {} | {} | {} | {}", x.lut6_eq, x.carry4, x.ff, x.bram36_eq, x.dsp),
+                Some(Outcome::Failed { log, .. }) => format!("{} | | | | ", fail(log)),
+                None => "not run | | | | ".into(),
+            };
             let fmax = match &r.fmax {
                 Some(Outcome::Ok(f)) => f.mhz.map_or_else(|| "does not fit".to_string(), |m| format!("{m:.1}")),
                 Some(Outcome::Failed { log, .. }) => fail(log),
@@ -471,7 +588,7 @@ impl Table {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {asic} | {ice} | {fmax} |",
+                "| {} | {} | {asic} | {ice} | {xil} | {fmax} |",
                 r.name,
                 r.accuracy.sqnr_db.map_or("exact".into(), |x| format!("{x:.2}"))
             );

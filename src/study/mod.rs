@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use shard::Mode;
 
 pub mod shard;
+use crate::cost::AreaMetric;
 use crate::io::{write_atomic, IoError};
 use crate::model::attribution;
 use crate::model::manifest::{unit_for, OrderedLayers};
@@ -74,8 +75,11 @@ pub struct RunOptions {
     pub bits: Vec<u32>,
     /// Architecture model of the cost-aware part.
     pub arch: assign::Arch,
-    /// Area budget (NAND2-eq; needs the cost table).
+    /// Area budget (in the units of `area_metric`; needs the cost table).
     pub area_budget: Option<f64>,
+    /// Which area figure of the cost table the optimiser uses (absent in older options: NAND2-eq).
+    #[serde(default)]
+    pub area_metric: crate::cost::AreaMetric,
     /// Latency budget (cycles per image over the costed layers).
     pub latency_budget: Option<u64>,
     /// Decibel convention.
@@ -112,6 +116,8 @@ pub const SRAM_NAND2_EQ_PER_BIT: f64 = 1.5;
 #[derive(Debug, Clone)]
 struct UnitCost {
     area: Option<f64>,
+    /// Why the cost table has no area for this configuration in the chosen metric.
+    area_missing: Option<String>,
     /// Timing measured by `mnq cost`, when the cost table has the configuration.
     timing: Option<crate::cost::Row>,
     latency: String,
@@ -122,6 +128,7 @@ struct UnitCost {
 #[derive(Debug, Clone, Default)]
 struct Costs {
     units: BTreeMap<(String, u32), UnitCost>,
+    metric: crate::cost::AreaMetric,
     area_source: Option<String>,
     notes: Vec<String>,
 }
@@ -132,8 +139,8 @@ fn formula(f: &str, n: u64, lanes: u64) -> Option<u64> {
 }
 
 impl Costs {
-    fn load(rtl_manifest: &Path, cost_table: &Path) -> Result<Costs, RunError> {
-        let mut c = Costs::default();
+    fn load(rtl_manifest: &Path, cost_table: &Path, metric: crate::cost::AreaMetric) -> Result<Costs, RunError> {
+        let mut c = Costs { metric, ..Costs::default() };
         let text = std::fs::read_to_string(rtl_manifest).map_err(|e| {
             RunError::Input(format!("{}: {e}; run from the repository root or regenerate it with `mnq rtl`", rtl_manifest.display()))
         })?;
@@ -150,25 +157,35 @@ impl Costs {
             };
             c.units.insert(
                 (unit.to_string(), bits as u32),
-                UnitCost { area: None, timing: None, latency: lat.to_string(), row_period: rp.to_string() },
+                UnitCost { area: None, area_missing: None, timing: None, latency: lat.to_string(), row_period: rp.to_string() },
             );
         }
         if cost_table.is_file() {
             let t = crate::cost::Table::load(cost_table).map_err(|e| RunError::Input(e.to_string()))?;
             let mut found = 0;
             for ((unit, bits), uc) in c.units.iter_mut() {
-                if let Ok(a) = t.area(unit, *bits, 1) {
-                    uc.area = Some(a.nand2_eq + SRAM_NAND2_EQ_PER_BIT * a.memory_bits as f64);
-                    found += 1;
+                let area = match metric {
+                    AreaMetric::Nand2 => t.area(unit, *bits, 1).map(|a| a.nand2_eq + SRAM_NAND2_EQ_PER_BIT * a.memory_bits as f64),
+                    AreaMetric::Lut4 => t.luts(unit, *bits, 1, crate::cost::Target::Ice40).map(|n| n as f64),
+                    AreaMetric::Lut6 => t.luts(unit, *bits, 1, crate::cost::Target::Xilinx).map(|n| n as f64),
+                };
+                match area {
+                    Ok(a) => {
+                        uc.area = Some(a);
+                        found += 1;
+                    }
+                    Err(e) => uc.area_missing = Some(e.to_string()),
                 }
                 if let Ok(r) = t.row(unit, *bits, 1) {
                     uc.timing = Some(r.clone());
                 }
             }
-            c.area_source = Some(format!(
-                "{} (yosys NAND2-equivalents of logic and flip-flops, plus row-buffer SRAM at {SRAM_NAND2_EQ_PER_BIT} NAND2-eq per bit, a 6-transistor cell; {found} configurations)",
-                cost_table.display()
-            ));
+            let what = match metric {
+                AreaMetric::Nand2 => format!("yosys NAND2-equivalents of logic and flip-flops, plus row-buffer SRAM at {SRAM_NAND2_EQ_PER_BIT} NAND2-eq per bit, a 6-transistor cell"),
+                AreaMetric::Lut4 => "yosys iCE40 UltraPlus LUT4, block RAMs and DSPs not counted; `--area-metric lut4`".into(),
+                AreaMetric::Lut6 => "yosys Xilinx 7-series LUT6-equivalents (logic LUTs, LUTRAM and SRL sites), block RAMs and DSPs not counted; a synthesis estimate without place and route; `--area-metric lut6`".into(),
+            };
+            c.area_source = Some(format!("{} ({what}; {found} configurations)", cost_table.display()));
             c.notes.push(format!(
                 "latency: cycles measured on the single-lane cycle models by `mnq cost` ({}): layer cycles per image = cycles of its rows streamed back to back, first input to last output",
                 cost_table.display()
@@ -202,6 +219,16 @@ impl Costs {
 
     fn area(&self, unit: &str, bits: u32) -> Option<f64> {
         self.get(unit, bits).and_then(|c| c.area)
+    }
+
+    /// The first unit with hardware (a row in the cost table) at one of `bits` but no area in
+    /// the chosen metric: the optimiser would silently drop it, so the run stops instead.
+    fn missing_area(&self, bits: &[u32]) -> Option<String> {
+        self.units
+            .iter()
+            .filter(|((_, b), c)| bits.contains(b) && c.timing.is_some() && c.area.is_none())
+            .find_map(|(_, c)| c.area_missing.clone())
+            .map(|why| format!("--area-metric {}: {why}, or choose another --area-metric", self.metric))
     }
 }
 
@@ -698,7 +725,7 @@ fn signoff_bits(
                 "agreement_with_float": a.agreement,
                 "logits_asqnr_db": a.logits_asqnr_db,
                 "units": counts,
-                "area_nand2_eq": sol.as_ref().map(|s| s.area),
+                format!("area_{}", costs.metric.key()): sol.as_ref().map(|s| s.area),
                 "cycles_per_image": sol.as_ref().map(|s| s.latency),
                 "max_layer_cycles": sol.as_ref().map(|s| s.max_layer_latency),
             })
@@ -717,7 +744,7 @@ fn signoff_bits(
             types.insert(
                 u.clone(),
                 json!({
-                    "area_nand2_eq": c.and_then(|c| c.area),
+                    format!("area_{}", costs.metric.key()): c.and_then(|c| c.area),
                     "ice40_lut4": ice.map(|i| i.lut4),
                     "ice40_dff": ice.map(|i| i.dff),
                     "ice40_bram": ice.map(|i| i.bram),
@@ -823,7 +850,10 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
     let model = Model::load(&o.model_dir)?;
     let m = &model.manifest;
     let name = m.name.clone();
-    let costs = Costs::load(&o.rtl_manifest, &o.cost_table)?;
+    let costs = Costs::load(&o.rtl_manifest, &o.cost_table, o.area_metric)?;
+    if let Some(why) = costs.missing_area(&o.bits) {
+        return Err(RunError::Input(why));
+    }
     if o.area_budget.is_some() && costs.area_source.is_none() {
         return Err(RunError::Input(format!(
             "--area-budget needs unit areas, but there is no cost table at {}; run `mnq cost` first or drop --area-budget",
@@ -941,7 +971,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                     cells,
                 });
             }
-            let table = Table::new(o.convention, if costs.area_source.is_some() { "NAND2-eq" } else { "unknown" }, tl)?;
+            let table = Table::new(o.convention, if costs.area_source.is_some() { costs.metric.unit() } else { "unknown" }, tl)?;
             let (tmd, tcsv) = table_text(&table, &costs, bits);
             files.push((format!("sensitivity_{bits}b.md"), tmd.into_bytes()));
             files.push((format!("sensitivity_{bits}b.csv"), tcsv.into_bytes()));
@@ -1142,7 +1172,7 @@ pub fn run(o: &RunOptions) -> Result<RunSummary, RunError> {
                     .map(|(i, s)| ScatterPoint { x: cost(s), y: s.criterion, pareto: true, label: format!("{i}") })
                     .collect();
                 let xd = if key == Axis::Area {
-                    "area of the costed units (NAND2-eq)".to_string()
+                    format!("area of the costed units ({})", costs.metric.unit())
                 } else {
                     "cycles per image over the costed layers".to_string()
                 };
@@ -1591,13 +1621,14 @@ fn index_md(
     let bits_arg: Vec<String> = o.bits.iter().map(|b| b.to_string()).collect();
     let _ = writeln!(
         s,
-        "Command: `mnq run --model {} --bits {} --sens-images {} --images {} --arch {}{}{}` ({secs:.1} s).\n",
+        "Command: `mnq run --model {} --bits {} --sens-images {} --images {} --arch {}{}{}{}` ({secs:.1} s).\n",
         o.model_dir.display(),
         bits_arg.join(","),
         sens.len(),
         eval.len(),
         o.arch,
         o.area_budget.map_or(String::new(), |a| format!(" --area-budget {a}")),
+        if o.area_metric == AreaMetric::Nand2 { String::new() } else { format!(" --area-metric {}", o.area_metric) },
         o.latency_budget.map_or(String::new(), |a| format!(" --latency-budget {a}"))
     );
     // The reading, generated from the numbers.

@@ -232,6 +232,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn options_recorded_before_area_metric_read_as_nand2() {
+        let d = tempfile::tempdir().unwrap();
+        let o: RunOptions = serde_json::from_value(serde_json::json!({
+            "model_dir": "m", "eval_images": "e", "eval_labels": "l", "calib_images": "c", "sens_images": 4,
+            "images": null, "bits": [8], "arch": "shared", "area_budget": null, "latency_budget": null,
+            "convention": "amplitude20", "max_pareto_eval": 6, "cost_table": "t", "rtl_manifest": "r",
+            "attribution": "none", "out": "o"
+        }))
+        .expect("options without area_metric parse");
+        assert_eq!(o.area_metric, crate::cost::AreaMetric::Nand2);
+        let mut v = serde_json::to_value(Recorded { shards: 2, options: o }).unwrap();
+        v["options"]["area_metric"] = "lut6".into();
+        std::fs::write(options_path(d.path()), v.to_string()).unwrap();
+        assert_eq!(recorded_options(d.path()).unwrap().0.area_metric, crate::cost::AreaMetric::Lut6);
+    }
+
+    #[test]
     fn slices_cover_the_split_in_order() {
         for len in [0, 1, 5, 16, 97] {
             for n in 1..=7 {
