@@ -833,21 +833,7 @@ impl<'q> IntRun<'q> {
     /// Start an integer forward of `image`; `taps` = fill tap values.
     pub fn new(qm: &'q IntModel, image: &[f32], taps: bool) -> IntRun<'q> {
         assert_eq!(image.len(), qm.manifest.image_len(), "image length must match the manifest (checked by Images)");
-        IntRun {
-            qm,
-            pc: 0,
-            taps,
-            image: image.to_vec(),
-            vals: vec![IVal::Empty; qm.slots],
-            s: Scratch::default(),
-            tap_layer: 0,
-            tap_in: Vec::new(),
-            tap_fmt: super::InputFormat::default(),
-            tap_out: Vec::new(),
-            cond: Vec::new(),
-            logits: Vec::new(),
-            int_logits: Vec::new(),
-        }
+        IntRun { taps, image: image.to_vec(), vals: vec![IVal::Empty; qm.slots], ..IntRun::new_bare(qm) }
     }
 
     /// A run that only executes units ([`IntModel::unit_on_float`]).
@@ -1307,19 +1293,12 @@ impl<'q> IntRun<'q> {
     fn fork(&self, qm: &'q IntModel) -> IntRun<'q> {
         debug_assert_eq!(qm.family, self.qm.family);
         IntRun {
-            qm,
             pc: self.pc,
-            taps: false,
             image: if self.pc == 0 { self.image.clone() } else { Vec::new() },
             vals: self.vals.clone(),
-            s: Scratch::default(),
-            tap_layer: 0,
-            tap_in: Vec::new(),
-            tap_fmt: super::InputFormat::default(),
-            tap_out: Vec::new(),
-            cond: Vec::new(),
             logits: self.logits.clone(),
             int_logits: self.int_logits.clone(),
+            ..IntRun::new_bare(qm)
         }
     }
 

@@ -890,13 +890,10 @@ mod tests {
     /// IntSoftmax's fast runs (`run`, and the kernel at every level this CPU has) against the
     /// definition (`lut = false`, every exponential computed) and the table run.
     fn fast_softmax_equals_definition(sm: &Softmax, x: &QTensor, aux: &Aux) -> Result<(), String> {
-        let def = |lut| checked_output("softmax_ibert", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, None));
-        let want = def(false);
-        let mut runs = vec![("table".to_string(), def(true)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
-        for l in Level::available() {
-            runs.push((format!("{l:?}"), checked_output("softmax_ibert", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, true, Some(l)))));
-        }
-        cases::same_as_definition(&want, runs)
+        let def = |lut, level| checked_output("softmax_ibert", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, level));
+        // The definition without the table; every CPU level with it.
+        let runs = vec![("table".to_string(), def(true, None)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
+        cases::levels_same_as_definition(|level| def(level.is_some(), level), runs)
     }
 
     proptest::proptest! {
@@ -947,12 +944,8 @@ mod tests {
 
     /// i-GELU's fast runs (`run`, and the kernel at every level this CPU has) against the definition.
     fn fast_gelu_equals_definition(g: &Gelu, x: &QTensor) -> Result<(), String> {
-        let want = checked_output("gelu_ibert", g.run_with(x, Mode::Integer, &mut NoProbe, None));
-        let mut runs = vec![("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))];
-        for l in Level::available() {
-            runs.push((format!("{l:?}"), checked_output("gelu_ibert", g.run_with(x, Mode::Integer, &mut NoProbe, Some(l)))));
-        }
-        cases::same_as_definition(&want, runs)
+        let def = |level| checked_output("gelu_ibert", g.run_with(x, Mode::Integer, &mut NoProbe, level));
+        cases::levels_same_as_definition(def, vec![("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))])
     }
 
     proptest::proptest! {
@@ -1016,12 +1009,8 @@ mod tests {
 
     /// IntLayerNorm's fast runs (`run`, and the row kernels at every level this CPU has) against the definition.
     fn fast_ln_equals_definition(ln: &LayerNorm, x: &QTensor, aux: &Aux) -> Result<(), String> {
-        let want = checked_output("layernorm_ibert", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, None));
-        let mut runs = vec![("run".to_string(), ln.run(x, aux, Mode::Integer))];
-        for l in Level::available() {
-            runs.push((format!("{l:?}"), checked_output("layernorm_ibert", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, Some(l)))));
-        }
-        cases::same_as_definition(&want, runs)
+        let def = |level| checked_output("layernorm_ibert", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, level));
+        cases::levels_same_as_definition(def, vec![("run".to_string(), ln.run(x, aux, Mode::Integer))])
     }
 
     proptest::proptest! {

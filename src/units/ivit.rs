@@ -1085,13 +1085,10 @@ mod tests {
     /// Shiftmax's fast runs (`run`, and the kernel at every level this CPU has) against the
     /// definition (`lut = false`, every exponential computed) and the table run.
     fn fast_softmax_equals_definition(sm: &Softmax, x: &QTensor, aux: &Aux) -> Result<(), String> {
-        let def = |lut| checked_output("softmax_ivit", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, None));
-        let want = def(false);
-        let mut runs = vec![("table".to_string(), def(true)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
-        for l in Level::available() {
-            runs.push((format!("{l:?}"), checked_output("softmax_ivit", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, true, Some(l)))));
-        }
-        cases::same_as_definition(&want, runs)
+        let def = |lut, level| checked_output("softmax_ivit", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, level));
+        // The definition without the table; every CPU level with it.
+        let runs = vec![("table".to_string(), def(true, None)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
+        cases::levels_same_as_definition(|level| def(level.is_some(), level), runs)
     }
 
     proptest::proptest! {
@@ -1145,12 +1142,8 @@ mod tests {
     /// against the definition (every element computed).
     fn fast_gelu_equals_definition(g: &Gelu, x: &QTensor) -> Result<(), String> {
         let def = |memo, fast| checked_output("gelu_ivit", g.run_with(x, Mode::Integer, &mut NoProbe, memo, fast));
-        let want = def(false, None);
-        let mut runs = vec![("memo".to_string(), def(true, None)), ("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))];
-        for l in Level::available() {
-            runs.push((format!("{l:?}"), def(false, Some(l))));
-        }
-        cases::same_as_definition(&want, runs)
+        let runs = vec![("memo".to_string(), def(true, None)), ("run".to_string(), g.run(x, &Aux::default(), Mode::Integer))];
+        cases::levels_same_as_definition(|level| def(false, level), runs)
     }
 
     proptest::proptest! {
@@ -1210,12 +1203,8 @@ mod tests {
 
     /// I-LayerNorm's fast runs (`run`, and the row kernels at every level this CPU has) against the definition.
     fn fast_ln_equals_definition(ln: &LayerNorm, x: &QTensor, aux: &Aux) -> Result<(), String> {
-        let want = checked_output("layernorm_ivit", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, None));
-        let mut runs = vec![("run".to_string(), ln.run(x, aux, Mode::Integer))];
-        for l in Level::available() {
-            runs.push((format!("{l:?}"), checked_output("layernorm_ivit", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, Some(l)))));
-        }
-        cases::same_as_definition(&want, runs)
+        let def = |level| checked_output("layernorm_ivit", ln.run_with(x, aux, Mode::Integer, &mut NoProbe, level));
+        cases::levels_same_as_definition(def, vec![("run".to_string(), ln.run(x, aux, Mode::Integer))])
     }
 
     proptest::proptest! {

@@ -739,6 +739,16 @@ pub(crate) mod cases {
         Ok(())
     }
 
+    /// [`same_as_definition`] of `def(None)` (the definition) against `runs` and then
+    /// `def(Some(level))` at every CPU level this machine has.
+    pub(crate) fn levels_same_as_definition<T: std::fmt::Debug>(
+        def: impl Fn(Option<super::Level>) -> T,
+        mut runs: Vec<(String, T)>,
+    ) -> Result<(), String> {
+        runs.extend(super::Level::available().into_iter().map(|l| (format!("{l:?}"), def(Some(l)))));
+        same_as_definition(&def(None), runs)
+    }
+
     /// `nrows` rows of `c` random `bits`-bit codes (uniform, narrow around a centre, two-valued,
     /// constant, or spanning the whole format), the whole tensor at one scale `2^[−14, 3)`.
     pub(crate) fn rows(bits: u32, signed: bool, c: usize, nrows: usize, seed: u64) -> QTensor {
