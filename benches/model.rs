@@ -21,6 +21,10 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
+/// The allocator the `mnq` command uses, so these figures are the command's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn deit_tiny() -> Manifest {
     Manifest {
         format: 1,

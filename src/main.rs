@@ -4,6 +4,10 @@ mod cli;
 
 use clap::Parser;
 
+/// The allocator of the command (and of `benches/model.rs`, which times what it ships).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Restore the default SIGPIPE action so `mnq units | head` ends quietly instead of panicking.
 #[cfg(unix)]
 fn reset_sigpipe() {

@@ -112,9 +112,144 @@ fn gemm_scalar(x: &[i16], ks: usize, rows: usize, w: &Packed, out: &mut [i32]) {
     }
 }
 
+/// Output channels per panel of the u8 × i8 kernel (one zmm of i32 sums).
+const PANEL8: usize = 16;
+
+/// A weight matrix `[n, k]` of i8 values packed for the u8 × i8 kernel (`vpdpbusd`): panels of
+/// 16 output channels, each holding for every quad of inputs `(4j..4j+3)` the 16 channels'
+/// four weights side by side (zero-padded to whole panels and k a multiple of 4), so one
+/// 64-byte load feeds a panel step; with each channel's weight sum for the offset correction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed8 {
+    data: Vec<i8>,
+    /// `Σ_k w[o][k]` per output channel (padded to whole panels).
+    colsum: Vec<i32>,
+    /// Output channels.
+    pub n: usize,
+    /// Inputs per channel.
+    pub k: usize,
+    k4: usize,
+}
+
+impl Packed8 {
+    /// Pack row-major `w` `[n, k]`; None when a weight is outside i8.
+    pub fn new(w: &[i16], n: usize, k: usize) -> Option<Packed8> {
+        assert_eq!(w.len(), n * k, "Packed8::new: w is not [n, k]");
+        if w.iter().any(|&v| i8::try_from(v).is_err()) {
+            return None;
+        }
+        let k4 = k.div_ceil(4);
+        let panels = n.div_ceil(PANEL8);
+        let mut data = vec![0i8; panels * k4 * 4 * PANEL8];
+        let mut colsum = vec![0i32; panels * PANEL8];
+        for o in 0..n {
+            let (p, lane) = (o / PANEL8, o % PANEL8);
+            for i in 0..k {
+                data[(p * k4 + i / 4) * 4 * PANEL8 + 4 * lane + i % 4] = w[o * k + i] as i8;
+            }
+            colsum[o] = w[o * k..(o + 1) * k].iter().map(|&v| i32::from(v)).fold(0i32, i32::wrapping_add);
+        }
+        Some(Packed8 { data, colsum, n, k, k4 })
+    }
+
+    fn panel(&self, p: usize) -> &[i8] {
+        &self.data[p * self.k4 * 4 * PANEL8..(p + 1) * self.k4 * 4 * PANEL8]
+    }
+}
+
+/// Whether the u8 × i8 kernel runs natively here (AVX-512 VNNI); elsewhere [`gemm_i8`] runs a
+/// portable loop and callers should prefer [`gemm_i16`].
+pub fn has_u8_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::has_vnni()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[t][o] = Σ_k x[t][k]·w[o][k]` with the u8 × i8 kernel, for `x + offset` in `0..=255`
+/// (`offset` 128 for signed 8-bit codes, 0 for probabilities up to 255); false, with `out`
+/// untouched, when some `x + offset` is outside that range.
+///
+/// The kernel sums `(x + offset)·w` and subtracts `offset·Σ_k w`; in wrapping i32 arithmetic
+/// the result is the exact sum modulo 2^32, so it is the exact sum when the caller guarantees
+/// `gemm_fits_i32(k, max|x|, max|w|)`, whatever the intermediate values. `xbuf` is scratch.
+pub fn gemm_i8(x: &[i16], rows: usize, offset: i32, w: &Packed8, xbuf: &mut Vec<u8>, out: &mut [i32]) -> bool {
+    let k = w.k;
+    assert!(x.len() == rows * k && out.len() == rows * w.n, "gemm_i8: inconsistent sizes");
+    let ks = w.k4 * 4;
+    // Every byte is written below or is padding, which meets zero weights: the buffer is only
+    // zeroed when it grows.
+    if xbuf.len() < rows * ks {
+        xbuf.resize(rows * ks, 0);
+    }
+    let xbuf = &mut xbuf[..rows * ks];
+    let mut bad = false;
+    for (xr, br) in x.chunks_exact(k.max(1)).zip(xbuf.chunks_exact_mut(ks.max(1))) {
+        for (b, &v) in br.iter_mut().zip(xr) {
+            let u = i32::from(v) + offset;
+            bad |= !(0..=255).contains(&u);
+            *b = u as u8;
+        }
+    }
+    if bad {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::has_vnni() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { x86::gemm_u8_vnni(xbuf, ks, rows, offset, w, out) };
+            return true;
+        }
+    }
+    gemm_u8_scalar(xbuf, ks, rows, offset, w, out);
+    true
+}
+
+/// Portable kernel on the [`Packed8`] layout (reference for the VNNI kernel).
+fn gemm_u8_scalar(x: &[u8], ks: usize, rows: usize, offset: i32, w: &Packed8, out: &mut [i32]) {
+    for t in 0..rows {
+        let xr = &x[t * ks..(t + 1) * ks];
+        for p in 0..w.n.div_ceil(PANEL8) {
+            let pan = w.panel(p);
+            let mut acc = [0i32; PANEL8];
+            for j in 0..w.k4 {
+                let wv = &pan[j * 4 * PANEL8..(j + 1) * 4 * PANEL8];
+                for (l, acc) in acc.iter_mut().enumerate() {
+                    for q in 0..4 {
+                        *acc = acc.wrapping_add(i32::from(xr[4 * j + q]) * i32::from(wv[4 * l + q]));
+                    }
+                }
+            }
+            let o0 = p * PANEL8;
+            let m = PANEL8.min(w.n - o0);
+            for (l, &a) in acc.iter().enumerate().take(m) {
+                out[t * w.n + o0 + l] = a.wrapping_sub(offset.wrapping_mul(w.colsum[o0 + l]));
+            }
+        }
+    }
+}
+
+/// Run one named u8 × i8 kernel path (`scalar`, `avx512vnni`) for tests; None when the CPU lacks it.
+#[doc(hidden)]
+pub fn gemm_i8_path(path: &str, x: &[u8], rows: usize, offset: i32, w: &Packed8, out: &mut [i32]) -> Option<()> {
+    assert_eq!(x.len(), rows * w.k4 * 4, "gemm_i8_path takes rows padded to a multiple of 4");
+    match path {
+        "scalar" => gemm_u8_scalar(x, w.k4 * 4, rows, offset, w, out),
+        #[cfg(target_arch = "x86_64")]
+        "avx512vnni" if x86::has_vnni() => unsafe { x86::gemm_u8_vnni(x, w.k4 * 4, rows, offset, w, out) },
+        _ => return None,
+    }
+    Some(())
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Packed, PANEL};
+    use super::{Packed, Packed8, PANEL, PANEL8};
     use std::arch::x86_64::*;
 
     /// Rows per micro-tile.
@@ -215,6 +350,113 @@ mod x86 {
             }
             p += if two { 2 } else { 1 };
         }
+    }
+
+    /// AVX-512 VNNI u8 × i8: tiles of up to 4 rows × 4 panels (16 zmm sums), `vpdpbusd`; a
+    /// group of panels runs over every row so its weights stay in cache.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn gemm_u8_vnni(x: &[u8], ks: usize, rows: usize, offset: i32, w: &Packed8, out: &mut [i32]) {
+        let panels = w.n.div_ceil(PANEL8);
+        let mut p = 0;
+        while p < panels {
+            let np = (panels - p).min(4);
+            match np {
+                4 => rows_u8::<4>(x, ks, rows, offset, w, p, out),
+                3 => rows_u8::<3>(x, ks, rows, offset, w, p, out),
+                2 => rows_u8::<2>(x, ks, rows, offset, w, p, out),
+                _ => rows_u8::<1>(x, ks, rows, offset, w, p, out),
+            }
+            p += np;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows_u8<const P: usize>(x: &[u8], ks: usize, rows: usize, offset: i32, w: &Packed8, p0: usize, out: &mut [i32]) {
+        let mut t = 0;
+        while t + MR <= rows {
+            tile_u8::<MR, P>(x, ks, t, offset, w, p0, out);
+            t += MR;
+        }
+        while t < rows {
+            tile_u8::<1, P>(x, ks, t, offset, w, p0, out);
+            t += 1;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile_u8<const R: usize, const P: usize>(x: &[u8], ks: usize, t: usize, offset: i32, w: &Packed8, p0: usize, out: &mut [i32]) {
+        let base: [*const i8; P] = std::array::from_fn(|i| w.panel(p0 + i).as_ptr());
+        let mut acc = [[_mm512_setzero_si512(); P]; R];
+        for j in 0..w.k4 {
+            let b: [__m512i; P] = std::array::from_fn(|i| _mm512_loadu_si512(base[i].add(j * 4 * PANEL8) as *const _));
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY (caller): rows are ks = 4·k4 bytes long.
+                let xv = _mm512_set1_epi32(std::ptr::read_unaligned(x.as_ptr().add((t + r) * ks + 4 * j) as *const i32));
+                for (ai, bi) in a.iter_mut().zip(&b) {
+                    *ai = _mm512_dpbusd_epi32(*ai, xv, *bi);
+                }
+            }
+        }
+        let off = _mm512_set1_epi32(offset);
+        for i in 0..P {
+            let o0 = (p0 + i) * PANEL8;
+            let m = PANEL8.min(w.n - o0);
+            let corr = _mm512_mullo_epi32(off, _mm512_loadu_si512(w.colsum.as_ptr().add(o0) as *const _));
+            let mask: __mmask16 = if m == PANEL8 { 0xFFFF } else { (1u16 << m) - 1 };
+            for (r, a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().add((t + r) * w.n + o0), mask, _mm512_sub_epi32(a[i], corr));
+            }
+        }
+    }
+
+    /// Whether AVX-512F is present (the fused requantiser).
+    pub fn has_avx512f() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// [`super::Requants::apply_acc`] eight lanes at a time on rows of `acc` (+ `bias`); false
+    /// for a row with some `|z| ≥ 2^31`, which the caller then computes exactly.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn requant_acc_row<T: super::Code>(
+        acc: &[i32],
+        bias: Option<&[i64]>,
+        r: &super::Requants,
+        lo: i64,
+        hi: i64,
+        out: &mut [T],
+    ) -> bool {
+        let c = acc.len();
+        let (vlo, vhi) = (_mm512_set1_epi64(lo), _mm512_set1_epi64(hi));
+        let (top, bot) = (_mm512_set1_epi64((1 << 31) - 1), _mm512_set1_epi64(-((1 << 31) - 1)));
+        let one = _mm512_set1_epi64(1);
+        let mut bad: __mmask8 = 0;
+        let mut i = 0;
+        while i + 8 <= c {
+            let mut z = _mm512_cvtepi32_epi64(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i));
+            if let Some(b) = bias {
+                z = _mm512_add_epi64(z, _mm512_loadu_si512(b.as_ptr().add(i) as *const _));
+            }
+            bad |= _mm512_cmpgt_epi64_mask(z, top) | _mm512_cmpgt_epi64_mask(bot, z);
+            let mv = _mm512_loadu_si512(r.m.as_ptr().add(i) as *const _);
+            let ev = _mm512_loadu_si512(r.e.as_ptr().add(i) as *const _);
+            let hv = _mm512_loadu_si512(r.hm1.as_ptr().add(i) as *const _);
+            // The low 32 bits of z and m are the values themselves (|z|, |m| < 2^31): exact product.
+            let p = _mm512_mul_epi32(z, mv);
+            let q = _mm512_srav_epi64(p, ev);
+            let t = _mm512_add_epi64(_mm512_add_epi64(p, hv), _mm512_and_si512(q, one));
+            let v = _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(t, ev), vlo), vhi);
+            T::store8(out.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+        while i < c {
+            let z = i64::from(acc[i]) + bias.map_or(0, |b| b[i]);
+            if z.unsigned_abs() >= 1 << 31 {
+                return false;
+            }
+            out[i] = T::from_i64(r.one(i, z).clamp(lo, hi));
+            i += 1;
+        }
+        bad == 0
     }
 
     /// `x >> e` (arithmetic, per 64-bit lane) from logical shifts: `((x ^ s) >>> e) ^ s`, `s` = sign.
@@ -501,6 +743,45 @@ impl Acc for i64 {
     }
 }
 
+/// Output element of the fused requantiser [`Requants::apply_acc`]: i16 activation codes or
+/// i64 values (scores, residuals), each already clamped to its range by the caller's bounds.
+pub trait Code: Copy + Default {
+    /// The clamped value (within the type's range).
+    fn from_i64(v: i64) -> Self;
+    /// Store eight i64 lanes (already clamped) at `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for eight elements and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn store8(p: *mut Self, v: std::arch::x86_64::__m512i);
+}
+
+impl Code for i16 {
+    #[inline(always)]
+    fn from_i64(v: i64) -> Self {
+        v as i16
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn store8(p: *mut Self, v: std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
+        _mm_storeu_si128(p as *mut __m128i, _mm512_cvtepi64_epi16(v));
+    }
+}
+
+impl Code for i64 {
+    #[inline(always)]
+    fn from_i64(v: i64) -> Self {
+        v
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn store8(p: *mut Self, v: std::arch::x86_64::__m512i) {
+        std::arch::x86_64::_mm512_storeu_si512(p as *mut _, v);
+    }
+}
+
 /// A dyadic requantiser prepared for the 64-bit fast path: `RNE(z·m / 2^e)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requant {
@@ -628,6 +909,41 @@ impl Requants {
         }
     }
 
+    /// `RNE((acc + bias)·m / 2^e)` per channel for rows of i32 accumulators plus an optional
+    /// per-channel i64 bias, clamped to `[lo, hi]`, appended to `out`: the values
+    /// [`Requants::apply_rows`] gives on the i64 sums, without building them.
+    pub fn apply_acc<T: Code>(&self, acc: &[i32], bias: Option<&[i64]>, lo: i64, hi: i64, out: &mut Vec<T>) {
+        let c = self.len();
+        assert!(c > 0 && acc.len().is_multiple_of(c), "Requants::apply_acc: ragged rows");
+        assert!(bias.is_none_or(|b| b.len() == c), "Requants::apply_acc: bias is not one per channel");
+        let start = out.len();
+        out.resize(start + acc.len(), T::default());
+        let dst = &mut out[start..];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.fast && x86::has_avx512f() {
+                for (ar, or) in acc.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
+                    // SAFETY: the CPU has the feature the function is compiled for.
+                    if !unsafe { x86::requant_acc_row(ar, bias, self, lo, hi, or) } {
+                        self.acc_row_exact(ar, bias, lo, hi, or);
+                    }
+                }
+                return;
+            }
+        }
+        for (ar, or) in acc.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
+            self.acc_row_exact(ar, bias, lo, hi, or);
+        }
+    }
+
+    /// One row of [`Requants::apply_acc`] with [`Requant::apply`] (any `z`).
+    fn acc_row_exact<T: Code>(&self, acc: &[i32], bias: Option<&[i64]>, lo: i64, hi: i64, out: &mut [T]) {
+        for (i, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
+            let z = i64::from(a) + bias.map_or(0, |b| b[i]);
+            *o = T::from_i64(self.each[i].apply(z).clamp(lo, hi));
+        }
+    }
+
     /// The branch-free form for channel `i` (`self.fast` and `|z| < 2^31`).
     #[inline(always)]
     fn one(&self, i: usize, z: i64) -> i64 {
@@ -691,6 +1007,65 @@ mod tests {
             gemm_i16_wide(&x, rows, &w, n, &mut wide);
             assert_eq!(wide, r);
         }
+    }
+
+    #[test]
+    fn gemm_u8_matches_i64_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for &(rows, k, n) in
+            &[(1, 1, 1), (3, 7, 5), (17, 96, 43), (9, 768, 13), (5, 3, 9), (197, 192, 70), (6, 64, 33), (7, 49, 96), (4, 4, 16), (8, 5, 65)]
+        {
+            for (offset, xlo, xhi) in [(128, -128i16, 127i16), (0, 0, 255), (0, 0, 127)] {
+                let mut x: Vec<i16> = (0..rows * k).map(|_| rng.gen_range(xlo..=xhi)).collect();
+                let mut w: Vec<i16> = (0..n * k).map(|_| rng.gen_range(-128..=127)).collect();
+                // The extremes on purpose: every product at its largest magnitude somewhere.
+                x[0] = xlo;
+                w[0] = -128;
+                *x.last_mut().unwrap() = xhi;
+                *w.last_mut().unwrap() = 127;
+                let pw = Packed8::new(&w, n, k).expect("i8 weights");
+                let r = reference(&x, rows, &w, n);
+                let mut out = vec![0i32; rows * n];
+                assert!(gemm_i8(&x, rows, offset, &pw, &mut Vec::new(), &mut out));
+                assert_eq!(out.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(), r, "{rows}x{k}x{n} offset {offset}");
+                let ks = k.div_ceil(4) * 4;
+                let mut xu = vec![0u8; rows * ks];
+                for t in 0..rows {
+                    for i in 0..k {
+                        xu[t * ks + i] = (i32::from(x[t * k + i]) + offset) as u8;
+                    }
+                }
+                for path in ["scalar", "avx512vnni"] {
+                    let mut o = vec![0i32; rows * n];
+                    if gemm_i8_path(path, &xu, rows, offset, &pw, &mut o).is_some() {
+                        assert_eq!(o.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(), r, "{path} {rows}x{k}x{n} offset {offset}");
+                    }
+                }
+            }
+        }
+        // Out of range: refused, the output untouched.
+        let pw = Packed8::new(&[1, 2], 1, 2).unwrap();
+        let mut o = vec![7i32; 1];
+        assert!(!gemm_i8(&[-129, 0], 1, 128, &pw, &mut Vec::new(), &mut o));
+        assert!(!gemm_i8(&[128, 0], 1, 128, &pw, &mut Vec::new(), &mut o));
+        assert!(!gemm_i8(&[256, 0], 1, 0, &pw, &mut Vec::new(), &mut o));
+        assert_eq!(o, [7]);
+        assert!(Packed8::new(&[128, 0], 1, 2).is_none());
+    }
+
+    #[test]
+    fn gemm_u8_offset_sums_wrap_back_to_the_exact_sum() {
+        // (x + 128)·w overflows i32 long before Σ x·w does: the wrapping correction is exact.
+        let k = (1usize << 17) - 1;
+        assert!(gemm_fits_i32(k, 128, 128));
+        let x = vec![-128i16; k];
+        let w = vec![-128i16; 2 * k];
+        let mut out = vec![0i32; 2];
+        assert!(gemm_i8(&x, 1, 128, &Packed8::new(&w, 2, k).unwrap(), &mut Vec::new(), &mut out));
+        assert_eq!(i64::from(out[0]), (k as i64) << 14);
+        let x = vec![127i16; k];
+        assert!(gemm_i8(&x, 1, 128, &Packed8::new(&w, 2, k).unwrap(), &mut Vec::new(), &mut out));
+        assert_eq!(i64::from(out[1]), -(k as i64) * 127 * 128);
     }
 
     #[test]
@@ -766,6 +1141,28 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fused_requant_is_apply_rows(acc in proptest::collection::vec(any::<i32>(), 1..90), bias in proptest::collection::vec(any::<i64>(), 12), ratios in proptest::collection::vec(1e-9f64..1e3, 1..12), shift in 0u32..64, bshift in 0u32..64, neg in any::<bool>(), with_bias in any::<bool>()) {
+            let c = ratios.len();
+            let n = acc.len() / c * c;
+            prop_assume!(n > 0);
+            let acc: Vec<i32> = acc[..n].iter().map(|v| v >> (shift % 32)).collect();
+            let bias: Vec<i64> = bias[..c].iter().map(|v| v >> (bshift.max(20))).collect();
+            let r = Requants::new(ratios.iter().map(|x| if neg { -x } else { *x }));
+            let b = with_bias.then_some(&bias[..]);
+            let z: Vec<i64> = acc.iter().enumerate().map(|(i, &a)| i64::from(a) + b.map_or(0, |b| b[i % c])).collect();
+            let mut want = Vec::new();
+            r.apply_rows(&z, -1000, 1 << 40, &mut want);
+            let mut got: Vec<i64> = vec![5];
+            r.apply_acc(&acc, b, -1000, 1 << 40, &mut got);
+            prop_assert_eq!(&got[1..], &want[..]);
+            let mut w16 = Vec::new();
+            r.apply_rows(&z, -128, 127, &mut w16);
+            let mut g16: Vec<i16> = Vec::new();
+            r.apply_acc(&acc, b, -128, 127, &mut g16);
+            prop_assert_eq!(g16.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(), w16);
+        }
+
         #[test]
         fn requant_rows_are_dyadic_apply(zs in proptest::collection::vec(any::<i64>(), 1..80), ratios in proptest::collection::vec(1e-9f64..1e3, 1..12), shift in 0u32..40, neg in any::<bool>()) {
             let c = ratios.len();

@@ -114,7 +114,7 @@ impl ActScales {
 #[derive(Debug)]
 struct QWeights {
     /// Weights packed for the i32 kernels.
-    w: gemm::Packed,
+    w: PackedW,
     /// Row-major weights for the plain i64 kernel (used when the i32 kernels are not provably
     /// exact, and by the reference path that tests the fast kernels).
     rm: Vec<i16>,
@@ -137,8 +137,23 @@ impl QWeights {
             rm.extend(row.iter().map(|v| round_half_even_f64(f64::from(*v) * g / s).clamp(lo as f64, hi as f64) as i16));
             sw.push(s);
         }
-        QWeights { w: gemm::Packed::new(&rm, n, k), rm, sw }
+        // 8-bit weights on a CPU with the u8 × i8 kernel take its packing (twice the products
+        // per instruction, half the memory); the i16 packing serves every other case.
+        let w = match (wbits <= 8 && gemm::has_u8_kernel()).then(|| gemm::Packed8::new(&rm, n, k)).flatten() {
+            Some(p) => PackedW::I8(p),
+            None => PackedW::I16(gemm::Packed::new(&rm, n, k)),
+        };
+        QWeights { w, rm, sw }
     }
+}
+
+/// Weights packed for one of the i32-accumulator kernels.
+#[derive(Debug)]
+enum PackedW {
+    /// i16 × i16 (`vpdpwssd` / `vpmaddwd`).
+    I16(gemm::Packed),
+    /// u8 × i8 (`vpdpbusd`), activations offset by 128.
+    I8(gemm::Packed8),
 }
 
 /// Key of a [`WeightCache`] entry: the float weights' address and length, the LayerScale's
@@ -238,14 +253,37 @@ impl QLinear {
         self.wt.rm.len() / self.n
     }
 
+    /// The products `x·Wᵀ` in `s.i32` by an i32 kernel, when one is provably exact here
+    /// (false: nothing computed, the i64 kernel must run).
+    fn acc32(&self, x: &[i16], rows: usize, plain: bool, s: &mut Scratch) -> bool {
+        if !self.narrow || plain {
+            return false;
+        }
+        // The kernels write every element: the buffer is only zeroed when it grows.
+        let need = rows * self.n;
+        if s.i32.len() < need {
+            s.i32.resize(need, 0);
+        }
+        let out = &mut s.i32[..need];
+        match &self.wt.w {
+            PackedW::I16(p) => gemm::gemm_i16(x, rows, p, out),
+            // Activation codes are signed act_bits ≤ 8 values, so `x + 128` is a byte; the
+            // kernel says so, and otherwise the i64 kernel runs.
+            PackedW::I8(p) => return gemm::gemm_i8(x, rows, 128, p, &mut s.u8, out),
+        }
+        true
+    }
+
     /// Accumulators `x·Wᵀ + bias` (i64) for `rows` input rows.
-    fn acc(&self, x: &[i16], rows: usize, plain: bool, scratch: &mut Vec<i32>, out: &mut Vec<i64>) {
+    fn acc(&self, x: &[i16], rows: usize, plain: bool, s: &mut Scratch, out: &mut Vec<i64>) {
         out.clear();
-        if self.narrow && !plain {
-            scratch.clear();
-            scratch.resize(rows * self.n, 0);
-            gemm::gemm_i16(x, rows, &self.wt.w, scratch);
-            out.extend(scratch.chunks_exact(self.n).flat_map(|r| r.iter().zip(&self.bias).map(|(&a, &b)| i64::from(a) + b)));
+        if self.acc32(x, rows, plain, s) {
+            out.resize(rows * self.n, 0);
+            for (o, a) in out.chunks_exact_mut(self.n).zip(s.i32[..rows * self.n].chunks_exact(self.n)) {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(&self.bias) {
+                    *o = i64::from(a) + b;
+                }
+            }
         } else {
             out.resize(rows * self.n, 0);
             gemm::gemm_i16_wide(x, rows, &self.wt.rm, self.n, out);
@@ -259,8 +297,18 @@ impl QLinear {
 
     /// Accumulators requantised per channel to the output scale, clamped to `bits`.
     fn forward(&self, x: &[i16], rows: usize, bits: u32, plain: bool, s: &mut Scratch, out: &mut Vec<i16>) {
-        self.acc(x, rows, plain, &mut s.i32, &mut s.i64);
-        requant_to(&s.i64, self.req.as_ref().expect("linear layer with an output scale"), bits, plain, &mut s.i64b, out);
+        let req = self.req.as_ref().expect("linear layer with an output scale");
+        if self.acc32(x, rows, plain, s) {
+            // Bias, requantiser and clamp in one pass over the i32 sums (the same values).
+            let (lo, hi) = int_range(bits, true);
+            out.clear();
+            req.apply_acc(&s.i32[..rows * self.n], Some(&self.bias), lo, hi, out);
+            return;
+        }
+        let mut acc = std::mem::take(&mut s.i64);
+        self.acc(x, rows, plain, s, &mut acc);
+        requant_to(&acc, req, bits, plain, &mut s.i64b, out);
+        s.i64 = acc;
     }
 }
 
@@ -301,6 +349,7 @@ fn from_scale(scale: &Scale, c: usize, s_out: f64) -> Requants {
 #[derive(Default)]
 struct Scratch {
     i32: Vec<i32>,
+    u8: Vec<u8>,
     i64: Vec<i64>,
     i64b: Vec<i64>,
 }
@@ -954,7 +1003,7 @@ impl<'q> IntRun<'q> {
                 self.vals[*out] = match bits {
                     None => {
                         let mut acc = Vec::new();
-                        lin.acc(xs, rows, plain, &mut self.s.i32, &mut acc);
+                        lin.acc(xs, rows, plain, &mut self.s, &mut acc);
                         IVal::Acc(acc)
                     }
                     Some(b) => {
@@ -982,6 +1031,7 @@ impl<'q> IntRun<'q> {
                 let mut tmp = Vec::with_capacity(n * n);
                 // act_bits ≤ 8 and head_dim ≤ 2^15: the i32 kernel is exact (checked at build time of the model).
                 assert!(gemm::gemm_fits_i32(hd, 1 << (ab - 1), 1 << (ab - 1)), "head_dim too large for the i32 score kernel");
+                let use_u8 = gemm::has_u8_kernel();
                 for g in 0..t / n {
                     for h in 0..nh {
                         for i in 0..n {
@@ -990,22 +1040,30 @@ impl<'q> IntRun<'q> {
                             kh[i * hd..(i + 1) * hd].copy_from_slice(&qkv[row + d + h * hd..][..hd]);
                         }
                         acc64.clear();
+                        // The bias joins at the scores' scale; the sum is clamped to act_bits.
+                        let (slo, shi) = if bias.is_some() { (i64::MIN / 2, i64::MAX / 2) } else { (lo, hi) };
+                        let dst = if bias.is_some() {
+                            tmp.clear();
+                            &mut tmp
+                        } else {
+                            &mut scores
+                        };
                         if plain {
                             acc64.resize(n * n, 0);
                             gemm::gemm_i16_wide(&qh, n, &kh, n, &mut acc64);
+                            apply(qk, &acc64, slo, shi, plain, dst);
                         } else {
-                            gemm::gemm_i16(&qh, n, &gemm::Packed::new(&kh, n, hd), &mut acc);
-                            acc64.extend(acc.iter().map(|&a| i64::from(a)));
-                        }
-                        match bias {
-                            None => apply(qk, &acc64, lo, hi, plain, &mut scores),
-                            Some(b) => {
-                                // The bias joins at the scores' scale; the sum is clamped to act_bits.
-                                tmp.clear();
-                                apply(qk, &acc64, i64::MIN / 2, i64::MAX / 2, plain, &mut tmp);
-                                let bh = &b[h * n * n..(h + 1) * n * n];
-                                scores.extend(tmp.iter().zip(bh).map(|(&v, &bb)| (v + bb).clamp(lo, hi)));
+                            let done = use_u8
+                                && gemm::Packed8::new(&kh, n, hd)
+                                    .is_some_and(|pk| gemm::gemm_i8(&qh, n, 128, &pk, &mut self.s.u8, &mut acc));
+                            if !done {
+                                gemm::gemm_i16(&qh, n, &gemm::Packed::new(&kh, n, hd), &mut acc);
                             }
+                            qk.apply_acc(&acc, None, slo, shi, dst);
+                        }
+                        if let Some(b) = bias {
+                            let bh = &b[h * n * n..(h + 1) * n * n];
+                            scores.extend(tmp.iter().zip(bh).map(|(&v, &bb)| (v + bb).clamp(lo, hi)));
                         }
                     }
                 }
@@ -1064,7 +1122,14 @@ impl<'q> IntRun<'q> {
                                         }
                                     }
                                     let pb = ((g * nh + h) * n) * n;
-                                    gemm::gemm_i16(&p16[pb..pb + n * n], n, &gemm::Packed::new(&vt, hd, n), &mut o);
+                                    // Probabilities up to 255 are bytes: the u8 × i8 kernel, no offset.
+                                    let done = pmax <= 255
+                                        && gemm::has_u8_kernel()
+                                        && gemm::Packed8::new(&vt, hd, n)
+                                            .is_some_and(|pv| gemm::gemm_i8(&p16[pb..pb + n * n], n, 0, &pv, &mut self.s.u8, &mut o));
+                                    if !done {
+                                        gemm::gemm_i16(&p16[pb..pb + n * n], n, &gemm::Packed::new(&vt, hd, n), &mut o);
+                                    }
                                     for i in 0..n {
                                         for j in 0..hd {
                                             ctx[(g * n + i) * d + h * hd + j] = i64::from(o[i * hd + j]);
@@ -1244,7 +1309,7 @@ impl<'q> IntRun<'q> {
                 let mut ints = Vec::new();
                 let mut logits = |lin: &QLinear, row: &[i16], s: &mut Scratch| -> Vec<f64> {
                     let mut acc = Vec::new();
-                    lin.acc(row, 1, plain, &mut s.i32, &mut acc);
+                    lin.acc(row, 1, plain, s, &mut acc);
                     ints.extend_from_slice(&acc);
                     acc.iter().zip(&lin.acc_scale).map(|(&a, &sc)| a as f64 * sc).collect()
                 };
