@@ -357,3 +357,50 @@ fn nextpnr_fmax_matches_the_committed_table() {
         "ns per row and rows/s with fmax:\n{md}"
     );
 }
+
+#[test]
+fn a_rerun_reuses_figures_only_where_nothing_changed() {
+    // An earlier table with one failed ASIC run and one row measured on other Verilog: those two
+    // synthesise again, and a second run reuses everything and rewrites the same table.
+    let d = tempfile::tempdir().unwrap();
+    let (out, work) = (d.path().join("out"), d.path().join("work"));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut old = committed();
+    for r in old.rows.iter_mut() {
+        if r.name == "gelu_ibert_8b_l1" {
+            r.asic = Some(Outcome::Failed { why: "test".into(), log: "none".into() });
+        }
+        if r.name == "gelu_ibert_6b_l1" {
+            r.verilog_fnv64 = "0000000000000000".into();
+        }
+    }
+    std::fs::write(out.join("cost.json"), serde_json::to_string_pretty(&old).unwrap()).unwrap();
+    let args = ["cost", "--unit", "gelu_ibert", "--bits", "8,6", "--lanes", "1", "--target", "asic,xilinx", "--no-plots"];
+    let run = || {
+        let o = mnq(&[&args[..], &["--out", out.to_str().unwrap(), "--work", work.to_str().unwrap()]].concat(), None);
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let t = run();
+    let reused = |t: &str, name: &str, what: &str| {
+        let l = t.lines().find(|l| l.contains(&format!("{name} {what}: "))).unwrap_or_else(|| panic!("no {name} {what} line in {t}"));
+        l.contains("reused from the earlier table")
+    };
+    assert!(!reused(&t, "gelu_ibert_8b_l1", "asic"), "a failed run is run again");
+    assert!(reused(&t, "gelu_ibert_8b_l1", "xilinx"), "{t}");
+    assert!(!reused(&t, "gelu_ibert_6b_l1", "asic") && !reused(&t, "gelu_ibert_6b_l1", "xilinx"), "other Verilog: measured again");
+    assert!(work.join("gelu_ibert_8b_l1/asic.log").is_file() && !work.join("gelu_ibert_8b_l1/xilinx.log").exists());
+    let fresh = Table::load(&out.join("cost.json")).unwrap();
+    for bits in [8, 6] {
+        let (a, b) = (fresh.row("gelu_ibert", bits, 1).unwrap(), committed().row("gelu_ibert", bits, 1).unwrap().clone());
+        assert_eq!((&a.asic, &a.xilinx, &a.verilog_fnv64), (&b.asic, &b.xilinx, &b.verilog_fnv64), "{bits} bits");
+    }
+    let first = std::fs::read(out.join("cost.json")).unwrap();
+    std::fs::remove_dir_all(&work).unwrap();
+    let t = run();
+    for name in ["gelu_ibert_8b_l1", "gelu_ibert_6b_l1"] {
+        assert!(reused(&t, name, "asic") && reused(&t, name, "xilinx"), "{t}");
+    }
+    assert!(!work.join("gelu_ibert_8b_l1/asic.log").exists(), "nothing synthesised");
+    assert_eq!(std::fs::read(out.join("cost.json")).unwrap(), first, "the same table");
+}

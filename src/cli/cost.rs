@@ -25,6 +25,9 @@ pub struct CostArgs {
     /// No ASIC/iCE40/Xilinx synthesis: timing and accuracy only (plus place and route with --fmax); the table keeps its synthesis figures where the Verilog is unchanged.
     #[arg(long)]
     no_synth: bool,
+    /// Synthesise again even where the existing cost.json has figures for the same Verilog, pinned script and tool version (otherwise those are reused).
+    #[arg(long)]
+    no_cache: bool,
     /// Parallel synthesis runs (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -67,11 +70,13 @@ pub fn run(a: &CostArgs) -> Result<i32> {
         fmax: a.fmax,
         jobs,
         row_lengths: (!a.row_len.is_empty()).then(|| a.row_len.clone()),
+        reuse: None,
     };
     let tools = cost::require_tools(&opts)?;
     // Read an existing table first: a partial run updates it, and an unreadable one is reported before hours of synthesis.
     let json = a.out.join("cost.json");
     let old = if json.is_file() { Some(Table::load(&json).map_err(|e| anyhow!("{e} (or delete it to start afresh)"))?) } else { None };
+    let opts = Options { reuse: if a.no_cache { None } else { old.clone() }, ..opts };
 
     let steps = configs.len() * (1 + opts.targets.len() + usize::from(opts.fmax));
     let pb = ProgressBar::new(steps as u64);

@@ -380,6 +380,32 @@ pub struct Options {
     pub jobs: usize,
     /// Row lengths per configuration (default: by operation, [`latency::default_row_lengths`]).
     pub row_lengths: Option<Vec<usize>>,
+    /// An earlier table whose synthesis and place-and-route figures are reused where the
+    /// Verilog (hash), the pinned script and the tool's version line are the same (a
+    /// cache; None: run everything).
+    pub reuse: Option<Table>,
+}
+
+/// The earlier figure of `name`'s `target` work in `old`, when nothing it depends on changed:
+/// the same Verilog hash, pinned script(s) and tool version, and it succeeded.
+fn reusable<'t>(old: &'t Table, tools: &BTreeMap<String, String>, name: &str, fnv: &str, w: Work) -> Option<&'t Row> {
+    let now = table::scripts();
+    let (keys, tool): (&[&str], &[&str]) = match w {
+        Work::Synth(Target::Asic) => (&["asic"], &["yosys"]),
+        Work::Synth(Target::Ice40) => (&["ice40"], &["yosys"]),
+        Work::Synth(Target::Xilinx) => (&["xilinx"], &["yosys"]),
+        Work::Pnr => (&["fmax_yosys", "fmax_nextpnr"], &["yosys", "nextpnr-ice40"]),
+    };
+    let same = keys.iter().all(|k| old.scripts.get(*k).is_some_and(|v| now.get(*k) == Some(v)))
+        && tool.iter().all(|t| old.tools.get(*t).is_some_and(|v| tools.get(*t) == Some(v)));
+    let r = old.rows.iter().find(|r| r.name == name && r.verilog_fnv64 == fnv)?;
+    let ok = match w {
+        Work::Synth(Target::Asic) => matches!(r.asic, Some(Outcome::Ok(_))),
+        Work::Synth(Target::Ice40) => matches!(r.ice40, Some(Outcome::Ok(_))),
+        Work::Synth(Target::Xilinx) => matches!(r.xilinx, Some(Outcome::Ok(_))),
+        Work::Pnr => matches!(r.fmax, Some(Outcome::Ok(_))),
+    };
+    (same && ok).then_some(r)
 }
 
 /// The tools a run needs, checked before anything starts; their version lines.
@@ -447,11 +473,32 @@ pub fn measure(configs: &[RtlConfig], opts: &Options, progress: &(dyn Fn(&Done) 
         rows.push(row);
         files.push((file, text.len()));
     }
+    let tools = if opts.reuse.is_some() { require_tools(opts)? } else { BTreeMap::new() };
     let mut queue: Vec<(usize, Work)> = Vec::new();
     for i in 0..configs.len() {
-        queue.extend(opts.targets.iter().map(|&t| (i, Work::Synth(t))));
+        let mut work: Vec<Work> = opts.targets.iter().map(|&t| Work::Synth(t)).collect();
         if opts.fmax {
-            queue.push((i, Work::Pnr));
+            work.push(Work::Pnr);
+        }
+        for w in work {
+            let Some(old) = opts.reuse.as_ref().and_then(|t| reusable(t, &tools, &rows[i].name, &rows[i].verilog_fnv64, w)) else {
+                queue.push((i, w));
+                continue;
+            };
+            let row = &mut rows[i];
+            match w {
+                Work::Synth(Target::Asic) => row.asic = old.asic.clone(),
+                Work::Synth(Target::Ice40) => row.ice40 = old.ice40.clone(),
+                Work::Synth(Target::Xilinx) => row.xilinx = old.xilinx.clone(),
+                Work::Pnr => row.fmax = old.fmax.clone(),
+            }
+            progress(&Done {
+                name: configs[i].name(),
+                what: work_name(w),
+                seconds: 0.0,
+                line: "reused from the earlier table (same Verilog, script and tool version; --no-cache runs it)".into(),
+                failed: false,
+            });
         }
     }
     queue.sort_by_key(|&(i, w)| (std::cmp::Reverse(files[i].1), matches!(w, Work::Pnr)));

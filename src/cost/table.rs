@@ -215,7 +215,8 @@ pub struct Table {
     pub rows: Vec<Row>,
 }
 
-fn scripts() -> BTreeMap<String, String> {
+/// The pinned scripts of the current build, by target (`asic`, `ice40`, `xilinx`, `fmax_yosys`, `fmax_nextpnr`).
+pub fn scripts() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("asic".into(), super::yosys::ASIC_SCRIPT.into());
     m.insert("ice40".into(), super::yosys::ICE40_SCRIPT.into());
