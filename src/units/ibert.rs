@@ -249,9 +249,7 @@ impl Softmax {
                 for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
                     let mrow = mask_row(mask, r, c);
                     if let Some(kr) = &kernel {
-                        if !mrow.is_some_and(|m| m.contains(&true))
-                            && kr.row(row, &mut e16, orow, |sum| (sum > 0).then(|| ((1i64 << 32) / sum, None)), &mut cond)
-                        {
+                        if kr.row(row, mrow, &mut e16, orow, |sum| (sum > 0).then(|| ((1i64 << 32) / sum, None)), &mut cond) {
                             continue;
                         }
                     }
@@ -1094,7 +1092,7 @@ mod tests {
             let kr = LutSoftmax::new(Level::detect(), &table, c, 32 - sm.out_bits, top).unwrap();
             for row in s.q.data().chunks_exact(c) {
                 let (mut e, mut o) = (vec![0; c], vec![0; c]);
-                assert!(kr.row(row, &mut e, &mut o, |sum| Some(((1i64 << 32) / sum, None)), &mut Conditions::default()));
+                assert!(kr.row(row, None, &mut e, &mut o, |sum| Some(((1i64 << 32) / sum, None)), &mut Conditions::default()));
             }
         }
     }

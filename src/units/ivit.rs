@@ -203,19 +203,18 @@ impl Softmax {
         for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
             let mrow = mask_row(mask, r, c);
             if let Some(kr) = &kernel {
-                if !mrow.is_some_and(|m| m.contains(&true))
-                    && kr.row(
-                        row,
-                        &mut e,
-                        orow,
-                        |sum| {
-                            let sat = (sum > limit).then_some(Condition::SumSaturated);
-                            let sc = sum.min(limit);
-                            (sc > 0).then(|| (recip_factor(k, sc, mode), sat))
-                        },
-                        &mut cond,
-                    )
-                {
+                if kr.row(
+                    row,
+                    mrow,
+                    &mut e,
+                    orow,
+                    |sum| {
+                        let sat = (sum > limit).then_some(Condition::SumSaturated);
+                        let sc = sum.min(limit);
+                        (sc > 0).then(|| (recip_factor(k, sc, mode), sat))
+                    },
+                    &mut cond,
+                ) {
                     continue;
                 }
             }
@@ -1280,7 +1279,7 @@ mod tests {
             for row in s.q.data().chunks_exact(c) {
                 let (mut e, mut o) = (vec![0; c], vec![0; c]);
                 let f = |sum: i64| Some((recip_factor(k.min(62), sum.min(limit), Mode::Integer), None));
-                assert!(kr.row(row, &mut e, &mut o, f, &mut Conditions::default()));
+                assert!(kr.row(row, None, &mut e, &mut o, f, &mut Conditions::default()));
             }
         }
     }

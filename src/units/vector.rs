@@ -15,7 +15,7 @@ pub(crate) enum Level {
     /// The portable bodies compiled with AVX2 (LLVM's vectorisation).
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// Explicit AVX-512F/DQ kernels.
+    /// Explicit AVX-512F/DQ/CD kernels.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -25,7 +25,7 @@ impl Level {
     pub(crate) fn detect() -> Level {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+            if avx512() {
                 return Level::Avx512;
             }
             if is_x86_feature_detected!("avx2") {
@@ -44,12 +44,18 @@ impl Level {
             if is_x86_feature_detected!("avx2") {
                 v.push(Level::Avx2);
             }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+            if avx512() {
                 v.push(Level::Avx512);
             }
         }
         v
     }
+}
+
+/// Whether the CPU has the AVX-512 subsets the kernels use (every AVX-512 CPU has CD beside F).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512cd")
 }
 
 /// A softmax whose exponentials come from a table indexed by `max − q` (I-ViT's Shiftmax and
@@ -76,21 +82,24 @@ impl<'a> LutSoftmax<'a> {
         Some(LutSoftmax { level, table, tmax, shift, top })
     }
 
-    /// One row into `out` (the same length as `row`; `e` is scratch of that length).
-    /// `factor(Σe)` gives the row's factor and a condition to count, or `None` to refuse the
-    /// row. Returns false, having written nothing and counted nothing, when the row spans more
-    /// codes than the table or `max T · factor` does not fit 63 bits; the caller then runs its
-    /// definition on the row. Counts [`Condition::AllZeroRow`] after `factor`'s condition.
+    /// One row into `out` (the same length as `row`; `e` is scratch of that length), the
+    /// elements flagged in `mask` (if any) left out of max and sum, with output 0 (as the
+    /// definitions' `e = 0` gives). `factor(Σe)` gives the row's factor and a condition to
+    /// count, or `None` to refuse the row. Returns false, having written nothing and counted
+    /// nothing, when every element is masked, the row spans more codes than the table or
+    /// `max T · factor` does not fit 63 bits; the caller then runs its definition on the row.
+    /// Counts [`Condition::AllZeroRow`] after `factor`'s condition.
     pub(crate) fn row(
         &self,
         row: &[i64],
+        mask: Option<&[bool]>,
         e: &mut [i64],
         out: &mut [i64],
         factor: impl FnOnce(i64) -> Option<(i64, Option<Condition>)>,
         cond: &mut Conditions,
     ) -> bool {
         assert!(e.len() == row.len() && out.len() == row.len());
-        let Some(sum) = self.exp(row, e) else { return false };
+        let Some(sum) = self.exp(row, mask, e) else { return false };
         let Some((f, c)) = factor(sum) else { return false };
         if f < 0 || (self.tmax as u128) * (f as u128) >= 1 << 63 {
             return false;
@@ -104,16 +113,38 @@ impl<'a> LutSoftmax<'a> {
         true
     }
 
-    /// `e_j = T[max − q_j]` and `Σe`, or `None` when `max − min` is beyond the table.
-    fn exp(&self, row: &[i64], e: &mut [i64]) -> Option<i64> {
+    /// `e_j = T[max − q_j]` (0 where `mask` flags `j`; max and min over the others) and `Σe`,
+    /// or `None` when every element is masked or `max − min` is beyond the table.
+    pub(crate) fn exp(&self, row: &[i64], mask: Option<&[bool]>, e: &mut [i64]) -> Option<i64> {
+        assert!(e.len() == row.len() && mask.is_none_or(|m| m.len() == row.len()));
         match self.level {
-            Level::Scalar => exp_portable(row, self.table, e),
+            Level::Scalar => exp_portable(row, mask, self.table, e),
             // SAFETY: the level was detected (or listed as available) on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { exp_avx2(row, self.table, e) },
+            Level::Avx2 => unsafe { exp_avx2(row, mask, self.table, e) },
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => unsafe { avx512::lut_exp(row, self.table, e) },
+            Level::Avx512 => unsafe { avx512::lut_exp(row, mask, self.table, e) },
         }
+    }
+
+    /// FQ-ViT's log2 codes of a row whose exponentials `e` (from [`LutSoftmax::exp`]) sum to
+    /// `sum`: [`log2_code`] of each, at the kernel's level. `None`, having written nothing, where
+    /// `sum` is outside `1..2^60` (the bound under which the 64-bit steps are exact); otherwise
+    /// whether any code is not the zero flag.
+    pub(crate) fn log2_codes(&self, e: &[i64], sum: i64, levels: u32, out: &mut [i64]) -> Option<bool> {
+        assert!(out.len() == e.len());
+        if !(1..1 << 60).contains(&sum) || !(1..=64).contains(&levels) {
+            return None;
+        }
+        let levels = i64::from(levels);
+        Some(match self.level {
+            Level::Scalar => log2_codes_portable(e, 2 * sum, levels, out),
+            // SAFETY: the level was detected (or listed as available) on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { log2_codes_avx2(e, 2 * sum, levels, out) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::log2_codes(e, 2 * sum, levels, out) },
+        })
     }
 
     /// `out_j = min((e_j·f) >> shift, top)`; whether any output is non-zero.
@@ -152,19 +183,80 @@ fn min_max_avx2(q: &[i64]) -> (i64, i64) {
     min_max_portable(q)
 }
 
+/// `(min, max)` of the elements of `q` not flagged in `mask` (`(i64::MAX, i64::MIN)` when none).
 #[inline(always)]
-fn exp_portable(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
-    let (mn, mx) = min_max_portable(row);
-    // Also keeps every index `max − q` inside the table.
-    if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
+fn min_max_masked_portable(q: &[i64], mask: &[bool]) -> (i64, i64) {
+    let (mut mn, mut mx) = (i64::MAX, i64::MIN);
+    for (&v, &k) in q.iter().zip(mask) {
+        mn = mn.min(if k { i64::MAX } else { v });
+        mx = mx.max(if k { i64::MIN } else { v });
+    }
+    (mn, mx)
+}
+
+#[inline(always)]
+fn exp_portable(row: &[i64], mask: Option<&[bool]>, table: &[i64], e: &mut [i64]) -> Option<i64> {
+    let (mn, mx) = match mask {
+        None => min_max_portable(row),
+        Some(m) => min_max_masked_portable(row, m),
+    };
+    // Refuses the all-masked row; the span check also keeps every index `max − q` inside the table.
+    if mx < mn || i128::from(mx) - i128::from(mn) >= table.len() as i128 {
         return None;
     }
     let mut sum = 0i64;
-    for (ei, &q) in e.iter_mut().zip(row) {
-        *ei = table[(mx - q) as usize];
-        sum += *ei;
+    match mask {
+        None => {
+            for (ei, &q) in e.iter_mut().zip(row) {
+                *ei = table[(mx - q) as usize];
+                sum += *ei;
+            }
+        }
+        Some(m) => {
+            for ((ei, &q), &k) in e.iter_mut().zip(row).zip(m) {
+                *ei = if k { 0 } else { table[(mx - q) as usize] };
+                sum += *ei;
+            }
+        }
     }
     Some(sum)
+}
+
+/// FQ-ViT's Integer-mode log2 code of an exponential `e` in a row summing to `S`, for
+/// `0 ≤ e ≤ S < 2^60`, `two_s = 2S`: the number of thresholds `t = 2, 3, 6, 12, …` (the first
+/// `levels`) with `RNE(S/e) ≥ t`, or −1 (the zero flag) when `e = 0` or all `levels` are met.
+/// `RNE(S/e) ≥ t` is `(2t−1)·e ≤ 2S`, strictly for odd t (the tie rounds to even); with
+/// `2t − 1 = 3·2^j − 1` for `j ≥ 1` it holds for `j ≥ 2` iff `3e·2^j ≤ 2S + e`, i.e. `j ≤ ⌊log2 A/B⌋`
+/// (`A = 2S + e`, `B = 3e`), which the leading-zero counts give to within one. Hence the
+/// count `⌊log2 A/B⌋ + 1`, less one where `3e > 2S` (t = 2 fails) or `5e = 2S` (t = 3's tie).
+#[inline(always)]
+pub(crate) fn log2_code(e: i64, two_s: i64, levels: i64) -> i64 {
+    let (a, b) = (two_s + e, 3 * e);
+    // e ≤ S gives A ≥ B, so p ≥ 0 and B << p has A's bit length: ⌊log2 A/B⌋ is p or p − 1.
+    let p = b.leading_zeros().wrapping_sub(a.leading_zeros()) & 63;
+    let fl = i64::from(p) - i64::from(a < b << p);
+    let k = fl + 1 - i64::from(b > two_s) - i64::from(b + 2 * e == two_s);
+    if e == 0 || k >= levels {
+        -1
+    } else {
+        k
+    }
+}
+
+#[inline(always)]
+fn log2_codes_portable(e: &[i64], two_s: i64, levels: i64, out: &mut [i64]) -> bool {
+    let mut any = false;
+    for (o, &ei) in out.iter_mut().zip(e) {
+        *o = log2_code(ei, two_s, levels);
+        any |= *o >= 0;
+    }
+    any
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn log2_codes_avx2(e: &[i64], two_s: i64, levels: i64, out: &mut [i64]) -> bool {
+    log2_codes_portable(e, two_s, levels, out)
 }
 
 #[inline(always)]
@@ -180,8 +272,8 @@ fn scale_portable(e: &[i64], f: i64, shift: u32, top: i64, out: &mut [i64]) -> b
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn exp_avx2(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
-    exp_portable(row, table, e)
+fn exp_avx2(row: &[i64], mask: Option<&[bool]>, table: &[i64], e: &mut [i64]) -> Option<i64> {
+    exp_portable(row, mask, table, e)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -461,38 +553,117 @@ pub(crate) fn isqrt_u64(v: u64) -> u64 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// [`super::exp_portable`], the table read by gathers.
+    /// The lanes of `mask[i..i + 8]` that are not flagged.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `i + 8 ≤ mask.len()`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kept(mask: &[bool], i: usize) -> __mmask8 {
+        debug_assert!(i + 8 <= mask.len());
+        // SAFETY: eight flags from i are inside the mask; a bool is one byte, 0 or 1.
+        let v = unsafe { _mm512_cvtepu8_epi64(_mm_loadl_epi64(mask.as_ptr().add(i).cast())) };
+        _mm512_testn_epi64_mask(v, v)
+    }
+
+    /// [`super::exp_portable`], the table read by gathers (masked lanes read nothing).
     ///
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512DQ.
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub(super) unsafe fn lut_exp(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
+    pub(super) unsafe fn lut_exp(row: &[i64], mask: Option<&[bool]>, table: &[i64], e: &mut [i64]) -> Option<i64> {
         let c = row.len();
-        assert!(e.len() == c);
+        assert!(e.len() == c && mask.is_none_or(|m| m.len() == c));
         let full = c / 8 * 8;
         // SAFETY: the caller's CPU has AVX-512F/DQ.
-        let (mn, mx) = unsafe { min_max(row) };
-        // Every index max − q is then in 0..table.len(): the gathers stay inside the table.
-        if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
+        let (mn, mx) = unsafe {
+            match mask {
+                None => min_max(row),
+                Some(m) => min_max_masked(row, m),
+            }
+        };
+        // Every index max − q of a kept lane is then in 0..table.len(): the gathers stay inside the table.
+        if mx < mn || i128::from(mx) - i128::from(mn) >= table.len() as i128 {
             return None;
         }
         let m = _mm512_set1_epi64(mx);
         let mut vs = _mm512_setzero_si512();
         for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ c = e.len(); the indices are inside the table (checked above).
+            // SAFETY: i + 8 ≤ c = e.len() = mask.len(); the kept lanes' indices are inside the table (checked above).
             unsafe {
+                let keep = match mask {
+                    None => 0xff,
+                    Some(k) => kept(k, i),
+                };
                 let q = _mm512_loadu_si512(row.as_ptr().add(i).cast());
-                let v = _mm512_i64gather_epi64::<8>(_mm512_sub_epi64(m, q), table.as_ptr());
+                let v = _mm512_mask_i64gather_epi64::<8>(_mm512_setzero_si512(), keep, _mm512_sub_epi64(m, q), table.as_ptr());
                 _mm512_storeu_si512(e.as_mut_ptr().add(i).cast(), v);
                 vs = _mm512_add_epi64(vs, v);
             }
         }
         let mut sum = _mm512_reduce_add_epi64(vs);
-        for (ei, &q) in e[full..].iter_mut().zip(&row[full..]) {
-            *ei = table[(mx - q) as usize];
+        for (j, (ei, &q)) in e.iter_mut().zip(row).enumerate().skip(full) {
+            *ei = if super::super::masked(mask, j) { 0 } else { table[(mx - q) as usize] };
             sum += *ei;
         }
         Some(sum)
+    }
+
+    /// [`super::min_max_masked_portable`] in eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn min_max_masked(q: &[i64], mask: &[bool]) -> (i64, i64) {
+        assert!(mask.len() == q.len());
+        let full = q.len() / 8 * 8;
+        let (mut vmn, mut vmx) = (_mm512_set1_epi64(i64::MAX), _mm512_set1_epi64(i64::MIN));
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ q.len() = mask.len().
+            unsafe {
+                let keep = kept(mask, i);
+                let v = _mm512_loadu_si512(q.as_ptr().add(i).cast());
+                vmx = _mm512_mask_max_epi64(vmx, keep, vmx, v);
+                vmn = _mm512_mask_min_epi64(vmn, keep, vmn, v);
+            }
+        }
+        let (tn, tx) = super::min_max_masked_portable(&q[full..], &mask[full..]);
+        (_mm512_reduce_min_epi64(vmn).min(tn), _mm512_reduce_max_epi64(vmx).max(tx))
+    }
+
+    /// [`super::log2_codes_portable`] in eight lanes (`vplzcntq`, `vpsllvq`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512DQ and AVX-512CD.
+    #[target_feature(enable = "avx512f,avx512dq,avx512cd")]
+    pub(super) unsafe fn log2_codes(e: &[i64], two_s: i64, levels: i64, out: &mut [i64]) -> bool {
+        let c = e.len();
+        assert!(out.len() == c);
+        let full = c / 8 * 8;
+        let (vs, vl, one, flag) = (_mm512_set1_epi64(two_s), _mm512_set1_epi64(levels), _mm512_set1_epi64(1), _mm512_set1_epi64(-1));
+        let mut any: __mmask8 = 0;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ c = out.len().
+            unsafe {
+                let v = _mm512_loadu_si512(e.as_ptr().add(i).cast());
+                let v2 = _mm512_add_epi64(v, v);
+                let (a, b) = (_mm512_add_epi64(vs, v), _mm512_add_epi64(v2, v));
+                let p = _mm512_sub_epi64(_mm512_lzcnt_epi64(b), _mm512_lzcnt_epi64(a));
+                // p ≥ 0 for e ≤ S (and masked off below for e = 0).
+                let k = _mm512_mask_sub_epi64(
+                    _mm512_add_epi64(p, one),
+                    _mm512_cmplt_epi64_mask(a, _mm512_sllv_epi64(b, p)),
+                    p,
+                    _mm512_setzero_si512(),
+                );
+                let k = _mm512_mask_sub_epi64(k, _mm512_cmpgt_epi64_mask(b, vs), k, one);
+                let k = _mm512_mask_sub_epi64(k, _mm512_cmpeq_epi64_mask(_mm512_add_epi64(b, v2), vs), k, one);
+                let good = _mm512_cmplt_epi64_mask(k, vl) & _mm512_test_epi64_mask(v, v);
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), _mm512_mask_mov_epi64(flag, good, k));
+                any |= good;
+            }
+        }
+        super::log2_codes_portable(&e[full..], two_s, levels, &mut out[full..]) || any != 0
     }
 
     /// [`super::min_max_portable`] in eight lanes.
@@ -689,7 +860,8 @@ mod tests {
     }
 
     /// Every level's table softmax equals the plain scalar loops, rows spanning the table
-    /// exactly or one code more (refused), factors up to the 63-bit bound.
+    /// exactly or one code more (refused), factors up to the 63-bit bound, masks from none to
+    /// every element.
     #[test]
     fn lut_softmax_levels_agree() {
         use rand::{Rng, SeedableRng};
@@ -707,11 +879,14 @@ mod tests {
             let tm = *table.iter().max().unwrap();
             let cut = r.gen_range(0..40);
             let f = r.gen_range(0..=(i64::MAX / tm.max(1)) >> cut);
+            let p = [0.0, 0.0, 0.2, 0.9, 1.0][r.gen_range(0..5)];
+            let mask: Vec<bool> = (0..c).map(|_| r.gen_bool(p)).collect();
+            let mask = (p > 0.0).then_some(&mask[..]);
             let mut want = None;
             for level in Level::available() {
                 let k = LutSoftmax::new(level, &table, c, shift, top).unwrap();
                 let (mut e, mut out, mut cond) = (vec![0; c], vec![0; c], Conditions::default());
-                let ok = k.row(&row, &mut e, &mut out, |s| Some((f, (s > 5).then_some(Condition::SumSaturated))), &mut cond);
+                let ok = k.row(&row, mask, &mut e, &mut out, |s| Some((f, (s > 5).then_some(Condition::SumSaturated))), &mut cond);
                 let got = (ok, out, cond.into_vec());
                 let w = want.get_or_insert_with(|| got.clone());
                 assert_eq!(&got, w, "{level:?}");
