@@ -205,12 +205,14 @@ impl Softmax {
         let mask = softmax_mask("softmax_ibert", x, aux)?;
         let (c, _) = rows(x);
         let data = x.data();
-        let mut out = vec![0i64; data.len()];
+        // The Integer mode fills it row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
         let mut cond = Conditions::default();
         let scale = Scale::PerTensor(2f64.powi(-(self.out_bits as i32)));
         let top = if self.clamp_out { (1i64 << self.out_bits) - 1 } else { 1i64 << self.out_bits };
         if k.c <= 0 {
             // Reference: every E is 0, the sum is 0 and 0·∞ = NaN. Defined here as all zeros.
+            out.resize(data.len(), 0);
             underflow_rows(mask, data.len(), c, &mut cond);
             return Ok(UnitOutput {
                 values: out,
@@ -246,7 +248,10 @@ impl Softmax {
                 let mut e16 = vec![0i64; c];
                 // E16 ≤ 32767 and factor ≤ 2^32: the products are the definition's 64-bit ones.
                 let kernel = fast.and_then(|l| LutSoftmax::new(l, &table, c, osh, top));
-                for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+                for (r, row) in data.chunks_exact(c).enumerate() {
+                    let start = out.len();
+                    out.resize(start + c, 0);
+                    let orow = &mut out[start..];
                     let mrow = mask_row(mask, r, c);
                     if let Some(kr) = &kernel {
                         if kr.row(row, mrow, &mut e16, orow, |sum| (sum > 0).then(|| ((1i64 << 32) / sum, None)), &mut cond) {
@@ -287,6 +292,7 @@ impl Softmax {
                 let act_sf = (e_max as f64).max(1e-8) / 32767.0;
                 let d = Dyadic::from_ratio(exp_sf / f64::from(act_sf as f32));
                 let mut e16 = vec![0f64; c];
+                out.resize(data.len(), 0);
                 for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
                     let mrow = mask_row(mask, r, c);
                     let Some(m) = row_max(row, mrow) else {

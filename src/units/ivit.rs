@@ -194,13 +194,17 @@ impl Softmax {
         };
         let shift = k + 1 - self.out_bits;
         let limit = (1i64 << k) - 1;
-        let mut out = vec![0i64; data.len()];
+        // Filled row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
         let mut e = vec![0i64; c];
         let mut cond = Conditions::default();
         // The kernel's 64-bit products equal the definition's 128-bit ones: e ≤ Σe, so
         // e·⌊(2^K−1)/Σe⌋ < 2^K, and a saturated row has factor 1 (the kernel checks the bound).
         let kernel = fast.filter(|_| mode == Mode::Integer).and_then(|l| LutSoftmax::new(l, &table, c, shift, i64::MAX));
-        for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+        for (r, row) in data.chunks_exact(c).enumerate() {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let mrow = mask_row(mask, r, c);
             if let Some(kr) = &kernel {
                 if kr.row(

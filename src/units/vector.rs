@@ -67,6 +67,60 @@ pub(crate) struct LutSoftmax<'a> {
     tmax: i64,
     shift: u32,
     top: i64,
+    /// The table as a formula, where one reproduces every entry (AVX-512 computes it instead of gathering).
+    form: Option<ShiftForm>,
+}
+
+/// A table of exponentials that halve every `m` codes: `T[d] = T[d' mod m] >> (k·⌊d'/m⌋)` with
+/// `d' = min(d, cap)` (`m ≤ 16`; an i-exp at input upshift 0 is one). The quotient is
+/// `(d'·mul) >> 31` and a shift of 64 or more gives 0, exactly as the vector code computes it;
+/// [`ShiftForm::find`] keeps a form only when it gives every entry of the table.
+#[derive(Debug, Clone, Copy)]
+struct ShiftForm {
+    m: u32,
+    k: u32,
+    cap: i64,
+    mul: u32,
+    /// `T[0..m]`, zero-padded.
+    base: [i64; 16],
+}
+
+impl ShiftForm {
+    /// Tables longer than this are not searched (the check reads every entry for each `m`).
+    const MAX_LEN: usize = 1 << 12;
+
+    /// The entry at `d ≥ 0`, computed as the AVX-512 kernel does (u64 lanes, 32-bit multiplies).
+    fn value(&self, d: u64) -> i64 {
+        let dd = d.min(self.cap as u64);
+        let q = ((dd & 0xffff_ffff) * u64::from(self.mul)) >> 31;
+        let r = dd.wrapping_sub((q & 0xffff_ffff) * u64::from(self.m));
+        let sh = (q & 0xffff_ffff) * u64::from(self.k);
+        let u = self.base[(r & 15) as usize] as u64;
+        u.checked_shr(u32::try_from(sh).unwrap_or(64)).unwrap_or(0) as i64
+    }
+
+    /// The first form (smallest `m`) that gives every entry of `table`, if any.
+    fn find(table: &[i64]) -> Option<ShiftForm> {
+        let len = table.len();
+        if len == 0 || len > Self::MAX_LEN || table.iter().any(|&t| t < 0) {
+            return None;
+        }
+        // Past `cap` the table is constant (the exponent's clamp).
+        let last = table[len - 1];
+        let cap = table.iter().rposition(|&t| t != last).map_or(0, |i| i + 1);
+        (1..=16u32).find_map(|m| {
+            let mm = m as usize;
+            if mm > len || table[0] == 0 {
+                return None;
+            }
+            let mut base = [0i64; 16];
+            base[..mm].copy_from_slice(&table[..mm]);
+            // k from the first entry of the second period (or any k when the table is one period).
+            let k = if mm < len { (0..64).find(|&k| table[0] >> k == table[mm])? } else { 0 };
+            let f = ShiftForm { m, k, cap: cap as i64, mul: (1u32 << 31).div_ceil(m), base };
+            (0..len).all(|d| f.value(d as u64) == table[d]).then_some(f)
+        })
+    }
 }
 
 impl<'a> LutSoftmax<'a> {
@@ -79,7 +133,17 @@ impl<'a> LutSoftmax<'a> {
         if tmin < 0 || c == 0 || (c as u128) * (tmax as u128) >= 1 << 62 || shift >= 64 {
             return None;
         }
-        Some(LutSoftmax { level, table, tmax, shift, top })
+        #[cfg(target_arch = "x86_64")]
+        let form = if level == Level::Avx512 { ShiftForm::find(table) } else { None };
+        #[cfg(not(target_arch = "x86_64"))]
+        let form = None;
+        Some(LutSoftmax { level, table, tmax, shift, top, form })
+    }
+
+    /// Whether the AVX-512 exponentials are computed from a [`ShiftForm`] rather than gathered.
+    #[cfg(test)]
+    pub(crate) fn computes_table(&self) -> bool {
+        self.form.is_some()
     }
 
     /// One row into `out` (the same length as `row`; `e` is scratch of that length), the
@@ -123,7 +187,12 @@ impl<'a> LutSoftmax<'a> {
             #[cfg(target_arch = "x86_64")]
             Level::Avx2 => unsafe { exp_avx2(row, mask, self.table, e) },
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => unsafe { avx512::lut_exp(row, mask, self.table, e) },
+            Level::Avx512 => unsafe {
+                match &self.form {
+                    Some(f) => avx512::form_exp(row, mask, f, self.table.len(), e),
+                    None => avx512::lut_exp(row, mask, self.table, e),
+                }
+            },
         }
     }
 
@@ -609,6 +678,57 @@ mod avx512 {
         Some(sum)
     }
 
+    /// [`super::exp_portable`] for a table that has a [`super::ShiftForm`]: the entries
+    /// computed by the form (equal to the table's, checked when the form was found), no gathers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn form_exp(row: &[i64], mask: Option<&[bool]>, f: &super::ShiftForm, len: usize, e: &mut [i64]) -> Option<i64> {
+        let c = row.len();
+        assert!(e.len() == c && mask.is_none_or(|m| m.len() == c) && f.m <= 16);
+        let full = c / 8 * 8;
+        // SAFETY: the caller's CPU has AVX-512F/DQ.
+        let (mn, mx) = unsafe {
+            match mask {
+                None => min_max(row),
+                Some(m) => min_max_masked(row, m),
+            }
+        };
+        // Every kept lane's d = max − q is then in 0..len, where the form equals the table.
+        if mx < mn || i128::from(mx) - i128::from(mn) >= len as i128 {
+            return None;
+        }
+        let (vmx, cap) = (_mm512_set1_epi64(mx), _mm512_set1_epi64(f.cap));
+        let (mul, m, k) = (_mm512_set1_epi64(i64::from(f.mul)), _mm512_set1_epi64(i64::from(f.m)), _mm512_set1_epi64(i64::from(f.k)));
+        // SAFETY: base has 16 entries.
+        let (b0, b1) = unsafe { (_mm512_loadu_si512(f.base.as_ptr().cast()), _mm512_loadu_si512(f.base.as_ptr().add(8).cast())) };
+        let mut vs = _mm512_setzero_si512();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ c = e.len() = mask.len().
+            unsafe {
+                let keep = match mask {
+                    None => 0xff,
+                    Some(km) => kept(km, i),
+                };
+                let q = _mm512_loadu_si512(row.as_ptr().add(i).cast());
+                let dd = _mm512_min_epu64(_mm512_sub_epi64(vmx, q), cap);
+                let qt = _mm512_srli_epi64::<31>(_mm512_mul_epu32(dd, mul));
+                let r = _mm512_sub_epi64(dd, _mm512_mul_epu32(qt, m));
+                let u = _mm512_permutex2var_epi64(b0, r, b1);
+                let v = _mm512_maskz_mov_epi64(keep, _mm512_srlv_epi64(u, _mm512_mul_epu32(qt, k)));
+                _mm512_storeu_si512(e.as_mut_ptr().add(i).cast(), v);
+                vs = _mm512_add_epi64(vs, v);
+            }
+        }
+        let mut sum = _mm512_reduce_add_epi64(vs);
+        for (j, (ei, &q)) in e.iter_mut().zip(row).enumerate().skip(full) {
+            *ei = if super::super::masked(mask, j) { 0 } else { f.value((mx - q) as u64) };
+            sum += *ei;
+        }
+        Some(sum)
+    }
+
     /// [`super::min_max_masked_portable`] in eight lanes.
     ///
     /// # Safety
@@ -641,7 +761,8 @@ mod avx512 {
         assert!(out.len() == c);
         let full = c / 8 * 8;
         let (vs, vl, one, flag) = (_mm512_set1_epi64(two_s), _mm512_set1_epi64(levels), _mm512_set1_epi64(1), _mm512_set1_epi64(-1));
-        let mut any: __mmask8 = 0;
+        // The largest code so far (−1: all zero flags); a mask register would chain each step on the last.
+        let mut top = flag;
         for i in (0..full).step_by(8) {
             // SAFETY: i + 8 ≤ c = out.len().
             unsafe {
@@ -659,11 +780,12 @@ mod avx512 {
                 let k = _mm512_mask_sub_epi64(k, _mm512_cmpgt_epi64_mask(b, vs), k, one);
                 let k = _mm512_mask_sub_epi64(k, _mm512_cmpeq_epi64_mask(_mm512_add_epi64(b, v2), vs), k, one);
                 let good = _mm512_cmplt_epi64_mask(k, vl) & _mm512_test_epi64_mask(v, v);
-                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), _mm512_mask_mov_epi64(flag, good, k));
-                any |= good;
+                let o = _mm512_mask_mov_epi64(flag, good, k);
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), o);
+                top = _mm512_max_epi64(top, o);
             }
         }
-        super::log2_codes_portable(&e[full..], two_s, levels, &mut out[full..]) || any != 0
+        super::log2_codes_portable(&e[full..], two_s, levels, &mut out[full..]) || _mm512_reduce_max_epi64(top) >= 0
     }
 
     /// [`super::min_max_portable`] in eight lanes.
@@ -861,15 +983,27 @@ mod tests {
 
     /// Every level's table softmax equals the plain scalar loops, rows spanning the table
     /// exactly or one code more (refused), factors up to the 63-bit bound, masks from none to
-    /// every element.
+    /// every element; random tables and tables that halve every m codes (AVX-512 computes
+    /// those from their [`ShiftForm`]).
     #[test]
     fn lut_softmax_levels_agree() {
         use rand::{Rng, SeedableRng};
         let mut r = rand::rngs::StdRng::seed_from_u64(7);
+        let mut forms = 0;
         for _ in 0..300 {
             let span = r.gen_range(1usize..300);
             let tmax = 1i64 << r.gen_range(0..40);
-            let table: Vec<i64> = (0..=span).map(|_| r.gen_range(0..=tmax)).collect();
+            let table: Vec<i64> = if r.gen_bool(0.5) {
+                (0..=span).map(|_| r.gen_range(0..=tmax)).collect()
+            } else {
+                // Halving every m codes up to a clamp: the tables a ShiftForm computes.
+                let (m, k, cap) = (r.gen_range(1usize..=16), r.gen_range(0u32..4), r.gen_range(0..=span + 2));
+                let base: Vec<i64> = (0..m).map(|_| r.gen_range(1..=tmax)).collect();
+                let t: Vec<i64> =
+                    (0..=span).map(|d| d.min(cap)).map(|d| base[d % m].checked_shr(k * (d / m) as u32).unwrap_or(0)).collect();
+                forms += usize::from(ShiftForm::find(&t).is_some());
+                t
+            };
             let c = r.gen_range(1usize..70);
             let lo = r.gen_range(-1000i64..1000);
             let wide = r.gen_bool(0.1);
@@ -892,6 +1026,7 @@ mod tests {
                 assert_eq!(&got, w, "{level:?}");
             }
         }
+        assert!(forms > 50, "{forms} of the halving tables have a form");
     }
 }
 
