@@ -711,9 +711,12 @@ impl LayerNorm {
             vars = vars_at(shift);
         }
         cond.add_n(Condition::VarianceOverflow, vars.iter().filter(|&&v| v >= limit).count());
-        let mut out = vec![0i64; data.len()];
-        for (((row, orow), &var), (st, &mean)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&vars).zip(stats.iter().zip(&means))
-        {
+        // Filled row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
+        for ((row, &var), (st, &mean)) in data.chunks_exact(c).zip(&vars).zip(stats.iter().zip(&means)) {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let root = i128::from(super::vector::isqrt_u64(u64::try_from(var).ok()?));
             // The definition's `root << shift` in 64-bit words, refused where it would wrap.
             if shift >= 63 || root << shift >= 1 << 63 {

@@ -454,7 +454,8 @@ impl Gelu {
         if data.is_empty() || c == 0 {
             return None;
         }
-        let mut out = vec![0i64; data.len()];
+        // Filled a chunk (or row) at a time just before it is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
         let mut sat = 0;
         let count = |row: &[i64], lo: i64, flags: &[bool]| row.iter().filter(|&&q| flags[(q - lo) as usize]).count();
         if !self.row_max {
@@ -463,8 +464,12 @@ impl Gelu {
                 return None;
             }
             let (t, flags) = self.table(lo, hi, 0, k);
-            if !lut_map(level, data, lo, &t, &mut out) {
-                return None;
+            for chunk in data.chunks(4096) {
+                let start = out.len();
+                out.resize(start + chunk.len(), 0);
+                if !lut_map(level, chunk, lo, &t, &mut out[start..]) {
+                    return None;
+                }
             }
             if flags.contains(&true) {
                 sat = count(data, lo, &flags);
@@ -481,7 +486,10 @@ impl Gelu {
             return None;
         }
         let mut tables: Vec<Option<(Vec<i64>, Vec<bool>)>> = vec![None; maxima.len()];
-        for ((row, orow), &(_, m)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&ranges) {
+        for (row, &(_, m)) in data.chunks_exact(c).zip(&ranges) {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let slot = maxima.binary_search(&m).ok()?;
             let (t, flags) = tables[slot].get_or_insert_with(|| self.table(lo, m, m, k));
             if !lut_map(level, row, lo, t, orow) {
@@ -732,8 +740,12 @@ impl LayerNorm {
         let (c, _) = rows(x);
         let ln = LnRows::new(level, x.bits, c, bias)?;
         let data = x.data();
-        let mut out = vec![0i64; data.len()];
-        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        // Filled row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
+        for row in data.chunks_exact(c) {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let st = ln.stats(row);
             let mean = crate::fixed::div_round(i128::from(st.sum), c as i128, crate::fixed::Rounding::HalfEven) as i64;
             let var = st.centred_sumsq(mean, c);
