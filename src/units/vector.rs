@@ -1,7 +1,7 @@
 //! Vector kernels of the units' Integer-mode fast paths, with runtime CPU detection.
 //!
 //! Each kernel has a portable body (also compiled with AVX2 enabled, where LLVM vectorises
-//! it) and, on x86-64 CPUs with AVX-512F/DQ, an explicit AVX-512 version. Every kernel
+//! it) and, on x86-64 CPUs with AVX-512F/DQ/CD, an explicit AVX-512 version. Every kernel
 //! computes exactly what the units' scalar definitions compute on the inputs it accepts; a
 //! unit checks the kernel's preconditions and falls back to its definition otherwise.
 
