@@ -4,9 +4,12 @@
 Times torch.softmax over 6×197 rows of 197, torch.nn.functional.gelu (erf form) on 197×768 and
 torch.nn.functional.layer_norm on 197×384 (the shapes of benches/units.rs), one thread, and
 runs `cargo bench --bench units` in the same invocation. It prints one Markdown table: unit,
-mnq M elements/s (criterion's median throughput, Integer mode), PyTorch op M elements/s.
+mnq M elements/s (criterion's throughput estimate, Integer mode), PyTorch op M elements/s.
+Both sides are medians of single calls (`MNQ_BENCH_PER_CALL=1` for criterion), so a call that
+another process preempts does not count on either side; `--batch-mean` gives criterion's usual
+batch mean instead (lower on a loaded machine).
 
-    /work/torchvenv/bin/python sim/bench_torch_units.py [--reps 2000] [--filter softmax]
+    /work/torchvenv/bin/python sim/bench_torch_units.py [--reps 2000] [--filter softmax] [--batch-mean]
 
 Needs: torch importable by this Python (a PyPI-torch venv such as /work/torchvenv/bin/python,
 or Debian's python3-torch with /usr/bin/python3: say which in the figures you quote), cargo on
@@ -16,6 +19,7 @@ PATH. It installs nothing. Run it on a quiet machine: both sides are single-thre
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -57,9 +61,10 @@ def time_torch(reps: int) -> dict:
     return out
 
 
-def time_mnq(filt: str) -> dict:
+def time_mnq(filt: str, per_call: bool) -> dict:
     cmd = ["cargo", "bench", "--bench", "units", "--", filt] if filt else ["cargo", "bench", "--bench", "units"]
-    r = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    env = dict(os.environ, MNQ_BENCH_PER_CALL="1" if per_call else "0")
+    r = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, env=env)
     res, name = {}, None
     for line in r.stdout.splitlines():
         m = re.match(r"units/(\S+)", line)
@@ -76,9 +81,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2000, help="timed PyTorch calls per op")
     ap.add_argument("--filter", default="", help="criterion filter passed to cargo bench (default: every unit)")
+    ap.add_argument("--batch-mean", action="store_true", help="criterion's batch mean instead of the median of single calls")
     a = ap.parse_args()
     torch_res = time_torch(a.reps)
-    mnq = time_mnq(a.filter)
+    mnq = time_mnq(a.filter, not a.batch_mean)
     print("| unit | mnq M elem/s | PyTorch op | PyTorch M elem/s |")
     print("|---|---:|---|---:|")
     for name, v in mnq.items():

@@ -8,6 +8,7 @@
 //! `frac_bits` fractional bits, and differs in rounding (measured in `tests/modes.rs`).
 
 use super::ibert::ExpConsts;
+use super::vector::{Level, LutSoftmax};
 use super::{
     affine, below, check_bits, check_scale, check_upshift, checked_output, mask_row, masked, no_mask, parse_param, row_max, rows,
     softmax_mask, underflow_rows, unknown_param, Aux, Condition, Conditions, Encoding, Method, Mode, NoProbe, Op, ParamInfo, Preset, Probe,
@@ -66,12 +67,23 @@ impl Softmax {
         Ok(ExpConsts::new(s, self.n, up))
     }
 
-    fn run_with<P: Probe>(&self, x: &QTensor, aux: &Aux, mode: Mode, p: &mut P, lut: bool) -> Result<UnitOutput, UnitError> {
+    /// Both modes; with `lut` the exponentials come from a table, and with `fast` too the
+    /// Integer mode's rows go through the vector kernels at that level where they accept them.
+    fn run_with<P: Probe>(
+        &self,
+        x: &QTensor,
+        aux: &Aux,
+        mode: Mode,
+        p: &mut P,
+        lut: bool,
+        fast: Option<Level>,
+    ) -> Result<UnitOutput, UnitError> {
         let k = self.consts(x)?;
         let mask = softmax_mask("softmax_fqvit", x, aux)?;
         let (c, _) = rows(x);
         let data = x.data();
-        let mut out = vec![-1i64; data.len()];
+        // Filled row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
         let mut cond = Conditions::default();
         let levels = 1u32 << self.bits;
         let code = |v: u128| -> i64 {
@@ -84,17 +96,37 @@ impl Softmax {
         };
         if k.c <= 0 {
             // Reference: S = 0, 0/0 = NaN. Defined here as the zero code everywhere.
+            out.resize(data.len(), -1);
             underflow_rows(mask, data.len(), c, &mut cond);
         } else {
             let mut e = vec![0i64; c];
-            let mut thr = vec![0u128; levels as usize];
+            let mut narrow = vec![0u64; levels as usize];
             // The exponent depends only on max − q: tabulate it when that is cheaper.
             let (lo, hi) = int_range(x.bits, x.signed);
             let span = (hi - lo) as usize;
             let table: Vec<i64> =
                 if lut && data.len() > span { (0..=span as i64).map(|d| k.exp(-d, &mut NoProbe)).collect() } else { Vec::new() };
-            for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+            // The kernel's codes are the comparisons' (`vector::log2_code`); its sums are exact
+            // (c·max T < 2^62), and it takes only rows with Σe < 2^60.
+            let kernel = fast.filter(|_| mode == Mode::Integer).and_then(|l| LutSoftmax::new(l, &table, c, 0, i64::MAX));
+            for (r, row) in data.chunks_exact(c).enumerate() {
+                let start = out.len();
+                out.resize(start + c, -1);
+                let orow = &mut out[start..];
                 let mrow = mask_row(mask, r, c);
+                if let Some(kr) = &kernel {
+                    if let Some(sum) = kr.exp(row, mrow, &mut e) {
+                        if let Some(any) = kr.log2_codes(&e, sum, levels, orow) {
+                            if sum >= 1 << 53 {
+                                cond.add(Condition::InexactFloat);
+                            }
+                            if !any {
+                                cond.add(Condition::AllZeroRow);
+                            }
+                            continue;
+                        }
+                    }
+                }
                 let Some(m) = row_max(row, mrow) else {
                     cond.add(Condition::MaskedRow);
                     continue;
@@ -121,20 +153,9 @@ impl Softmax {
                         // then every element needs only comparisons (a comparator tree in hardware).
                         let two_s = 2 * sum as u128;
                         p.see(two_s as i128);
-                        for (j, th) in thr.iter_mut().enumerate() {
-                            let t: u128 = if j == 0 { 2 } else { 3u128 << (j - 1) };
-                            let d = 2 * t - 1;
-                            // v ≥ t ⇔ 2S > (2t−1)·E, or equality with t even (RNE's tie goes to even t).
-                            *th = if t.is_multiple_of(2) && two_s.is_multiple_of(d) { two_s / d } else { (two_s - 1) / d };
-                        }
-                        // Thresholds never exceed 2S/3 < 2^63 for realistic rows: compare in 64 bits.
-                        let narrow: Vec<u64> = thr.iter().map(|&t| t.min(u64::MAX as u128) as u64).collect();
+                        lis_thresholds(two_s, &mut narrow);
                         for (o, &ei) in orow.iter_mut().zip(&e) {
-                            if ei == 0 {
-                                continue; // S / 0 = inf: the zero flag
-                            }
-                            let k = narrow.partition_point(|&th| ei as u64 <= th) as u32;
-                            *o = if k >= levels { -1 } else { i64::from(k) };
+                            *o = lis_code(&narrow, ei);
                         }
                     }
                     Mode::Reference => {
@@ -157,6 +178,33 @@ impl Softmax {
             encoding: Encoding::Log2 { bits: self.bits },
             conditions: cond.into_vec(),
         })
+    }
+}
+
+/// The Integer mode's per-row thresholds for `2S` (`S ≥ 1`): `narrow[j]` is the largest E with
+/// `RNE(S/E) ≥ t_(j+1)`, `t = 1, 2, 3, 6, 12, …` (`kernels.md` §3.1), so code k ⇔ E meets k of them.
+fn lis_thresholds(two_s: u128, narrow: &mut [u64]) {
+    for (j, th) in narrow.iter_mut().enumerate() {
+        let t: u128 = if j == 0 { 2 } else { 3u128 << (j - 1) };
+        let d = 2 * t - 1;
+        // v ≥ t ⇔ 2S > (2t−1)·E, or equality with t even (RNE's tie goes to even t).
+        let thr = if t.is_multiple_of(2) && two_s.is_multiple_of(d) { two_s / d } else { (two_s - 1) / d };
+        // Thresholds never exceed 2S/3 < 2^63 for realistic rows: compare in 64 bits.
+        *th = thr.min(u64::MAX as u128) as u64;
+    }
+}
+
+/// The code of exponential `e` against a row's [`lis_thresholds`]: the number met (a comparator
+/// tree in hardware), −1 (the zero flag) for `e = 0` (S / 0 = inf) or when all are met.
+fn lis_code(narrow: &[u64], e: i64) -> i64 {
+    if e == 0 {
+        return -1;
+    }
+    let k = narrow.partition_point(|&th| e as u64 <= th);
+    if k >= narrow.len() {
+        -1
+    } else {
+        k as i64
     }
 }
 
@@ -204,10 +252,10 @@ impl Unit for Softmax {
         Ok(k.widths(hi - lo).max(signed_width(2 * k.e_max() * x.row_len() as i128)))
     }
     fn run(&self, x: &QTensor, aux: &Aux, mode: Mode) -> Result<UnitOutput, UnitError> {
-        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true))
+        checked_output(self.name(), self.run_with(x, aux, mode, &mut NoProbe, true, Some(Level::detect())))
     }
     fn run_probed(&self, x: &QTensor, aux: &Aux, probe: &mut WidthProbe) -> Result<UnitOutput, UnitError> {
-        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false))
+        checked_output(self.name(), self.run_with(x, aux, Mode::Integer, probe, false, None))
     }
     fn scale_fits(&self, s: f64, _bits: u32, _row_len: usize, _aux: &Aux) -> Result<(), String> {
         // LIS keeps the exponentials in 64-bit words (and compares them with 64-bit thresholds).
@@ -1056,6 +1104,7 @@ impl Log2Quant {
 
 #[cfg(test)]
 mod tests {
+    use super::super::vector::cases;
     use super::*;
 
     #[test]
@@ -1338,6 +1387,124 @@ mod tests {
             assert_eq!(ln.run(&x, &aux, Mode::Integer).unwrap(), reference);
             let scalar = checked_output("layernorm_fqvit", ln.run_with(&x, &aux, Mode::Integer, &mut NoProbe, IntPath::Scalar)).unwrap();
             assert_eq!(scalar, reference);
+        }
+    }
+
+    /// LIS's fast runs (`run`, and the kernels at every level this CPU has) against the
+    /// definition (`lut = false`, every exponential computed) and the table run.
+    fn fast_lis_equals_definition(sm: &Softmax, x: &QTensor, aux: &Aux) -> Result<(), String> {
+        let def = |lut, level| checked_output("softmax_fqvit", sm.run_with(x, aux, Mode::Integer, &mut NoProbe, lut, level));
+        let runs = vec![("table".to_string(), def(true, None)), ("run".to_string(), sm.run(x, aux, Mode::Integer))];
+        cases::levels_same_as_definition(|level| def(level.is_some(), level), runs)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// LIS's fast Integer path equals the definition: the whole output or the same error, for
+        /// every input width, both presets and perturbed code bits, n and upshift, masks included.
+        #[test]
+        fn lis_fast_integer_path_equals_reference(
+            bits in proptest::prop_oneof![2u32..=16, 2u32..=24],
+            signed in proptest::bool::ANY,
+            c in proptest::prop_oneof![1usize..=16, 1usize..=1024],
+            nrows in 1usize..=4,
+            adapted in proptest::bool::ANY,
+            tweak in 0u32..5,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut sm = Softmax::preset(if adapted { Preset::Adapted } else { Preset::Reference });
+            match tweak {
+                1 => sm.bits = 1 + (seed % 6) as u32,
+                2 => sm.n = 1 + (seed % 40) as u32,
+                3 => sm.upshift = Some((seed % 25) as u32),
+                _ => {}
+            }
+            let x = cases::rows(bits, signed, c, nrows, seed);
+            let aux = cases::mask(&x, seed);
+            if let Err(e) = fast_lis_equals_definition(&sm, &x, &aux) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Every two-element row of 8-bit codes, signed and unsigned, both presets, scales from
+    /// fine to coarse, unmasked and with the first element of every third row masked.
+    #[test]
+    fn lis_fast_integer_path_exhaustive_8bit_pairs() {
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let sm = Softmax::preset(preset);
+            for signed in [false, true] {
+                for s in [1e-4, 2f64.powi(-7), 0.0371, 0.25, 1.5] {
+                    let x = cases::all_pairs(8, signed, s);
+                    fast_lis_equals_definition(&sm, &x, &Aux::default()).unwrap();
+                    let mask: Vec<bool> = (0..x.data().len()).map(|i| i % 6 == 0).collect();
+                    fast_lis_equals_definition(&sm, &x, &Aux { mask: Some(mask.into()), ..Aux::default() }).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The kernels' closed-form codes equal the definition's threshold comparisons at every
+    /// level: sums up to the 2^60 bound, exponentials 0, 1, S and on either side of every
+    /// threshold (RNE's ties included), 1 to 64 levels.
+    #[test]
+    fn log2_codes_equal_the_thresholds() {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(11);
+        let table = [1i64];
+        for case in 0..3000 {
+            let top = 1i64 << r.gen_range(1..=60);
+            let sum: i64 = if case % 3 == 0 { r.gen_range(1..200) } else { r.gen_range(1..top) };
+            let levels = if r.gen_bool(0.5) { 16 } else { r.gen_range(1u32..=64) };
+            let two_s = 2 * sum as u128;
+            let mut e = vec![0, 1, sum];
+            for _ in 0..r.gen_range(0..40) {
+                let t: i64 = match r.gen_range(0..8) {
+                    0 => 2,
+                    1 => 3,
+                    _ => 3i64 << r.gen_range(1..40),
+                };
+                let v = (2 * i128::from(sum) / i128::from(2 * t - 1)) as i64;
+                e.push((v + r.gen_range(-1..=1)).clamp(0, sum));
+                e.push(r.gen_range(0..=sum));
+            }
+            let mut narrow = vec![0u64; levels as usize];
+            lis_thresholds(two_s, &mut narrow);
+            let want: Vec<i64> = e.iter().map(|&v| lis_code(&narrow, v)).collect();
+            for level in Level::available() {
+                let kr = LutSoftmax::new(level, &table, 1, 0, i64::MAX).unwrap();
+                let mut out = vec![7; e.len()];
+                let any = kr.log2_codes(&e, sum, levels, &mut out);
+                assert_eq!((any, &out), (Some(want.iter().any(|&k| k >= 0)), &want), "{level:?} S={sum} levels={levels} e={e:?}");
+            }
+        }
+    }
+
+    /// The DeiT-shaped bench input takes the kernels on every row (none refused).
+    #[test]
+    fn lis_bench_input_takes_the_fast_path() {
+        use crate::sensitivity::{sample, Dist};
+        for preset in [Preset::Reference, Preset::Adapted] {
+            let sm = Softmax::preset(preset);
+            let s = sample(&sm, 8, Dist::Attention, 6 * 197, 1).unwrap();
+            fast_lis_equals_definition(&sm, &s.q, &s.aux).unwrap();
+            let k = sm.consts(&s.q).unwrap();
+            let (lo, hi) = int_range(s.q.bits, s.q.signed);
+            // The unit's table, as its Integer mode builds it.
+            let table: Vec<i64> = (0..=hi - lo).map(|d| k.exp(-d, &mut NoProbe)).collect();
+            let (c, _) = rows(&s.q);
+            let kr = LutSoftmax::new(Level::detect(), &table, c, 0, i64::MAX).unwrap();
+            // At upshift 0 the i-exp halves every |x0| codes: AVX-512 computes it, no gathers.
+            #[cfg(target_arch = "x86_64")]
+            if Level::detect() == Level::Avx512 && sm.upshift == Some(0) {
+                assert!(kr.computes_table(), "{preset}");
+            }
+            for row in s.q.data().chunks_exact(c) {
+                let (mut e, mut o) = (vec![0; c], vec![0; c]);
+                let sum = kr.exp(row, None, &mut e).unwrap();
+                assert!(kr.log2_codes(&e, sum, 1 << sm.bits, &mut o).is_some());
+            }
         }
     }
 

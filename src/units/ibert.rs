@@ -205,12 +205,14 @@ impl Softmax {
         let mask = softmax_mask("softmax_ibert", x, aux)?;
         let (c, _) = rows(x);
         let data = x.data();
-        let mut out = vec![0i64; data.len()];
+        // The Integer mode fills it row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
         let mut cond = Conditions::default();
         let scale = Scale::PerTensor(2f64.powi(-(self.out_bits as i32)));
         let top = if self.clamp_out { (1i64 << self.out_bits) - 1 } else { 1i64 << self.out_bits };
         if k.c <= 0 {
             // Reference: every E is 0, the sum is 0 and 0·∞ = NaN. Defined here as all zeros.
+            out.resize(data.len(), 0);
             underflow_rows(mask, data.len(), c, &mut cond);
             return Ok(UnitOutput {
                 values: out,
@@ -246,12 +248,13 @@ impl Softmax {
                 let mut e16 = vec![0i64; c];
                 // E16 ≤ 32767 and factor ≤ 2^32: the products are the definition's 64-bit ones.
                 let kernel = fast.and_then(|l| LutSoftmax::new(l, &table, c, osh, top));
-                for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+                for (r, row) in data.chunks_exact(c).enumerate() {
+                    let start = out.len();
+                    out.resize(start + c, 0);
+                    let orow = &mut out[start..];
                     let mrow = mask_row(mask, r, c);
                     if let Some(kr) = &kernel {
-                        if !mrow.is_some_and(|m| m.contains(&true))
-                            && kr.row(row, &mut e16, orow, |sum| (sum > 0).then(|| ((1i64 << 32) / sum, None)), &mut cond)
-                        {
+                        if kr.row(row, mrow, &mut e16, orow, |sum| (sum > 0).then(|| ((1i64 << 32) / sum, None)), &mut cond) {
                             continue;
                         }
                     }
@@ -289,6 +292,7 @@ impl Softmax {
                 let act_sf = (e_max as f64).max(1e-8) / 32767.0;
                 let d = Dyadic::from_ratio(exp_sf / f64::from(act_sf as f32));
                 let mut e16 = vec![0f64; c];
+                out.resize(data.len(), 0);
                 for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
                     let mrow = mask_row(mask, r, c);
                     let Some(m) = row_max(row, mrow) else {
@@ -707,9 +711,12 @@ impl LayerNorm {
             vars = vars_at(shift);
         }
         cond.add_n(Condition::VarianceOverflow, vars.iter().filter(|&&v| v >= limit).count());
-        let mut out = vec![0i64; data.len()];
-        for (((row, orow), &var), (st, &mean)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&vars).zip(stats.iter().zip(&means))
-        {
+        // Filled row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
+        for ((row, &var), (st, &mean)) in data.chunks_exact(c).zip(&vars).zip(stats.iter().zip(&means)) {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let root = i128::from(super::vector::isqrt_u64(u64::try_from(var).ok()?));
             // The definition's `root << shift` in 64-bit words, refused where it would wrap.
             if shift >= 63 || root << shift >= 1 << 63 {
@@ -1094,7 +1101,7 @@ mod tests {
             let kr = LutSoftmax::new(Level::detect(), &table, c, 32 - sm.out_bits, top).unwrap();
             for row in s.q.data().chunks_exact(c) {
                 let (mut e, mut o) = (vec![0; c], vec![0; c]);
-                assert!(kr.row(row, &mut e, &mut o, |sum| Some(((1i64 << 32) / sum, None)), &mut Conditions::default()));
+                assert!(kr.row(row, None, &mut e, &mut o, |sum| Some(((1i64 << 32) / sum, None)), &mut Conditions::default()));
             }
         }
     }

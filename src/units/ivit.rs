@@ -194,28 +194,31 @@ impl Softmax {
         };
         let shift = k + 1 - self.out_bits;
         let limit = (1i64 << k) - 1;
-        let mut out = vec![0i64; data.len()];
+        // Filled row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
         let mut e = vec![0i64; c];
         let mut cond = Conditions::default();
         // The kernel's 64-bit products equal the definition's 128-bit ones: e ≤ Σe, so
         // e·⌊(2^K−1)/Σe⌋ < 2^K, and a saturated row has factor 1 (the kernel checks the bound).
         let kernel = fast.filter(|_| mode == Mode::Integer).and_then(|l| LutSoftmax::new(l, &table, c, shift, i64::MAX));
-        for (r, (row, orow)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+        for (r, row) in data.chunks_exact(c).enumerate() {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let mrow = mask_row(mask, r, c);
             if let Some(kr) = &kernel {
-                if !mrow.is_some_and(|m| m.contains(&true))
-                    && kr.row(
-                        row,
-                        &mut e,
-                        orow,
-                        |sum| {
-                            let sat = (sum > limit).then_some(Condition::SumSaturated);
-                            let sc = sum.min(limit);
-                            (sc > 0).then(|| (recip_factor(k, sc, mode), sat))
-                        },
-                        &mut cond,
-                    )
-                {
+                if kr.row(
+                    row,
+                    mrow,
+                    &mut e,
+                    orow,
+                    |sum| {
+                        let sat = (sum > limit).then_some(Condition::SumSaturated);
+                        let sc = sum.min(limit);
+                        (sc > 0).then(|| (recip_factor(k, sc, mode), sat))
+                    },
+                    &mut cond,
+                ) {
                     continue;
                 }
             }
@@ -451,7 +454,8 @@ impl Gelu {
         if data.is_empty() || c == 0 {
             return None;
         }
-        let mut out = vec![0i64; data.len()];
+        // Filled a chunk (or row) at a time just before it is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
         let mut sat = 0;
         let count = |row: &[i64], lo: i64, flags: &[bool]| row.iter().filter(|&&q| flags[(q - lo) as usize]).count();
         if !self.row_max {
@@ -460,8 +464,12 @@ impl Gelu {
                 return None;
             }
             let (t, flags) = self.table(lo, hi, 0, k);
-            if !lut_map(level, data, lo, &t, &mut out) {
-                return None;
+            for chunk in data.chunks(4096) {
+                let start = out.len();
+                out.resize(start + chunk.len(), 0);
+                if !lut_map(level, chunk, lo, &t, &mut out[start..]) {
+                    return None;
+                }
             }
             if flags.contains(&true) {
                 sat = count(data, lo, &flags);
@@ -478,7 +486,10 @@ impl Gelu {
             return None;
         }
         let mut tables: Vec<Option<(Vec<i64>, Vec<bool>)>> = vec![None; maxima.len()];
-        for ((row, orow), &(_, m)) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(&ranges) {
+        for (row, &(_, m)) in data.chunks_exact(c).zip(&ranges) {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let slot = maxima.binary_search(&m).ok()?;
             let (t, flags) = tables[slot].get_or_insert_with(|| self.table(lo, m, m, k));
             if !lut_map(level, row, lo, t, orow) {
@@ -729,8 +740,12 @@ impl LayerNorm {
         let (c, _) = rows(x);
         let ln = LnRows::new(level, x.bits, c, bias)?;
         let data = x.data();
-        let mut out = vec![0i64; data.len()];
-        for (row, orow) in data.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        // Filled row by row just before each row is written (one pass over memory, not two).
+        let mut out = Vec::with_capacity(data.len());
+        for row in data.chunks_exact(c) {
+            let start = out.len();
+            out.resize(start + c, 0);
+            let orow = &mut out[start..];
             let st = ln.stats(row);
             let mean = crate::fixed::div_round(i128::from(st.sum), c as i128, crate::fixed::Rounding::HalfEven) as i64;
             let var = st.centred_sumsq(mean, c);
@@ -1280,7 +1295,7 @@ mod tests {
             for row in s.q.data().chunks_exact(c) {
                 let (mut e, mut o) = (vec![0; c], vec![0; c]);
                 let f = |sum: i64| Some((recip_factor(k.min(62), sum.min(limit), Mode::Integer), None));
-                assert!(kr.row(row, &mut e, &mut o, f, &mut Conditions::default()));
+                assert!(kr.row(row, None, &mut e, &mut o, f, &mut Conditions::default()));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Vector kernels of the units' Integer-mode fast paths, with runtime CPU detection.
 //!
 //! Each kernel has a portable body (also compiled with AVX2 enabled, where LLVM vectorises
-//! it) and, on x86-64 CPUs with AVX-512F/DQ, an explicit AVX-512 version. Every kernel
+//! it) and, on x86-64 CPUs with AVX-512F/DQ/CD, an explicit AVX-512 version. Every kernel
 //! computes exactly what the units' scalar definitions compute on the inputs it accepts; a
 //! unit checks the kernel's preconditions and falls back to its definition otherwise.
 
@@ -15,7 +15,7 @@ pub(crate) enum Level {
     /// The portable bodies compiled with AVX2 (LLVM's vectorisation).
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// Explicit AVX-512F/DQ kernels.
+    /// Explicit AVX-512F/DQ/CD kernels.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -25,7 +25,7 @@ impl Level {
     pub(crate) fn detect() -> Level {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+            if avx512() {
                 return Level::Avx512;
             }
             if is_x86_feature_detected!("avx2") {
@@ -44,12 +44,18 @@ impl Level {
             if is_x86_feature_detected!("avx2") {
                 v.push(Level::Avx2);
             }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+            if avx512() {
                 v.push(Level::Avx512);
             }
         }
         v
     }
+}
+
+/// Whether the CPU has the AVX-512 subsets the kernels use (every AVX-512 CPU has CD beside F).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512cd")
 }
 
 /// A softmax whose exponentials come from a table indexed by `max − q` (I-ViT's Shiftmax and
@@ -61,6 +67,60 @@ pub(crate) struct LutSoftmax<'a> {
     tmax: i64,
     shift: u32,
     top: i64,
+    /// The table as a formula, where one reproduces every entry (AVX-512 computes it instead of gathering).
+    form: Option<ShiftForm>,
+}
+
+/// A table of exponentials that halve every `m` codes: `T[d] = T[d' mod m] >> (k·⌊d'/m⌋)` with
+/// `d' = min(d, cap)` (`m ≤ 16`; an i-exp at input upshift 0 is one). The quotient is
+/// `(d'·mul) >> 31` and a shift of 64 or more gives 0, exactly as the vector code computes it;
+/// [`ShiftForm::find`] keeps a form only when it gives every entry of the table.
+#[derive(Debug, Clone, Copy)]
+struct ShiftForm {
+    m: u32,
+    k: u32,
+    cap: i64,
+    mul: u32,
+    /// `T[0..m]`, zero-padded.
+    base: [i64; 16],
+}
+
+impl ShiftForm {
+    /// Tables longer than this are not searched (the check reads every entry for each `m`).
+    const MAX_LEN: usize = 1 << 12;
+
+    /// The entry at `d ≥ 0`, computed as the AVX-512 kernel does (u64 lanes, 32-bit multiplies).
+    fn value(&self, d: u64) -> i64 {
+        let dd = d.min(self.cap as u64);
+        let q = ((dd & 0xffff_ffff) * u64::from(self.mul)) >> 31;
+        let r = dd.wrapping_sub((q & 0xffff_ffff) * u64::from(self.m));
+        let sh = (q & 0xffff_ffff) * u64::from(self.k);
+        let u = self.base[(r & 15) as usize] as u64;
+        u.checked_shr(u32::try_from(sh).unwrap_or(64)).unwrap_or(0) as i64
+    }
+
+    /// The first form (smallest `m`) that gives every entry of `table`, if any.
+    fn find(table: &[i64]) -> Option<ShiftForm> {
+        let len = table.len();
+        if len == 0 || len > Self::MAX_LEN || table.iter().any(|&t| t < 0) {
+            return None;
+        }
+        // Past `cap` the table is constant (the exponent's clamp).
+        let last = table[len - 1];
+        let cap = table.iter().rposition(|&t| t != last).map_or(0, |i| i + 1);
+        (1..=16u32).find_map(|m| {
+            let mm = m as usize;
+            if mm > len || table[0] == 0 {
+                return None;
+            }
+            let mut base = [0i64; 16];
+            base[..mm].copy_from_slice(&table[..mm]);
+            // k from the first entry of the second period (or any k when the table is one period).
+            let k = if mm < len { (0..64).find(|&k| table[0] >> k == table[mm])? } else { 0 };
+            let f = ShiftForm { m, k, cap: cap as i64, mul: (1u32 << 31).div_ceil(m), base };
+            (0..len).all(|d| f.value(d as u64) == table[d]).then_some(f)
+        })
+    }
 }
 
 impl<'a> LutSoftmax<'a> {
@@ -73,24 +133,37 @@ impl<'a> LutSoftmax<'a> {
         if tmin < 0 || c == 0 || (c as u128) * (tmax as u128) >= 1 << 62 || shift >= 64 {
             return None;
         }
-        Some(LutSoftmax { level, table, tmax, shift, top })
+        #[cfg(target_arch = "x86_64")]
+        let form = if level == Level::Avx512 { ShiftForm::find(table) } else { None };
+        #[cfg(not(target_arch = "x86_64"))]
+        let form = None;
+        Some(LutSoftmax { level, table, tmax, shift, top, form })
     }
 
-    /// One row into `out` (the same length as `row`; `e` is scratch of that length).
-    /// `factor(Σe)` gives the row's factor and a condition to count, or `None` to refuse the
-    /// row. Returns false, having written nothing and counted nothing, when the row spans more
-    /// codes than the table or `max T · factor` does not fit 63 bits; the caller then runs its
-    /// definition on the row. Counts [`Condition::AllZeroRow`] after `factor`'s condition.
+    /// Whether the AVX-512 exponentials are computed from a [`ShiftForm`] rather than gathered.
+    #[cfg(test)]
+    pub(crate) fn computes_table(&self) -> bool {
+        self.form.is_some()
+    }
+
+    /// One row into `out` (the same length as `row`; `e` is scratch of that length), the
+    /// elements flagged in `mask` (if any) left out of max and sum, with output 0 (as the
+    /// definitions' `e = 0` gives). `factor(Σe)` gives the row's factor and a condition to
+    /// count, or `None` to refuse the row. Returns false, having written nothing and counted
+    /// nothing, when every element is masked, the row spans more codes than the table or
+    /// `max T · factor` does not fit 63 bits; the caller then runs its definition on the row.
+    /// Counts [`Condition::AllZeroRow`] after `factor`'s condition.
     pub(crate) fn row(
         &self,
         row: &[i64],
+        mask: Option<&[bool]>,
         e: &mut [i64],
         out: &mut [i64],
         factor: impl FnOnce(i64) -> Option<(i64, Option<Condition>)>,
         cond: &mut Conditions,
     ) -> bool {
         assert!(e.len() == row.len() && out.len() == row.len());
-        let Some(sum) = self.exp(row, e) else { return false };
+        let Some(sum) = self.exp(row, mask, e) else { return false };
         let Some((f, c)) = factor(sum) else { return false };
         if f < 0 || (self.tmax as u128) * (f as u128) >= 1 << 63 {
             return false;
@@ -104,16 +177,43 @@ impl<'a> LutSoftmax<'a> {
         true
     }
 
-    /// `e_j = T[max − q_j]` and `Σe`, or `None` when `max − min` is beyond the table.
-    fn exp(&self, row: &[i64], e: &mut [i64]) -> Option<i64> {
+    /// `e_j = T[max − q_j]` (0 where `mask` flags `j`; max and min over the others) and `Σe`,
+    /// or `None` when every element is masked or `max − min` is beyond the table.
+    pub(crate) fn exp(&self, row: &[i64], mask: Option<&[bool]>, e: &mut [i64]) -> Option<i64> {
+        assert!(e.len() == row.len() && mask.is_none_or(|m| m.len() == row.len()));
         match self.level {
-            Level::Scalar => exp_portable(row, self.table, e),
+            Level::Scalar => exp_portable(row, mask, self.table, e),
             // SAFETY: the level was detected (or listed as available) on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { exp_avx2(row, self.table, e) },
+            Level::Avx2 => unsafe { exp_avx2(row, mask, self.table, e) },
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => unsafe { avx512::lut_exp(row, self.table, e) },
+            Level::Avx512 => unsafe {
+                match &self.form {
+                    Some(f) => avx512::form_exp(row, mask, f, self.table.len(), e),
+                    None => avx512::lut_exp(row, mask, self.table, e),
+                }
+            },
         }
+    }
+
+    /// FQ-ViT's log2 codes of a row whose exponentials `e` (from [`LutSoftmax::exp`]) sum to
+    /// `sum`: [`log2_code`] of each, at the kernel's level. `None`, having written nothing, where
+    /// `sum` is outside `1..2^60` (the bound under which the 64-bit steps are exact); otherwise
+    /// whether any code is not the zero flag.
+    pub(crate) fn log2_codes(&self, e: &[i64], sum: i64, levels: u32, out: &mut [i64]) -> Option<bool> {
+        assert!(out.len() == e.len());
+        if !(1..1 << 60).contains(&sum) || !(1..=64).contains(&levels) {
+            return None;
+        }
+        let levels = i64::from(levels);
+        Some(match self.level {
+            Level::Scalar => log2_codes_portable(e, 2 * sum, levels, out),
+            // SAFETY: the level was detected (or listed as available) on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { log2_codes_avx2(e, 2 * sum, levels, out) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::log2_codes(e, 2 * sum, levels, out) },
+        })
     }
 
     /// `out_j = min((e_j·f) >> shift, top)`; whether any output is non-zero.
@@ -152,19 +252,80 @@ fn min_max_avx2(q: &[i64]) -> (i64, i64) {
     min_max_portable(q)
 }
 
+/// `(min, max)` of the elements of `q` not flagged in `mask` (`(i64::MAX, i64::MIN)` when none).
 #[inline(always)]
-fn exp_portable(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
-    let (mn, mx) = min_max_portable(row);
-    // Also keeps every index `max − q` inside the table.
-    if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
+fn min_max_masked_portable(q: &[i64], mask: &[bool]) -> (i64, i64) {
+    let (mut mn, mut mx) = (i64::MAX, i64::MIN);
+    for (&v, &k) in q.iter().zip(mask) {
+        mn = mn.min(if k { i64::MAX } else { v });
+        mx = mx.max(if k { i64::MIN } else { v });
+    }
+    (mn, mx)
+}
+
+#[inline(always)]
+fn exp_portable(row: &[i64], mask: Option<&[bool]>, table: &[i64], e: &mut [i64]) -> Option<i64> {
+    let (mn, mx) = match mask {
+        None => min_max_portable(row),
+        Some(m) => min_max_masked_portable(row, m),
+    };
+    // Refuses the all-masked row; the span check also keeps every index `max − q` inside the table.
+    if mx < mn || i128::from(mx) - i128::from(mn) >= table.len() as i128 {
         return None;
     }
     let mut sum = 0i64;
-    for (ei, &q) in e.iter_mut().zip(row) {
-        *ei = table[(mx - q) as usize];
-        sum += *ei;
+    match mask {
+        None => {
+            for (ei, &q) in e.iter_mut().zip(row) {
+                *ei = table[(mx - q) as usize];
+                sum += *ei;
+            }
+        }
+        Some(m) => {
+            for ((ei, &q), &k) in e.iter_mut().zip(row).zip(m) {
+                *ei = if k { 0 } else { table[(mx - q) as usize] };
+                sum += *ei;
+            }
+        }
     }
     Some(sum)
+}
+
+/// FQ-ViT's Integer-mode log2 code of an exponential `e` in a row summing to `S`, for
+/// `0 ≤ e ≤ S < 2^60`, `two_s = 2S`: the number of thresholds `t = 2, 3, 6, 12, …` (the first
+/// `levels`) with `RNE(S/e) ≥ t`, or −1 (the zero flag) when `e = 0` or all `levels` are met.
+/// `RNE(S/e) ≥ t` is `(2t−1)·e ≤ 2S`, strictly for odd t (the tie rounds to even); with
+/// `2t − 1 = 3·2^j − 1` for `j ≥ 1` it holds for `j ≥ 2` iff `3e·2^j ≤ 2S + e`, i.e. `j ≤ ⌊log2 A/B⌋`
+/// (`A = 2S + e`, `B = 3e`), which the leading-zero counts give to within one. Hence the
+/// count `⌊log2 A/B⌋ + 1`, less one where `3e > 2S` (t = 2 fails) or `5e = 2S` (t = 3's tie).
+#[inline(always)]
+pub(crate) fn log2_code(e: i64, two_s: i64, levels: i64) -> i64 {
+    let (a, b) = (two_s + e, 3 * e);
+    // e ≤ S gives A ≥ B, so p ≥ 0 and B << p has A's bit length: ⌊log2 A/B⌋ is p or p − 1.
+    let p = b.leading_zeros().wrapping_sub(a.leading_zeros()) & 63;
+    let fl = i64::from(p) - i64::from(a < b << p);
+    let k = fl + 1 - i64::from(b > two_s) - i64::from(b + 2 * e == two_s);
+    if e == 0 || k >= levels {
+        -1
+    } else {
+        k
+    }
+}
+
+#[inline(always)]
+fn log2_codes_portable(e: &[i64], two_s: i64, levels: i64, out: &mut [i64]) -> bool {
+    let mut any = false;
+    for (o, &ei) in out.iter_mut().zip(e) {
+        *o = log2_code(ei, two_s, levels);
+        any |= *o >= 0;
+    }
+    any
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn log2_codes_avx2(e: &[i64], two_s: i64, levels: i64, out: &mut [i64]) -> bool {
+    log2_codes_portable(e, two_s, levels, out)
 }
 
 #[inline(always)]
@@ -180,8 +341,8 @@ fn scale_portable(e: &[i64], f: i64, shift: u32, top: i64, out: &mut [i64]) -> b
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn exp_avx2(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
-    exp_portable(row, table, e)
+fn exp_avx2(row: &[i64], mask: Option<&[bool]>, table: &[i64], e: &mut [i64]) -> Option<i64> {
+    exp_portable(row, mask, table, e)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -461,38 +622,170 @@ pub(crate) fn isqrt_u64(v: u64) -> u64 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// [`super::exp_portable`], the table read by gathers.
+    /// The lanes of `mask[i..i + 8]` that are not flagged.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `i + 8 ≤ mask.len()`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kept(mask: &[bool], i: usize) -> __mmask8 {
+        debug_assert!(i + 8 <= mask.len());
+        // SAFETY: eight flags from i are inside the mask; a bool is one byte, 0 or 1.
+        let v = unsafe { _mm512_cvtepu8_epi64(_mm_loadl_epi64(mask.as_ptr().add(i).cast())) };
+        _mm512_testn_epi64_mask(v, v)
+    }
+
+    /// [`super::exp_portable`], the table read by gathers (masked lanes read nothing).
     ///
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512DQ.
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub(super) unsafe fn lut_exp(row: &[i64], table: &[i64], e: &mut [i64]) -> Option<i64> {
+    pub(super) unsafe fn lut_exp(row: &[i64], mask: Option<&[bool]>, table: &[i64], e: &mut [i64]) -> Option<i64> {
         let c = row.len();
-        assert!(e.len() == c);
+        assert!(e.len() == c && mask.is_none_or(|m| m.len() == c));
         let full = c / 8 * 8;
         // SAFETY: the caller's CPU has AVX-512F/DQ.
-        let (mn, mx) = unsafe { min_max(row) };
-        // Every index max − q is then in 0..table.len(): the gathers stay inside the table.
-        if i128::from(mx) - i128::from(mn) >= table.len() as i128 {
+        let (mn, mx) = unsafe {
+            match mask {
+                None => min_max(row),
+                Some(m) => min_max_masked(row, m),
+            }
+        };
+        // Every index max − q of a kept lane is then in 0..table.len(): the gathers stay inside the table.
+        if mx < mn || i128::from(mx) - i128::from(mn) >= table.len() as i128 {
             return None;
         }
         let m = _mm512_set1_epi64(mx);
         let mut vs = _mm512_setzero_si512();
         for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ c = e.len(); the indices are inside the table (checked above).
+            // SAFETY: i + 8 ≤ c = e.len() = mask.len(); the kept lanes' indices are inside the table (checked above).
             unsafe {
+                let keep = match mask {
+                    None => 0xff,
+                    Some(k) => kept(k, i),
+                };
                 let q = _mm512_loadu_si512(row.as_ptr().add(i).cast());
-                let v = _mm512_i64gather_epi64::<8>(_mm512_sub_epi64(m, q), table.as_ptr());
+                let v = _mm512_mask_i64gather_epi64::<8>(_mm512_setzero_si512(), keep, _mm512_sub_epi64(m, q), table.as_ptr());
                 _mm512_storeu_si512(e.as_mut_ptr().add(i).cast(), v);
                 vs = _mm512_add_epi64(vs, v);
             }
         }
         let mut sum = _mm512_reduce_add_epi64(vs);
-        for (ei, &q) in e[full..].iter_mut().zip(&row[full..]) {
-            *ei = table[(mx - q) as usize];
+        for (j, (ei, &q)) in e.iter_mut().zip(row).enumerate().skip(full) {
+            *ei = if super::super::masked(mask, j) { 0 } else { table[(mx - q) as usize] };
             sum += *ei;
         }
         Some(sum)
+    }
+
+    /// [`super::exp_portable`] for a table that has a [`super::ShiftForm`]: the entries
+    /// computed by the form (equal to the table's, checked when the form was found), no gathers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn form_exp(row: &[i64], mask: Option<&[bool]>, f: &super::ShiftForm, len: usize, e: &mut [i64]) -> Option<i64> {
+        let c = row.len();
+        assert!(e.len() == c && mask.is_none_or(|m| m.len() == c) && f.m <= 16);
+        let full = c / 8 * 8;
+        // SAFETY: the caller's CPU has AVX-512F/DQ.
+        let (mn, mx) = unsafe {
+            match mask {
+                None => min_max(row),
+                Some(m) => min_max_masked(row, m),
+            }
+        };
+        // Every kept lane's d = max − q is then in 0..len, where the form equals the table.
+        if mx < mn || i128::from(mx) - i128::from(mn) >= len as i128 {
+            return None;
+        }
+        let (vmx, cap) = (_mm512_set1_epi64(mx), _mm512_set1_epi64(f.cap));
+        let (mul, m, k) = (_mm512_set1_epi64(i64::from(f.mul)), _mm512_set1_epi64(i64::from(f.m)), _mm512_set1_epi64(i64::from(f.k)));
+        // SAFETY: base has 16 entries.
+        let (b0, b1) = unsafe { (_mm512_loadu_si512(f.base.as_ptr().cast()), _mm512_loadu_si512(f.base.as_ptr().add(8).cast())) };
+        let mut vs = _mm512_setzero_si512();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ c = e.len() = mask.len().
+            unsafe {
+                let keep = match mask {
+                    None => 0xff,
+                    Some(km) => kept(km, i),
+                };
+                let q = _mm512_loadu_si512(row.as_ptr().add(i).cast());
+                let dd = _mm512_min_epu64(_mm512_sub_epi64(vmx, q), cap);
+                let qt = _mm512_srli_epi64::<31>(_mm512_mul_epu32(dd, mul));
+                let r = _mm512_sub_epi64(dd, _mm512_mul_epu32(qt, m));
+                let u = _mm512_permutex2var_epi64(b0, r, b1);
+                let v = _mm512_maskz_mov_epi64(keep, _mm512_srlv_epi64(u, _mm512_mul_epu32(qt, k)));
+                _mm512_storeu_si512(e.as_mut_ptr().add(i).cast(), v);
+                vs = _mm512_add_epi64(vs, v);
+            }
+        }
+        let mut sum = _mm512_reduce_add_epi64(vs);
+        for (j, (ei, &q)) in e.iter_mut().zip(row).enumerate().skip(full) {
+            *ei = if super::super::masked(mask, j) { 0 } else { f.value((mx - q) as u64) };
+            sum += *ei;
+        }
+        Some(sum)
+    }
+
+    /// [`super::min_max_masked_portable`] in eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512DQ.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn min_max_masked(q: &[i64], mask: &[bool]) -> (i64, i64) {
+        assert!(mask.len() == q.len());
+        let full = q.len() / 8 * 8;
+        let (mut vmn, mut vmx) = (_mm512_set1_epi64(i64::MAX), _mm512_set1_epi64(i64::MIN));
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ q.len() = mask.len().
+            unsafe {
+                let keep = kept(mask, i);
+                let v = _mm512_loadu_si512(q.as_ptr().add(i).cast());
+                vmx = _mm512_mask_max_epi64(vmx, keep, vmx, v);
+                vmn = _mm512_mask_min_epi64(vmn, keep, vmn, v);
+            }
+        }
+        let (tn, tx) = super::min_max_masked_portable(&q[full..], &mask[full..]);
+        (_mm512_reduce_min_epi64(vmn).min(tn), _mm512_reduce_max_epi64(vmx).max(tx))
+    }
+
+    /// [`super::log2_codes_portable`] in eight lanes (`vplzcntq`, `vpsllvq`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512DQ and AVX-512CD.
+    #[target_feature(enable = "avx512f,avx512dq,avx512cd")]
+    pub(super) unsafe fn log2_codes(e: &[i64], two_s: i64, levels: i64, out: &mut [i64]) -> bool {
+        let c = e.len();
+        assert!(out.len() == c);
+        let full = c / 8 * 8;
+        let (vs, vl, one, flag) = (_mm512_set1_epi64(two_s), _mm512_set1_epi64(levels), _mm512_set1_epi64(1), _mm512_set1_epi64(-1));
+        // The largest code so far (−1: all zero flags); a mask register would chain each step on the last.
+        let mut top = flag;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ c = out.len().
+            unsafe {
+                let v = _mm512_loadu_si512(e.as_ptr().add(i).cast());
+                let v2 = _mm512_add_epi64(v, v);
+                let (a, b) = (_mm512_add_epi64(vs, v), _mm512_add_epi64(v2, v));
+                let p = _mm512_sub_epi64(_mm512_lzcnt_epi64(b), _mm512_lzcnt_epi64(a));
+                // p ≥ 0 for e ≤ S (and masked off below for e = 0).
+                let k = _mm512_mask_sub_epi64(
+                    _mm512_add_epi64(p, one),
+                    _mm512_cmplt_epi64_mask(a, _mm512_sllv_epi64(b, p)),
+                    p,
+                    _mm512_setzero_si512(),
+                );
+                let k = _mm512_mask_sub_epi64(k, _mm512_cmpgt_epi64_mask(b, vs), k, one);
+                let k = _mm512_mask_sub_epi64(k, _mm512_cmpeq_epi64_mask(_mm512_add_epi64(b, v2), vs), k, one);
+                let good = _mm512_cmplt_epi64_mask(k, vl) & _mm512_test_epi64_mask(v, v);
+                let o = _mm512_mask_mov_epi64(flag, good, k);
+                _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), o);
+                top = _mm512_max_epi64(top, o);
+            }
+        }
+        super::log2_codes_portable(&e[full..], two_s, levels, &mut out[full..]) || _mm512_reduce_max_epi64(top) >= 0
     }
 
     /// [`super::min_max_portable`] in eight lanes.
@@ -689,15 +982,28 @@ mod tests {
     }
 
     /// Every level's table softmax equals the plain scalar loops, rows spanning the table
-    /// exactly or one code more (refused), factors up to the 63-bit bound.
+    /// exactly or one code more (refused), factors up to the 63-bit bound, masks from none to
+    /// every element; random tables and tables that halve every m codes (AVX-512 computes
+    /// those from their [`ShiftForm`]).
     #[test]
     fn lut_softmax_levels_agree() {
         use rand::{Rng, SeedableRng};
         let mut r = rand::rngs::StdRng::seed_from_u64(7);
+        let mut forms = 0;
         for _ in 0..300 {
             let span = r.gen_range(1usize..300);
             let tmax = 1i64 << r.gen_range(0..40);
-            let table: Vec<i64> = (0..=span).map(|_| r.gen_range(0..=tmax)).collect();
+            let table: Vec<i64> = if r.gen_bool(0.5) {
+                (0..=span).map(|_| r.gen_range(0..=tmax)).collect()
+            } else {
+                // Halving every m codes up to a clamp: the tables a ShiftForm computes.
+                let (m, k, cap) = (r.gen_range(1usize..=16), r.gen_range(0u32..4), r.gen_range(0..=span + 2));
+                let base: Vec<i64> = (0..m).map(|_| r.gen_range(1..=tmax)).collect();
+                let t: Vec<i64> =
+                    (0..=span).map(|d| d.min(cap)).map(|d| base[d % m].checked_shr(k * (d / m) as u32).unwrap_or(0)).collect();
+                forms += usize::from(ShiftForm::find(&t).is_some());
+                t
+            };
             let c = r.gen_range(1usize..70);
             let lo = r.gen_range(-1000i64..1000);
             let wide = r.gen_bool(0.1);
@@ -707,16 +1013,20 @@ mod tests {
             let tm = *table.iter().max().unwrap();
             let cut = r.gen_range(0..40);
             let f = r.gen_range(0..=(i64::MAX / tm.max(1)) >> cut);
+            let p = [0.0, 0.0, 0.2, 0.9, 1.0][r.gen_range(0..5)];
+            let mask: Vec<bool> = (0..c).map(|_| r.gen_bool(p)).collect();
+            let mask = (p > 0.0).then_some(&mask[..]);
             let mut want = None;
             for level in Level::available() {
                 let k = LutSoftmax::new(level, &table, c, shift, top).unwrap();
                 let (mut e, mut out, mut cond) = (vec![0; c], vec![0; c], Conditions::default());
-                let ok = k.row(&row, &mut e, &mut out, |s| Some((f, (s > 5).then_some(Condition::SumSaturated))), &mut cond);
+                let ok = k.row(&row, mask, &mut e, &mut out, |s| Some((f, (s > 5).then_some(Condition::SumSaturated))), &mut cond);
                 let got = (ok, out, cond.into_vec());
                 let w = want.get_or_insert_with(|| got.clone());
                 assert_eq!(&got, w, "{level:?}");
             }
         }
+        assert!(forms > 50, "{forms} of the halving tables have a form");
     }
 }
 
