@@ -417,8 +417,8 @@ mod x86 {
     /// [`super::Requants::apply_acc`] eight lanes at a time on rows of `acc` (+ `bias`); false
     /// for a row with some `|z| ≥ 2^31`, which the caller then computes exactly.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn requant_acc_row<T: super::Code>(
-        acc: &[i32],
+    pub unsafe fn requant_acc_row<A: super::Sum, T: super::Code>(
+        acc: &[A],
         bias: Option<&[i64]>,
         r: &super::Requants,
         lo: i64,
@@ -432,7 +432,7 @@ mod x86 {
         let mut bad: __mmask8 = 0;
         let mut i = 0;
         while i + 8 <= c {
-            let mut z = _mm512_cvtepi32_epi64(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i));
+            let mut z = A::load8(acc.as_ptr().add(i));
             if let Some(b) = bias {
                 z = _mm512_add_epi64(z, _mm512_loadu_si512(b.as_ptr().add(i) as *const _));
             }
@@ -449,7 +449,7 @@ mod x86 {
             i += 8;
         }
         while i < c {
-            let z = i64::from(acc[i]) + bias.map_or(0, |b| b[i]);
+            let z = acc[i].to_i64() + bias.map_or(0, |b| b[i]);
             if z.unsigned_abs() >= 1 << 31 {
                 return false;
             }
@@ -743,6 +743,44 @@ impl Acc for i64 {
     }
 }
 
+/// Input element of [`Requants::apply_acc`]: i32 GEMM sums or i64 values.
+pub trait Sum: Copy {
+    /// As i64.
+    fn to_i64(self) -> i64;
+    /// Load eight elements at `p` as i64 lanes.
+    ///
+    /// # Safety
+    /// `p` must be valid for eight elements and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m512i;
+}
+
+impl Sum for i32 {
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        i64::from(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        _mm512_cvtepi32_epi64(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
+impl Sum for i64 {
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m512i {
+        std::arch::x86_64::_mm512_loadu_si512(p as *const _)
+    }
+}
+
 /// Output element of the fused requantiser [`Requants::apply_acc`]: i16 activation codes or
 /// i64 values (scores, residuals), each already clamped to its range by the caller's bounds.
 pub trait Code: Copy + Default {
@@ -886,6 +924,15 @@ impl Requants {
         if self.fast {
             #[cfg(target_arch = "x86_64")]
             {
+                if x86::has_avx512f() {
+                    for (zr, or) in z.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
+                        // SAFETY: the CPU has the feature the function is compiled for.
+                        if !unsafe { x86::requant_acc_row(zr, None, self, lo, hi, or) } {
+                            self.acc_row_exact(zr, None, lo, hi, or);
+                        }
+                    }
+                    return;
+                }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has the feature the function is compiled for.
                     if unsafe { x86::requant_avx2(z, self, lo, hi, dst) } {
@@ -912,7 +959,7 @@ impl Requants {
     /// `RNE((acc + bias)·m / 2^e)` per channel for rows of i32 accumulators plus an optional
     /// per-channel i64 bias, clamped to `[lo, hi]`, appended to `out`: the values
     /// [`Requants::apply_rows`] gives on the i64 sums, without building them.
-    pub fn apply_acc<T: Code>(&self, acc: &[i32], bias: Option<&[i64]>, lo: i64, hi: i64, out: &mut Vec<T>) {
+    pub fn apply_acc<A: Sum, T: Code>(&self, acc: &[A], bias: Option<&[i64]>, lo: i64, hi: i64, out: &mut Vec<T>) {
         let c = self.len();
         assert!(c > 0 && acc.len().is_multiple_of(c), "Requants::apply_acc: ragged rows");
         assert!(bias.is_none_or(|b| b.len() == c), "Requants::apply_acc: bias is not one per channel");
@@ -937,9 +984,9 @@ impl Requants {
     }
 
     /// One row of [`Requants::apply_acc`] with [`Requant::apply`] (any `z`).
-    fn acc_row_exact<T: Code>(&self, acc: &[i32], bias: Option<&[i64]>, lo: i64, hi: i64, out: &mut [T]) {
+    fn acc_row_exact<A: Sum, T: Code>(&self, acc: &[A], bias: Option<&[i64]>, lo: i64, hi: i64, out: &mut [T]) {
         for (i, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
-            let z = i64::from(a) + bias.map_or(0, |b| b[i]);
+            let z = a.to_i64() + bias.map_or(0, |b| b[i]);
             *o = T::from_i64(self.each[i].apply(z).clamp(lo, hi));
         }
     }
@@ -1164,7 +1211,7 @@ mod tests {
         }
 
         #[test]
-        fn requant_rows_are_dyadic_apply(zs in proptest::collection::vec(any::<i64>(), 1..80), ratios in proptest::collection::vec(1e-9f64..1e3, 1..12), shift in 0u32..40, neg in any::<bool>()) {
+        fn requant_rows_are_dyadic_apply(zs in proptest::collection::vec(any::<i64>(), 1..80), ratios in proptest::collection::vec(1e-9f64..1e3, 1..12), shift in 0u32..64, neg in any::<bool>()) {
             let c = ratios.len();
             let n = zs.len() / c * c;
             prop_assume!(n > 0);
@@ -1175,6 +1222,15 @@ mod tests {
             for (i, (&v, &o)) in z.iter().zip(&out).enumerate() {
                 let want = r.get(i % c).d.apply(v).clamp(-1000, 1 << 40) as i64;
                 prop_assert_eq!(o, want, "z {} ratio {}", v, ratios[i % c]);
+            }
+            // The AVX2 kernel too (apply_rows takes the AVX-512 one where the CPU has it).
+            #[cfg(target_arch = "x86_64")]
+            if r.fast && std::arch::is_x86_feature_detected!("avx2") {
+                let mut o2 = vec![0i64; n];
+                // SAFETY: the CPU has AVX2.
+                if unsafe { x86::requant_avx2(&z, &r, -1000, 1 << 40, &mut o2) } {
+                    prop_assert_eq!(&o2, &out);
+                }
             }
         }
 

@@ -801,6 +801,13 @@ struct Accuracy {
 }
 
 fn bar(progress: bool, n: u64, msg: String) -> ProgressBar {
+    // Where stderr is not a terminal (a batch job's log) indicatif draws nothing: one plain
+    // line per stage, with the time since the first, says how far the run got.
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let t0 = *START.get_or_init(std::time::Instant::now);
+    if progress && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("[{:.0} s] {msg} ({n} steps)", t0.elapsed().as_secs_f64());
+    }
     let b = if progress { ProgressBar::new(n) } else { ProgressBar::hidden() };
     b.set_style(
         ProgressStyle::with_template("{msg:48} [{bar:30}] {pos}/{len} {elapsed}/{eta}").expect("valid template").progress_chars("=> "),
