@@ -99,6 +99,8 @@ pub struct CosimReport {
     pub golden_mismatches: usize,
     /// Input elements streamed with their mask flag set (softmax: Swin's shifted windows and corner masks).
     pub masked: usize,
+    /// Consecutive rows in different modes (multi-method softmax).
+    pub mode_switches: usize,
     /// Latency, row period and throughput of the cycle model with no input gaps and no back-pressure.
     pub timing: Option<cycle::Timing>,
     /// Cycles simulated.
@@ -124,7 +126,10 @@ impl CosimReport {
             )
         };
         let t = self.timing.map(|t| format!("; latency {} cycles, row period {:.1} cycles", t.latency, t.row_period)).unwrap_or_default();
-        let masked = if self.masked > 0 { format!("; {} masked elements", self.masked) } else { String::new() };
+        let mut masked = if self.masked > 0 { format!("; {} masked elements", self.masked) } else { String::new() };
+        if self.mode_switches > 0 {
+            masked += &format!("; {} mode switches between rows", self.mode_switches);
+        }
         format!(
             "{head}; golden {}{masked}{t}; cycle model {:.2e} cycles/s, Verilator {:.2e} cycles/s",
             if self.golden_mismatches == 0 { "exact".to_string() } else { format!("{} mismatches", self.golden_mismatches) },
@@ -661,6 +666,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
         first_mismatch: None,
         golden_mismatches: 0,
         masked: 0,
+        mode_switches: 0,
         timing: None,
         cycles: 0,
         model_cycles_per_s: 0.0,
@@ -716,6 +722,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
         }
         report.beats += mt.beats.len();
         report.elements += ses.rows.iter().map(Vec::len).sum::<usize>();
+        report.mode_switches += ses.row_modes.windows(2).filter(|w| w[0] != w[1]).count();
         report.masked += ses.aux.mask.as_ref().map_or(0, |m| m.iter().filter(|&&k| k).count());
         report.cycles += mt.cycles;
     }

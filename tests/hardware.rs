@@ -1,7 +1,8 @@
 //! Hardware chain: the committed Verilog is what the generator writes, it lints clean under
 //! `verilator -Wall` (with the justified waivers of `testbenches/lint.vlt`), yosys synthesises
 //! it with no combinational loop (`check -assert`) to the committed cost table's figures, and under Verilator it equals the cycle model on every beat and every cycle, which in
-//! turn equals the golden model — softmaxes on masked (Swin) rows too. Needs verilator and
+//! turn equals the golden model — softmaxes on masked (Swin) rows too, the multi-method softmaxes
+//! with modes switching between rows. Needs verilator and
 //! yosys (installed by `.ci/run`).
 
 use std::path::PathBuf;
@@ -86,6 +87,12 @@ fn cosim_default_set_is_cycle_exact() {
             let masked: usize =
                 l.split("golden exact; ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
             assert!(masked >= 2_000 && l.contains(" masked elements"), "{l}");
+        }
+        // The multi-method softmaxes switch modes between rows, often.
+        if l.starts_with("softmax_multi") {
+            let switches: usize =
+                l.split("masked elements; ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+            assert!(switches >= 200 && l.contains(" mode switches between rows"), "{l}");
         }
     }
 }
