@@ -300,11 +300,17 @@ mod tests {
     #[test]
     fn default_set_timing_matches_the_manifest_and_is_affine() {
         for cfg in crate::hdl::default_set() {
-            let op = units::build(&cfg.unit, Preset::Reference).unwrap().op();
-            let mut ms: Vec<RowTiming> = default_row_lengths(op).into_iter().chain(PROBES).map(|n| measure(&cfg, n).unwrap()).collect();
-            check_manifest(&cfg, &ms).unwrap_or_else(|e| panic!("{}: {e}", cfg.name()));
-            let model = fit(&cfg.name(), &ms).unwrap();
-            ms.iter_mut().for_each(|m| assert_eq!(model.at(m.row_len, cfg.lanes), *m, "{}", cfg.name()));
+            // A multi-method softmax is checked mode by mode against its single units' formulas.
+            let modes: Vec<Option<units::Method>> = cfg.methods().map_or(vec![None], |ms| ms.into_iter().map(Some).collect());
+            for mode in modes {
+                let formulas = mode.map_or_else(|| cfg.clone(), |m| cfg.single(m));
+                let op = units::build(&formulas.unit, Preset::Reference).unwrap().op();
+                let mut ms: Vec<RowTiming> =
+                    default_row_lengths(op).into_iter().chain(PROBES).map(|n| measure_mode(&cfg, n, mode).unwrap()).collect();
+                check_manifest(&formulas, &ms).unwrap_or_else(|e| panic!("{} {mode:?}: {e}", cfg.name()));
+                let model = fit(&cfg.name(), &ms).unwrap();
+                ms.iter_mut().for_each(|m| assert_eq!(model.at(m.row_len, cfg.lanes), *m, "{}", cfg.name()));
+            }
         }
     }
 }
