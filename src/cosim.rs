@@ -6,7 +6,7 @@ use crate::cycle::{self, OutBeat, Stimulus, Trace};
 use crate::fixed::{QTensor, Scale};
 use crate::hdl::RtlConfig;
 use crate::sensitivity::{draw, Dist};
-use crate::units::{self, ibert, ivit, Mode, Preset};
+use crate::units::{self, ibert, ivit, Method, Mode, Preset};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -99,6 +99,8 @@ pub struct CosimReport {
     pub golden_mismatches: usize,
     /// Input elements streamed with their mask flag set (softmax: Swin's shifted windows and corner masks).
     pub masked: usize,
+    /// Consecutive rows in different modes (multi-method softmax).
+    pub mode_switches: usize,
     /// Latency, row period and throughput of the cycle model with no input gaps and no back-pressure.
     pub timing: Option<cycle::Timing>,
     /// Cycles simulated.
@@ -124,7 +126,10 @@ impl CosimReport {
             )
         };
         let t = self.timing.map(|t| format!("; latency {} cycles, row period {:.1} cycles", t.latency, t.row_period)).unwrap_or_default();
-        let masked = if self.masked > 0 { format!("; {} masked elements", self.masked) } else { String::new() };
+        let mut masked = if self.masked > 0 { format!("; {} masked elements", self.masked) } else { String::new() };
+        if self.mode_switches > 0 {
+            masked += &format!("; {} mode switches between rows", self.mode_switches);
+        }
         format!(
             "{head}; golden {}{masked}{t}; cycle model {:.2e} cycles/s, Verilator {:.2e} cycles/s",
             if self.golden_mismatches == 0 { "exact".to_string() } else { format!("{} mismatches", self.golden_mismatches) },
@@ -147,6 +152,8 @@ pub struct Session {
     pub aux: units::Aux,
     /// Per-channel input scales, where they differ by channel (PTF LayerNorm); else `scale`.
     pub channel_scales: Option<Vec<f64>>,
+    /// The method of each row (multi-method softmax, streamed as `in_mode`); empty otherwise.
+    pub row_modes: Vec<Method>,
 }
 
 fn quantise_rows(x: &[f64], row: usize, s: f64, bits: u32) -> Vec<Vec<i64>> {
@@ -154,8 +161,20 @@ fn quantise_rows(x: &[f64], row: usize, s: f64, bits: u32) -> Vec<Vec<i64>> {
     x.chunks(row).map(|r| r.iter().map(|v| (v / s).round_ties_even().clamp((-hi - 1) as f64, hi as f64) as i64).collect()).collect()
 }
 
-/// The golden unit the hardware implements for a preset.
+/// The golden units the hardware implements for a preset: one, or one per method of a
+/// multi-method softmax (in the order of its methods).
+pub fn golden_units(cfg: &RtlConfig, preset: Preset) -> Result<Vec<Box<dyn units::Unit>>, CosimError> {
+    match cfg.methods() {
+        Some(ms) => ms.iter().map(|&m| golden_unit(&cfg.single(m), preset)).collect(),
+        None => Ok(vec![golden_unit(cfg, preset)?]),
+    }
+}
+
+/// The golden unit the hardware implements for a preset (a single-method unit).
 pub fn golden_unit(cfg: &RtlConfig, preset: Preset) -> Result<Box<dyn units::Unit>, CosimError> {
+    if cfg.methods().is_some() {
+        return Err(CosimError::Config(format!("{} computes several methods: take golden_units", cfg.unit)));
+    }
     let mut u = units::build(&cfg.unit, preset).map_err(|e| CosimError::Config(e.to_string()))?;
     if cfg.unit == "softmax_ivit" {
         // The hardware's divider is K = 31 bits and its outputs 16 bits (ViT/DeiT), whatever the preset says.
@@ -184,6 +203,17 @@ pub fn softmax_config(cfg: &RtlConfig, preset: Preset, s: f64, row: usize) -> Re
 /// (attention logits drawn with `seed` for softmax, [−8, 8] for GELU, LayerNorm inputs drawn
 /// with `seed` and per-channel γ/β from `seed` for LayerNorm), constants from `preset`.
 pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> Result<(Vec<(u32, u32)>, f64), CosimError> {
+    if let Some(ms) = cfg.methods() {
+        // Every bank takes its single-method unit's writes for the same layer.
+        let mut writes = Vec::new();
+        let mut scale = 0.0;
+        for m in ms {
+            let (w, s) = layer_config(&cfg.single(m), preset, seed, row)?;
+            writes.extend(cycle::softmax::to_bank(m, w));
+            scale = s;
+        }
+        return Ok((writes, scale));
+    }
     let bits = cfg.bits;
     let hi = (1i64 << (bits - 1)) - 1;
     let config = match cfg.unit.as_str() {
@@ -222,6 +252,9 @@ pub fn layer_config(cfg: &RtlConfig, preset: Preset, seed: u64, row: usize) -> R
 /// The streams of a co-simulation: realistic rows plus corner rows, and for row-wise units
 /// further streams reconfigured for the longest and the shortest row.
 pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, CosimError> {
+    if let Some(ms) = cfg.methods() {
+        return multi_sessions(cfg, &ms, opts);
+    }
     let bits = cfg.bits;
     let hi = (1i64 << (bits - 1)) - 1;
     let lo = -hi - 1;
@@ -246,6 +279,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
                 config,
                 beats: cycle::beats_of(&rows, cfg.lanes),
                 masks,
+                modes: Vec::new(),
                 in_allow: in_allow.clone(),
                 out_ready: out_ready.clone(),
             },
@@ -253,6 +287,7 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
             scale,
             aux,
             channel_scales: None,
+            row_modes: Vec::new(),
         });
     };
     match cfg.unit.as_str() {
@@ -372,6 +407,38 @@ pub fn sessions(cfg: &RtlConfig, opts: &CosimOptions) -> Result<Vec<Session>, Co
     Ok(out)
 }
 
+/// The streams of a multi-method softmax: the single-method softmaxes' streams (their rows do
+/// not depend on the method), every bank configured for the stream's row length, and each row
+/// in a mode drawn at random, so that consecutive rows switch modes or keep them.
+fn multi_sessions(cfg: &RtlConfig, methods: &[Method], opts: &CosimOptions) -> Result<Vec<Session>, CosimError> {
+    let mut per: Vec<Vec<Session>> = Vec::new();
+    for &m in methods {
+        per.push(sessions(&cfg.single(m), opts)?);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x30de);
+    let mut out = Vec::new();
+    for (k, mut ses) in std::mem::take(&mut per[0]).into_iter().enumerate() {
+        let mut config = cycle::softmax::to_bank(methods[0], std::mem::take(&mut ses.stim.config));
+        for (j, other) in per.iter().enumerate().skip(1) {
+            let o = &other[k];
+            if o.rows != ses.rows {
+                return Err(CosimError::Config(format!("stream {k}: the {} and {} streams differ", methods[0].name(), methods[j].name())));
+            }
+            config.extend(cycle::softmax::to_bank(methods[j], o.stim.config.clone()));
+        }
+        ses.stim.config = config;
+        ses.row_modes = ses.rows.iter().map(|_| methods[rng.gen_range(0..methods.len())]).collect();
+        ses.stim.modes = ses
+            .rows
+            .iter()
+            .zip(&ses.row_modes)
+            .flat_map(|(r, &m)| std::iter::repeat_n(cycle::softmax::mode_code(m), r.len().div_ceil(cfg.lanes)))
+            .collect();
+        out.push(ses);
+    }
+    Ok(out)
+}
+
 /// Rows of one Swin shifted-window attention layer (`heads` heads of every window of a
 /// `grid`×`grid` token grid, windows of `window`, shifted by `shift`: timm's mask) with
 /// attention logits at scale `s`, followed by corner rows; returns the rows and their mask
@@ -421,7 +488,7 @@ fn swin_rows(
 fn write_stimulus(path: &Path, cfg: &RtlConfig, st: &Stimulus, max_cycles: u64) -> Result<(), CosimError> {
     use std::fmt::Write;
     let mut t = String::new();
-    let _ = writeln!(t, "mnq-stim 2");
+    let _ = writeln!(t, "mnq-stim 3");
     let _ = writeln!(
         t,
         "lanes {} in_bits {} out_bits {} expect {} max_cycles {}",
@@ -439,7 +506,7 @@ fn write_stimulus(path: &Path, cfg: &RtlConfig, st: &Stimulus, max_cycles: u64) 
     let _ = writeln!(t, "pattern {}\n{}\n{}", st.in_allow.len(), bits(&st.in_allow), bits(&st.out_ready));
     let _ = writeln!(t, "beats {}", st.beats.len());
     for (b, (d, l)) in st.beats.iter().enumerate() {
-        let _ = write!(t, "{} {}", u8::from(*l), st.masks.get(b).copied().unwrap_or(0));
+        let _ = write!(t, "{} {} {}", u8::from(*l), st.masks.get(b).copied().unwrap_or(0), st.modes.get(b).copied().unwrap_or(0));
         for v in d {
             let _ = write!(t, " {v}");
         }
@@ -506,7 +573,9 @@ pub fn build(cfg: &RtlConfig, rtl: &Path, work: &Path, trace: bool) -> Result<Pa
     let top_h = dir.join("top.h");
     // Only the softmaxes have the in_mask port; the harness drives it where it exists.
     let has_mask = if cfg.unit.starts_with("softmax") { "#define MNQ_HAS_MASK 1\n" } else { "" };
-    std::fs::write(&top_h, format!("#include \"V{name}.h\"\nusing Top = V{name};\n{has_mask}")).map_err(io(&top_h))?;
+    // Only the multi-method softmaxes have the in_mode port.
+    let has_mode = if cfg.methods().is_some() { "#define MNQ_HAS_MODE 1\n" } else { "" };
+    std::fs::write(&top_h, format!("#include \"V{name}.h\"\nusing Top = V{name};\n{has_mask}{has_mode}")).map_err(io(&top_h))?;
     let log = dir.join("build.log");
     let mut cmd = Command::new("verilator");
     // Lint is checked separately (verilator -Wall in the tests); a warning must not stop a simulation build.
@@ -531,13 +600,21 @@ pub fn build(cfg: &RtlConfig, rtl: &Path, work: &Path, trace: bool) -> Result<Pa
 }
 
 /// Output elements where a cycle-model trace differs from the golden model on a session's rows
-/// (padding lanes ignored; missing outputs count as mismatches).
-pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, golden: &dyn units::Unit) -> Result<usize, CosimError> {
+/// (padding lanes ignored; missing outputs count as mismatches); `goldens` as [`golden_units`],
+/// each row checked against its mode's.
+pub fn golden_mismatches(cfg: &RtlConfig, ses: &Session, mt: &Trace, goldens: &[Box<dyn units::Unit>]) -> Result<usize, CosimError> {
     let mut bad = 0;
     let mut bi = 0;
     let mut at = 0;
-    // Element-wise units see each row alone; row-wise units see a layer's rows as one tensor.
-    for group in ses.rows.chunk_by(|a, b| a.len() == b.len() && !cfg.unit.starts_with("gelu")) {
+    let methods = cfg.methods().unwrap_or_default();
+    let which = |r: usize| ses.row_modes.get(r).and_then(|m| methods.iter().position(|x| x == m)).unwrap_or(0);
+    let mut first = 0;
+    // Element-wise units see each row alone; row-wise units see a layer's rows (of one mode) as one tensor.
+    let idx: Vec<usize> = (0..ses.rows.len()).collect();
+    for gi in idx.chunk_by(|&a, &b| ses.rows[a].len() == ses.rows[b].len() && which(a) == which(b) && !cfg.unit.starts_with("gelu")) {
+        let group = &ses.rows[first..first + gi.len()];
+        let golden = goldens[which(first)].as_ref();
+        first += gi.len();
         let len = group[0].len();
         let scale = ses.channel_scales.clone().map_or(Scale::PerTensor(ses.scale), Scale::PerChannel);
         let x = QTensor::new(group.concat(), &[group.len(), len], scale, cfg.bits, true).map_err(|e| CosimError::Config(e.to_string()))?;
@@ -580,7 +657,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
     }
     let exe = build(cfg, &rtl, &opts.work_dir, opts.vcd.is_some())?;
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let golden = golden_unit(cfg, opts.preset)?;
+    let goldens = golden_units(cfg, opts.preset)?;
     let mut report = CosimReport {
         name: name.clone(),
         beats: 0,
@@ -589,6 +666,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
         first_mismatch: None,
         golden_mismatches: 0,
         masked: 0,
+        mode_switches: 0,
         timing: None,
         cycles: 0,
         model_cycles_per_s: 0.0,
@@ -604,7 +682,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
         let mt = cycle::run(cycle::model(cfg).as_mut(), st, st.beats.len(), max_cycles);
         model_s += t0.elapsed().as_secs_f64();
 
-        report.golden_mismatches += golden_mismatches(cfg, ses, &mt, golden.as_ref())?;
+        report.golden_mismatches += golden_mismatches(cfg, ses, &mt, &goldens)?;
 
         // Verilator.
         let stim_path = dir.join(format!("stimulus{si}.txt"));
@@ -644,6 +722,7 @@ pub fn cosim(cfg: &RtlConfig, opts: &CosimOptions) -> Result<CosimReport, CosimE
         }
         report.beats += mt.beats.len();
         report.elements += ses.rows.iter().map(Vec::len).sum::<usize>();
+        report.mode_switches += ses.row_modes.windows(2).filter(|w| w[0] != w[1]).count();
         report.masked += ses.aux.mask.as_ref().map_or(0, |m| m.iter().filter(|&&k| k).count());
         report.cycles += mt.cycles;
     }

@@ -3,8 +3,9 @@
 // Reads a stimulus written by mnq (configuration writes, input beats, the input-valid and
 // output-ready patterns), drives the unit with exactly the protocol of `src/cycle/mod.rs`,
 // and writes every output beat with the cycle it moved on. `top.h` (written by mnq next to
-// the build) names the Verilated class as `Top` and defines MNQ_HAS_MASK for units with the
-// per-lane `in_mask` port (the softmaxes); each beat of the stimulus carries its lane mask.
+// the build) names the Verilated class as `Top`, defines MNQ_HAS_MASK for units with the
+// per-lane `in_mask` port (the softmaxes) and MNQ_HAS_MODE for units with the `in_mode` port
+// (the multi-method softmaxes); each beat of the stimulus carries its lane mask and its mode.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -60,8 +61,8 @@ int main(int argc, char** argv) {
     uint64_t max_cycles;
     size_t n_cfg, n_pat, n_beats, expect_out;
     in >> magic >> version;
-    if (magic != "mnq-stim" || version != 2) {
-        std::cerr << "harness: " << argv[1] << " is not an mnq stimulus (version 2)\n";
+    if (magic != "mnq-stim" || version != 3) {
+        std::cerr << "harness: " << argv[1] << " is not an mnq stimulus (version 3)\n";
         return 2;
     }
     std::string key;
@@ -74,9 +75,9 @@ int main(int argc, char** argv) {
     in >> key >> n_beats;
     std::vector<std::vector<int64_t>> beats(n_beats, std::vector<int64_t>(lanes));
     std::vector<int> last(n_beats);
-    std::vector<uint32_t> mask(n_beats);
+    std::vector<uint32_t> mask(n_beats), mode(n_beats);
     for (size_t b = 0; b < n_beats; b++) {
-        in >> last[b] >> mask[b];
+        in >> last[b] >> mask[b] >> mode[b];
         for (int l = 0; l < lanes; l++) in >> beats[b][l];
     }
     if (!in) {
@@ -87,6 +88,13 @@ int main(int argc, char** argv) {
     for (size_t b = 0; b < n_beats; b++)
         if (mask[b]) {
             std::cerr << "harness: beat " << b << " of " << argv[1] << " masks lanes, but this unit has no in_mask port\n";
+            return 2;
+        }
+#endif
+#ifndef MNQ_HAS_MODE
+    for (size_t b = 0; b < n_beats; b++)
+        if (mode[b]) {
+            std::cerr << "harness: beat " << b << " of " << argv[1] << " selects a mode, but this unit has no in_mode port\n";
             return 2;
         }
 #endif
@@ -130,6 +138,9 @@ int main(int argc, char** argv) {
 #ifdef MNQ_HAS_MASK
     top->in_mask = 0;
 #endif
+#ifdef MNQ_HAS_MODE
+    top->in_mode = 0;
+#endif
     top->out_ready = 0;
     top->eval();
     edge();
@@ -151,6 +162,9 @@ int main(int argc, char** argv) {
         for (int l = 0; l < lanes; l++) put_field(top->in_data, l * in_bits, in_bits, valid ? beats[next][l] : 0);
 #ifdef MNQ_HAS_MASK
         top->in_mask = valid ? mask[next] : 0;
+#endif
+#ifdef MNQ_HAS_MODE
+        top->in_mode = valid ? mode[next] : 0;
 #endif
         top->out_ready = n_pat ? ready[j % n_pat] == '1' : true;
         top->eval();

@@ -151,7 +151,29 @@ fn committed_timing_and_accuracy_are_what_the_code_computes() {
         assert_eq!(fresh.timing_model, r.timing_model, "{}", r.name);
         assert_eq!(fresh.max_row_len, r.max_row_len, "{}", r.name);
         assert_eq!(fresh.accuracy, r.accuracy, "{}", r.name);
+        assert_eq!(fresh.modes, r.modes, "{}", r.name);
     }
+}
+
+#[test]
+fn multi_softmax_modes_time_and_score_as_their_single_units() {
+    // Each mode of a multi-method softmax keeps its single-method unit's phases and golden
+    // model: its timing and accuracy are that unit's committed row's.
+    let t = committed();
+    let mut checked = 0;
+    for r in t.rows.iter().filter(|r| mnq::hdl::multi_methods(&r.unit).is_some()) {
+        assert_eq!(r.modes.len(), mnq::hdl::multi_methods(&r.unit).unwrap().len(), "{}", r.name);
+        for m in &r.modes {
+            let single = t.row(&format!("softmax_{}", m.method), r.bits, r.lanes).unwrap();
+            assert_eq!(m.timing, single.timing, "{} in {} mode", r.name, m.method);
+            assert_eq!(m.timing_model, single.timing_model, "{} in {} mode", r.name, m.method);
+            assert_eq!(m.accuracy, single.accuracy, "{} in {} mode", r.name, m.method);
+            checked += 1;
+        }
+        let slowest = r.modes.iter().map(|m| m.timing[0].row_period).max().unwrap();
+        assert_eq!(r.timing[0].row_period, slowest, "{}: the row stands for its slowest mode", r.name);
+    }
+    assert!(checked >= 5, "only {checked} modes compared");
 }
 
 #[test]
@@ -163,7 +185,7 @@ fn accuracy_equals_the_unit_reports_where_the_hardware_is_the_adapted_preset() {
         serde_json::from_str(&std::fs::read_to_string(root().join("reports/units/summary.json")).unwrap()).unwrap();
     let t = committed();
     let mut checked = 0;
-    for r in &t.rows {
+    for r in t.rows.iter().filter(|r| mnq::hdl::multi_methods(&r.unit).is_none()) {
         let preset = mnq::units::build(&r.unit, mnq::units::Preset::Adapted).unwrap();
         let params: Vec<String> = preset.params().iter().map(|p| format!("{}={}", p.name, p.value)).collect();
         if params != r.accuracy.params {

@@ -1,7 +1,8 @@
 //! Hardware chain: the committed Verilog is what the generator writes, it lints clean under
 //! `verilator -Wall` (with the justified waivers of `testbenches/lint.vlt`), yosys synthesises
 //! it with no combinational loop (`check -assert`) to the committed cost table's figures, and under Verilator it equals the cycle model on every beat and every cycle, which in
-//! turn equals the golden model — softmaxes on masked (Swin) rows too. Needs verilator and
+//! turn equals the golden model — softmaxes on masked (Swin) rows too, the multi-method softmaxes
+//! with modes switching between rows. Needs verilator and
 //! yosys (installed by `.ci/run`).
 
 use std::path::PathBuf;
@@ -87,6 +88,12 @@ fn cosim_default_set_is_cycle_exact() {
                 l.split("golden exact; ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
             assert!(masked >= 2_000 && l.contains(" masked elements"), "{l}");
         }
+        // The multi-method softmaxes switch modes between rows, often.
+        if l.starts_with("softmax_multi") {
+            let switches: usize =
+                l.split("masked elements; ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+            assert!(switches >= 200 && l.contains(" mode switches between rows"), "{l}");
+        }
     }
 }
 
@@ -147,6 +154,37 @@ fn cosim_detects_a_wrong_rtl() {
 }
 
 #[test]
+fn cosim_detects_a_multi_softmax_that_ignores_the_mode() {
+    // With the mode register held at the first method, every row runs I-BERT: the I-ViT and
+    // FQ-ViT rows of the mixed streams must show mismatches.
+    let d = tempfile::tempdir().unwrap();
+    let name = "softmax_multi_ibert_fqvit_ivit_8b_l1";
+    let v = std::fs::read_to_string(root().join(format!("rtl/{name}.v"))).unwrap();
+    assert_eq!(v.matches("mode$d = lmode;").count(), 1);
+    std::fs::write(d.path().join(format!("{name}.v")), v.replace("mode$d = lmode;", "mode$d = code0;")).unwrap();
+    let work = d.path().join("work");
+    let o = mnq(&[
+        "cosim",
+        "--unit",
+        "softmax_multi",
+        "--methods",
+        "ivit,fqvit,ibert",
+        "--bits",
+        "8",
+        "--lanes",
+        "1",
+        "--elements",
+        "2000",
+        "--rtl",
+        d.path().to_str().unwrap(),
+        "--work",
+        work.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("mismatches; first: stream 0, beat"), "{}", text(&o));
+}
+
+#[test]
 fn impossible_configurations_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().to_str().unwrap();
@@ -155,6 +193,15 @@ fn impossible_configurations_are_refused() {
         (vec!["rtl", "--unit", "gelu_ibert", "--bits", "7", "--out", out], "7-bit inputs are not generated"),
         (vec!["rtl", "--unit", "softmax_tanh", "--out", out], "has no hardware model yet"),
         (vec!["rtl", "--unit", "layernorm_fqvit", "--bits", "4", "--out", out], "supported widths [6, 8]"),
+        (vec!["rtl", "--unit", "softmax_multi", "--methods", "ivit", "--out", out], "is one method: its unit is softmax_ivit"),
+        (vec!["rtl", "--unit", "softmax_multi", "--methods", "ivit,ivit", "--out", out], "names a method twice"),
+        (vec!["rtl", "--unit", "softmax_multi", "--methods", "ibert,tanh", "--out", out], "'tanh' is not a method"),
+        (vec!["rtl", "--unit", "softmax_multi", "--lanes", "2", "--out", out], "LANES = 2 is not generated for softmax_multi"),
+        (vec!["rtl", "--unit", "softmax_multi", "--bits", "4", "--out", out], "supported widths [6, 8]"),
+        (
+            vec!["rtl", "--unit", "softmax_ivit", "--methods", "ibert,ivit", "--out", out],
+            "--methods selects the methods of --unit softmax_multi",
+        ),
     ] {
         let o = mnq(&args);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));

@@ -71,9 +71,14 @@ pub enum Command {
 /// Selection of hardware configurations (default: the committed set).
 #[derive(Debug, clap::Args)]
 pub struct HwSelect {
-    /// Unit (default: every unit with hardware).
+    /// Unit (default: every unit with hardware; `softmax_multi` with --methods for the
+    /// multi-method softmax).
     #[arg(long)]
     unit: Option<String>,
+    /// Methods of `--unit softmax_multi` (comma-separated, at least two of ibert, fqvit, ivit;
+    /// default all three).
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
     /// Input widths (comma-separated; default 8,6).
     #[arg(long, value_delimiter = ',')]
     bits: Vec<u32>,
@@ -84,7 +89,25 @@ pub struct HwSelect {
 
 impl HwSelect {
     fn configs(&self) -> Result<Vec<mnq::hdl::RtlConfig>> {
+        let multi = self.unit.as_deref() == Some(mnq::hdl::MULTI_SOFTMAX);
+        if !self.methods.is_empty() && !multi {
+            bail!("--methods selects the methods of --unit {}; give that unit", mnq::hdl::MULTI_SOFTMAX);
+        }
+        if self.unit.is_none() && self.bits.is_empty() && self.lanes.is_empty() {
+            return Ok(mnq::hdl::default_set());
+        }
         let units: Vec<String> = match &self.unit {
+            Some(_) if multi => {
+                let all = [units::Method::IBert, units::Method::FqVit, units::Method::IVit];
+                let mut ms = Vec::new();
+                for name in &self.methods {
+                    let m = all.into_iter().find(|m| m.name() == name.trim()).ok_or_else(|| {
+                        anyhow!("--methods: '{name}' is not a method: use ibert, fqvit, ivit (at least two, comma-separated)")
+                    })?;
+                    ms.push(m);
+                }
+                vec![mnq::hdl::multi_unit(if ms.is_empty() { &all } else { &ms })?]
+            }
             Some(u) => vec![u.clone()],
             None => mnq::hdl::RTL_UNITS.iter().map(|s| s.to_string()).collect(),
         };

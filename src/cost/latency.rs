@@ -107,10 +107,19 @@ fn quantise(x: &[f64], s: f64, bits: u32) -> Vec<i64> {
 
 /// Stream `ROWS` rows of `n` elements through the cycle model of `cfg` and time them.
 pub fn measure(cfg: &RtlConfig, n: usize) -> Result<RowTiming, CostError> {
+    measure_mode(cfg, n, None)
+}
+
+/// As [`measure`], every row of a multi-method softmax in `mode` (its first method for `None`).
+pub fn measure_mode(cfg: &RtlConfig, n: usize, mode: Option<units::Method>) -> Result<RowTiming, CostError> {
     let name = cfg.name();
     let cerr = |why: String| CostError::Cycle { name: name.clone(), why };
     let (config, s) = crate::cosim::layer_config(cfg, Preset::Adapted, 1, n).map_err(|e| cerr(format!("row length {n}: {e}")))?;
-    let op = units::build(&cfg.unit, Preset::Reference).map_err(|e| cerr(e.to_string()))?.op();
+    let op = match cfg.methods() {
+        Some(_) => Op::Softmax,
+        None => units::build(&cfg.unit, Preset::Reference).map_err(|e| cerr(e.to_string()))?.op(),
+    };
+    let code = mode.map_or(0, crate::cycle::softmax::mode_code);
     let dist = Dist::for_op(op).ok_or_else(|| cerr(format!("{} has no standard input distribution", cfg.unit)))?;
     let need = ROWS * n;
     let x = draw(dist, need.div_ceil(dist.row_len()), 7);
@@ -119,7 +128,8 @@ pub fn measure(cfg: &RtlConfig, n: usize) -> Result<RowTiming, CostError> {
     let rows: Vec<&[i64]> = q.chunks(n).collect();
     let beats = cycle::beats_of(&rows, cfg.lanes);
     let total = beats.len();
-    let stim = Stimulus { lanes: cfg.lanes, config, beats, masks: Vec::new(), in_allow: vec![true], out_ready: vec![true] };
+    let modes = vec![code; beats.len()];
+    let stim = Stimulus { lanes: cfg.lanes, config, beats, masks: Vec::new(), modes, in_allow: vec![true], out_ready: vec![true] };
     let max_cycles = 10_000 + 200 * total as u64;
     let tr = cycle::run(cycle::model(cfg).as_mut(), &stim, total, max_cycles);
     if tr.beats.len() < total {
@@ -290,11 +300,17 @@ mod tests {
     #[test]
     fn default_set_timing_matches_the_manifest_and_is_affine() {
         for cfg in crate::hdl::default_set() {
-            let op = units::build(&cfg.unit, Preset::Reference).unwrap().op();
-            let mut ms: Vec<RowTiming> = default_row_lengths(op).into_iter().chain(PROBES).map(|n| measure(&cfg, n).unwrap()).collect();
-            check_manifest(&cfg, &ms).unwrap_or_else(|e| panic!("{}: {e}", cfg.name()));
-            let model = fit(&cfg.name(), &ms).unwrap();
-            ms.iter_mut().for_each(|m| assert_eq!(model.at(m.row_len, cfg.lanes), *m, "{}", cfg.name()));
+            // A multi-method softmax is checked mode by mode against its single units' formulas.
+            let modes: Vec<Option<units::Method>> = cfg.methods().map_or(vec![None], |ms| ms.into_iter().map(Some).collect());
+            for mode in modes {
+                let formulas = mode.map_or_else(|| cfg.clone(), |m| cfg.single(m));
+                let op = units::build(&formulas.unit, Preset::Reference).unwrap().op();
+                let mut ms: Vec<RowTiming> =
+                    default_row_lengths(op).into_iter().chain(PROBES).map(|n| measure_mode(&cfg, n, mode).unwrap()).collect();
+                check_manifest(&formulas, &ms).unwrap_or_else(|e| panic!("{} {mode:?}: {e}", cfg.name()));
+                let model = fit(&cfg.name(), &ms).unwrap();
+                ms.iter_mut().for_each(|m| assert_eq!(model.at(m.row_len, cfg.lanes), *m, "{}", cfg.name()));
+            }
         }
     }
 }

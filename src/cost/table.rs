@@ -6,7 +6,7 @@ use super::latency::{self, RowTiming, TimingModel};
 use super::{AsicCost, CostError, Fmax, Ice40Cost, Outcome, XilinxCost};
 use crate::hdl::RtlConfig;
 use crate::io::write_atomic;
-use crate::units::{self, Preset};
+use crate::units::{self, Method, Preset};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -63,6 +63,23 @@ pub struct Row {
     /// The manifest's formulas against the cycle model.
     pub manifest: ManifestCheck,
     /// Accuracy of the unit the configuration implements.
+    pub accuracy: Accuracy,
+    /// A multi-method softmax's modes, each with its own timing and accuracy; the row's
+    /// `timing`, `timing_model` and `accuracy` are those of its slowest mode. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modes: Vec<ModeCost>,
+}
+
+/// Timing and accuracy of one mode of a multi-method softmax (its rows alone, back to back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModeCost {
+    /// Method of the mode.
+    pub method: String,
+    /// Timing at the reported row lengths.
+    pub timing: Vec<RowTiming>,
+    /// Timing as affine functions of the beats per row.
+    pub timing_model: TimingModel,
+    /// Accuracy: the method's golden unit, as its single-method unit's.
     pub accuracy: Accuracy,
 }
 
@@ -150,16 +167,16 @@ impl Row {
     /// A row with the cycle-model timing, the manifest check and the accuracy of `cfg`
     /// (Verilog `verilog`); synthesis figures are added by [`super::measure`].
     pub fn new(cfg: &RtlConfig, verilog: &str, row_lengths: Option<&[usize]>) -> Result<Row, CostError> {
+        if let Some(methods) = cfg.methods() {
+            return Self::multi(cfg, &methods, verilog, row_lengths);
+        }
         let unit = units::build(&cfg.unit, Preset::Reference).map_err(|e| CostError::Cycle { name: cfg.name(), why: e.to_string() })?;
         let lens = row_lengths.map_or_else(|| latency::default_row_lengths(unit.op()), <[usize]>::to_vec);
-        let timing = lens.iter().map(|&n| latency::measure(cfg, n)).collect::<Result<Vec<_>, _>>()?;
-        let probes =
-            latency::PROBES.iter().filter(|n| !lens.contains(n)).map(|&n| latency::measure(cfg, n)).collect::<Result<Vec<_>, _>>()?;
-        let all: Vec<RowTiming> = timing.iter().chain(&probes).copied().collect();
-        let timing_model = latency::fit(&cfg.name(), &all)?;
+        let (timing, timing_model, all) = Self::timed(cfg, &lens, None)?;
         let m = cfg.manifest();
         let check = latency::check_manifest(cfg, &all);
         Ok(Row {
+            modes: Vec::new(),
             name: cfg.name(),
             unit: cfg.unit.clone(),
             op: unit.op().name().to_string(),
@@ -181,6 +198,62 @@ impl Row {
                 note: check.err(),
             },
             accuracy: accuracy::measure(cfg)?,
+        })
+    }
+
+    /// Timing at `lens` (and the probes), the fitted model, and every measurement (`mode`: the
+    /// multi-method softmax's rows all in that mode).
+    fn timed(cfg: &RtlConfig, lens: &[usize], mode: Option<Method>) -> Result<(Vec<RowTiming>, TimingModel, Vec<RowTiming>), CostError> {
+        let timing = lens.iter().map(|&n| latency::measure_mode(cfg, n, mode)).collect::<Result<Vec<_>, _>>()?;
+        let probes = latency::PROBES
+            .iter()
+            .filter(|n| !lens.contains(n))
+            .map(|&n| latency::measure_mode(cfg, n, mode))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all: Vec<RowTiming> = timing.iter().chain(&probes).copied().collect();
+        let model = latency::fit(&cfg.name(), &all)?;
+        Ok((timing, model, all))
+    }
+
+    /// The row of a multi-method softmax: each mode timed on its own rows and checked against
+    /// its single-method unit's manifest formulas; the slowest mode stands for the row.
+    fn multi(cfg: &RtlConfig, methods: &[Method], verilog: &str, row_lengths: Option<&[usize]>) -> Result<Row, CostError> {
+        let lens = row_lengths.map_or_else(|| latency::default_row_lengths(units::Op::Softmax), <[usize]>::to_vec);
+        let mut modes = Vec::new();
+        let mut notes = Vec::new();
+        for &m in methods {
+            let (timing, timing_model, all) = Self::timed(cfg, &lens, Some(m))?;
+            if let Err(e) = latency::check_manifest(&cfg.single(m), &all) {
+                notes.push(format!("{}: {e}", m.name()));
+            }
+            modes.push(ModeCost { method: m.name().to_string(), timing, timing_model, accuracy: accuracy::measure(&cfg.single(m))? });
+        }
+        let slowest = (0..modes.len()).max_by_key(|&i| (modes[i].timing[0].row_period, std::cmp::Reverse(i))).unwrap_or(0);
+        let s = modes[slowest].clone();
+        let m = cfg.manifest();
+        Ok(Row {
+            name: cfg.name(),
+            unit: cfg.unit.clone(),
+            op: units::Op::Softmax.name().to_string(),
+            method: "multi".to_string(),
+            bits: cfg.bits,
+            lanes: cfg.lanes,
+            verilog_fnv64: super::fnv64(verilog),
+            asic: None,
+            ice40: None,
+            xilinx: None,
+            fmax: None,
+            timing: s.timing,
+            timing_model: s.timing_model,
+            max_row_len: longest_row(cfg),
+            manifest: ManifestCheck {
+                latency: m.latency_cycles,
+                row_period: m.row_period_cycles,
+                agrees: notes.is_empty(),
+                note: (!notes.is_empty()).then(|| notes.join("; ")),
+            },
+            accuracy: s.accuracy,
+            modes,
         })
     }
 

@@ -620,7 +620,7 @@ mod tests {
             (vec![true], vec![true])
         };
         let n = beats.len();
-        let st = Stimulus { lanes, config, beats, masks: Vec::new(), in_allow, out_ready };
+        let st = Stimulus { lanes, config, beats, masks: Vec::new(), modes: Vec::new(), in_allow, out_ready };
         let t = run(&mut RowLayerNorm::new(bits, lanes, sq), &st, n, 200 * n as u64 + 10_000);
         let c = rows[0].len();
         let mut out = Vec::new();

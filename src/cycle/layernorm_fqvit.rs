@@ -579,7 +579,7 @@ mod tests {
             (vec![true], vec![true])
         };
         let n = beats.len();
-        let st = Stimulus { lanes, config, beats, masks: Vec::new(), in_allow, out_ready };
+        let st = Stimulus { lanes, config, beats, masks: Vec::new(), modes: Vec::new(), in_allow, out_ready };
         let c = rows[0].len() as u64;
         let t = run(&mut LayerNormFqvit::new(bits, lanes), &st, n, 200 * (c + 5) * rows.len() as u64 * 80 + 10_000);
         let mut out = Vec::new();

@@ -33,6 +33,8 @@ pub struct Pins {
     pub in_data: [i64; MAX_LANES],
     /// Per-lane mask flags of the input beat, bit i for lane i (1 = masked; only the softmaxes read it).
     pub in_mask: u32,
+    /// Mode of the row that starts with this beat (multi-method softmaxes read it on a row's first beat).
+    pub in_mode: u32,
     /// Last beat of a row.
     pub in_last: bool,
     /// Downstream ready.
@@ -104,6 +106,8 @@ pub struct Stimulus {
     pub beats: Vec<(Vec<i64>, bool)>,
     /// Per-beat lane mask flags (bit i = lane i masked), parallel to `beats`; empty = nothing masked.
     pub masks: Vec<u32>,
+    /// Per-beat mode (`in_mode`), parallel to `beats`; empty = mode 0. Read on a row's first beat.
+    pub modes: Vec<u32>,
     /// Input-valid pattern (repeats).
     pub in_allow: Vec<bool>,
     /// Output-ready pattern (repeats).
@@ -160,9 +164,11 @@ pub fn run<M: Clocked + ?Sized>(model: &mut M, stim: &Stimulus, expect_out: usiz
             pins.in_data[..d.len()].copy_from_slice(d);
             pins.in_last = *l;
             pins.in_mask = stim.masks.get(next).copied().unwrap_or(0);
+            pins.in_mode = stim.modes.get(next).copied().unwrap_or(0);
         } else {
             pins.in_last = false;
             pins.in_mask = 0;
+            pins.in_mode = 0;
         }
         pins.out_ready = stim.out_ready.get(j % pr).copied().unwrap_or(true);
         let o = model.step(&pins);
@@ -202,6 +208,9 @@ pub fn timing(t: &Trace) -> Option<Timing> {
 
 /// A fresh cycle model of a generated configuration (registers cleared, as after power-up).
 pub fn model(cfg: &crate::hdl::RtlConfig) -> Box<dyn Clocked> {
+    if let Some(methods) = cfg.methods() {
+        return Box::new(softmax::multi(cfg.bits, cfg.lanes, &methods));
+    }
     match cfg.unit.as_str() {
         "gelu_ibert" => Box::new(gelu_ibert::GeluIbert::new(cfg.bits, cfg.lanes)),
         "gelu_ivit" => Box::new(gelu_ivit::GeluIvit::new(cfg.bits, cfg.lanes)),

@@ -27,6 +27,7 @@
 //! 32 + k − 1: k·x0 for k = 1..NQ; the kernels add their own (see each).
 
 use super::{sext, Clocked, Outs, Pins, MAX_LANES};
+use crate::units::Method;
 
 /// Largest row the buffer holds.
 pub const NMAX: usize = 1024;
@@ -43,11 +44,11 @@ pub fn xw(bits: u32) -> u32 {
 /// What distinguishes one softmax from another on the shared microarchitecture.
 pub trait Kernel: Clone + std::fmt::Debug {
     /// Exponent comparators used (k·x0 for k = 1..=NQ).
-    const NQ: usize;
-    /// Divider width D: the numerator has D bits, one quotient bit per cycle.
-    const DIV_BITS: u32;
+    fn nq(&self) -> usize;
+    /// Divider width D: the numerator has D bits, one quotient bit per cycle (0: no divider).
+    fn div_bits(&self) -> u32;
     /// Numerator bit `i` (i = D−1 first).
-    fn numerator_bit(i: u32) -> bool;
+    fn numerator_bit(&self, i: u32) -> bool;
     /// A kernel-specific configuration write.
     fn configure(&mut self, addr: u32, data: u64);
     /// The exponent of `q` in a row with maximum `m` (common registers in `c`).
@@ -105,10 +106,19 @@ pub struct Shift {
     pub ob: u32,
 }
 
+impl Shift {
+    /// Exponent comparators.
+    pub const NQ: usize = 15;
+}
+
 impl Kernel for Shift {
-    const NQ: usize = 15;
-    const DIV_BITS: u32 = 31;
-    fn numerator_bit(_i: u32) -> bool {
+    fn nq(&self) -> usize {
+        Self::NQ
+    }
+    fn div_bits(&self) -> u32 {
+        31
+    }
+    fn numerator_bit(&self, _i: u32) -> bool {
         true
     }
     fn configure(&mut self, _addr: u32, _data: u64) {}
@@ -135,6 +145,8 @@ enum Phase {
 #[derive(Debug, Clone, Copy)]
 struct Regs {
     phase: Phase,
+    /// Bank (method) of the row in flight, taken from `in_mode` with the row's first beat.
+    mode: usize,
     wptr: usize,
     m: i64,
     /// Some live lane of the row has been loaded (m holds a maximum).
@@ -156,29 +168,53 @@ struct Regs {
     odata: [i64; MAX_LANES],
 }
 
-/// The cycle model of a row-buffer softmax with kernel `K`.
+/// One method of a row-buffer softmax: its kernel, its configuration bank, and the mode code
+/// (`in_mode`, and bits 7:6 of the configuration address) that selects it.
+#[derive(Debug, Clone)]
+struct Bank<K: Kernel> {
+    code: u32,
+    kernel: K,
+    cfg: Common,
+}
+
+/// The cycle model of a row-buffer softmax with kernel `K`; a multi-method unit holds one
+/// kernel and one configuration bank per method and computes each row with the bank its first
+/// beat selects.
 #[derive(Debug, Clone)]
 pub struct RowSoftmax<K: Kernel> {
     bits: u32,
     lanes: usize,
-    kernel: K,
-    cfg: Common,
+    banks: Vec<Bank<K>>,
     r: Regs,
     ram: Vec<[i64; MAX_LANES]>,
     /// The mask RAM beside the row RAM: one flag per lane of each word.
     mram: Vec<u32>,
 }
 
+/// Configuration address bits of one bank of a multi-method unit (bank = address >> 6).
+pub const BANK_ADDR_BITS: u32 = 6;
+
 impl<K: Kernel> RowSoftmax<K> {
     /// A unit for `bits`-bit inputs and `lanes` lanes, registers cleared.
     pub fn new(bits: u32, lanes: usize, kernel: K) -> RowSoftmax<K> {
+        Self::with_banks(bits, lanes, vec![(0, kernel)])
+    }
+
+    /// A multi-method unit: one kernel per mode code (the first is taken for a code none has).
+    pub fn multi(bits: u32, lanes: usize, kernels: Vec<(u32, K)>) -> RowSoftmax<K> {
+        assert!(kernels.len() > 1, "a multi-method unit has several kernels");
+        Self::with_banks(bits, lanes, kernels)
+    }
+
+    fn with_banks(bits: u32, lanes: usize, kernels: Vec<(u32, K)>) -> RowSoftmax<K> {
+        let cfg = Common { up: 0, x0: 0, lim: 0, n: 0, nbeats: 0, lastn: 0, thr: [0; NQ_MAX + 1] };
         RowSoftmax {
             bits,
             lanes,
-            kernel,
-            cfg: Common { up: 0, x0: 0, lim: 0, n: 0, nbeats: 0, lastn: 0, thr: [0; NQ_MAX + 1] },
+            banks: kernels.into_iter().map(|(code, kernel)| Bank { code, kernel, cfg }).collect(),
             r: Regs {
                 phase: Phase::Load,
+                mode: 0,
                 wptr: 0,
                 m: 0,
                 seen: false,
@@ -203,15 +239,31 @@ impl<K: Kernel> RowSoftmax<K> {
         }
     }
 
-    /// Whether lane `i` of beat `b` with mask flags `mask` holds an unmasked element.
-    fn live(&self, b: usize, mask: u32, i: usize) -> bool {
-        i < self.valid_lanes(b) && mask >> i & 1 == 0
+    /// The bank a row takes from `in_mode`: the one with that code, else the first.
+    fn bank_for(&self, in_mode: u32) -> usize {
+        self.banks.iter().position(|b| b.code == in_mode).unwrap_or(0)
     }
 
-    /// Valid lanes of beat `b`.
-    fn valid_lanes(&self, b: usize) -> usize {
-        if b + 1 == self.cfg.nbeats {
-            self.cfg.lastn
+    /// Bank and in-bank address of a configuration write (a single-method unit has one bank
+    /// and no bank bits).
+    fn decode(&self, addr: u32) -> Option<(usize, u32)> {
+        if self.banks.len() == 1 {
+            return Some((0, addr));
+        }
+        let code = addr >> BANK_ADDR_BITS;
+        self.banks.iter().position(|b| b.code == code).map(|i| (i, addr & ((1 << BANK_ADDR_BITS) - 1)))
+    }
+
+    /// Whether lane `i` of beat `b` with mask flags `mask` holds an unmasked element (bank `k`).
+    fn live(&self, k: usize, b: usize, mask: u32, i: usize) -> bool {
+        i < self.valid_lanes(k, b) && mask >> i & 1 == 0
+    }
+
+    /// Valid lanes of beat `b` in bank `k`'s rows.
+    fn valid_lanes(&self, k: usize, b: usize) -> usize {
+        let c = &self.banks[k].cfg;
+        if b + 1 == c.nbeats {
+            c.lastn
         } else {
             self.lanes
         }
@@ -220,9 +272,10 @@ impl<K: Kernel> RowSoftmax<K> {
     /// Whether a RAM read is issued this cycle (SUM and OUT).
     fn issue(&self, pins: &Pins) -> bool {
         let r = &self.r;
+        let nbeats = self.banks[r.mode].cfg.nbeats;
         match r.phase {
-            Phase::Sum => r.rptr < self.cfg.nbeats,
-            Phase::Out => r.rptr < self.cfg.nbeats && (!r.rvalid || !r.ov || pins.out_ready),
+            Phase::Sum => r.rptr < nbeats,
+            Phase::Out => r.rptr < nbeats && (!r.rvalid || !r.ov || pins.out_ready),
             _ => false,
         }
     }
@@ -244,6 +297,8 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
         nx.raddr = if issue { cur.rptr } else { cur.raddr };
         nx.rdata = self.ram[nx.raddr.min(self.ram.len() - 1)];
         nx.rmask = self.mram[nx.raddr.min(self.mram.len() - 1)];
+        let (k, bank) = (cur.mode, &self.banks[cur.mode]);
+        let (kernel, cfg) = (&bank.kernel, &bank.cfg);
         let mut write = None;
         if pins.reset {
             nx.phase = Phase::Load;
@@ -254,19 +309,22 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
             match cur.phase {
                 Phase::Load => {
                     if pins.in_valid {
+                        // The first beat of a row selects the bank the whole row uses.
+                        let lk = if cur.wptr == 0 { self.bank_for(pins.in_mode) } else { cur.mode };
                         let mut w = [0i64; MAX_LANES];
                         let (mut m, mut seen) = (cur.m, cur.wptr != 0 && cur.seen);
                         for (i, wi) in w.iter_mut().enumerate().take(self.lanes) {
                             *wi = sext(pins.in_data[i] as u64, self.bits);
-                            if self.live(cur.wptr, pins.in_mask, i) && (!seen || *wi > m) {
+                            if self.live(lk, cur.wptr, pins.in_mask, i) && (!seen || *wi > m) {
                                 (m, seen) = (*wi, true);
                             }
                         }
                         write = Some((cur.wptr, w, pins.in_mask));
+                        nx.mode = lk;
                         nx.m = m;
                         nx.seen = seen;
                         nx.wptr = cur.wptr + 1;
-                        if cur.wptr + 1 == self.cfg.nbeats {
+                        if cur.wptr + 1 == self.banks[lk].cfg.nbeats {
                             nx.phase = Phase::Sum;
                             nx.rptr = 0;
                             nx.rvalid = false;
@@ -282,19 +340,19 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                     nx.rvalid = issue;
                     if cur.rvalid {
                         let e: i64 = (0..self.lanes)
-                            .filter(|&i| self.live(cur.rdi, cur.rmask, i))
-                            .map(|i| self.kernel.exp(&self.cfg, cur.m, cur.rdata[i]))
+                            .filter(|&i| self.live(k, cur.rdi, cur.rmask, i))
+                            .map(|i| kernel.exp(cfg, cur.m, cur.rdata[i]))
                             .sum();
                         nx.sum = cur.sum + e;
-                        if cur.rdi + 1 == self.cfg.nbeats && K::DIV_BITS == 0 {
+                        if cur.rdi + 1 == cfg.nbeats && kernel.div_bits() == 0 {
                             // No divider (LIS): the output stage compares against the sum itself.
                             nx.factor = nx.sum;
                             nx.phase = Phase::Out;
                             nx.rptr = 0;
                             nx.rvalid = false;
-                        } else if cur.rdi + 1 == self.cfg.nbeats {
+                        } else if cur.rdi + 1 == cfg.nbeats {
                             nx.phase = Phase::Div;
-                            nx.div = self.kernel.divisor(nx.sum);
+                            nx.div = kernel.divisor(nx.sum);
                             nx.rem = 0;
                             nx.quo = 0;
                             nx.cnt = 0;
@@ -303,12 +361,13 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                 }
                 Phase::Div => {
                     // Restoring division: one quotient bit per cycle, numerator MSB first.
-                    let rr = (cur.rem << 1) | i64::from(K::numerator_bit(K::DIV_BITS - 1 - cur.cnt));
+                    let d = kernel.div_bits();
+                    let rr = (cur.rem << 1) | i64::from(kernel.numerator_bit(d - 1 - cur.cnt));
                     let (rr, bit) = if rr >= cur.div { (rr - cur.div, 1) } else { (rr, 0) };
                     nx.rem = rr;
                     nx.quo = (cur.quo << 1) | bit;
                     nx.cnt = cur.cnt + 1;
-                    if cur.cnt + 1 == K::DIV_BITS {
+                    if cur.cnt + 1 == d {
                         nx.factor = nx.quo;
                         nx.phase = Phase::Out;
                         nx.rptr = 0;
@@ -325,13 +384,13 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
                     nx.rvalid = issue || (cur.rvalid && !free);
                     if cur.rvalid && free {
                         let mut o = [0i64; MAX_LANES];
-                        for (i, oi) in o.iter_mut().enumerate().take(self.valid_lanes(cur.rdi)) {
-                            let e = if self.live(cur.rdi, cur.rmask, i) { self.kernel.exp(&self.cfg, cur.m, cur.rdata[i]) } else { 0 };
-                            *oi = self.kernel.out(e, cur.factor);
+                        for (i, oi) in o.iter_mut().enumerate().take(self.valid_lanes(k, cur.rdi)) {
+                            let e = if self.live(k, cur.rdi, cur.rmask, i) { kernel.exp(cfg, cur.m, cur.rdata[i]) } else { 0 };
+                            *oi = kernel.out(e, cur.factor);
                         }
                         nx.odata = o;
                         nx.ov = true;
-                        nx.olast = cur.rdi + 1 == self.cfg.nbeats;
+                        nx.olast = cur.rdi + 1 == cfg.nbeats;
                     } else if consume {
                         nx.ov = false;
                         if cur.olast {
@@ -343,18 +402,22 @@ impl<K: Kernel> Clocked for RowSoftmax<K> {
             }
         }
         if pins.cfg_we {
-            let d = u64::from(pins.cfg_data);
-            let w = xw(self.bits).min(32);
-            let c = &mut self.cfg;
-            match pins.cfg_addr {
-                0 => c.up = (d & 31) as u32,
-                1 => c.x0 = sext(d, w),
-                2 => c.lim = sext(d, w),
-                3 => c.n = (d & 31) as i64,
-                5 => c.nbeats = (d & 0x7ff) as usize,
-                6 => c.lastn = (d & 0x1f) as usize,
-                a if (THR_ADDR..THR_ADDR + K::NQ as u32).contains(&a) => c.thr[(a - THR_ADDR + 1) as usize] = sext(d, w),
-                a => self.kernel.configure(a, d),
+            if let Some((b, addr)) = self.decode(pins.cfg_addr) {
+                let d = u64::from(pins.cfg_data);
+                let w = xw(self.bits).min(32);
+                let bank = &mut self.banks[b];
+                let nq = bank.kernel.nq() as u32;
+                let c = &mut bank.cfg;
+                match addr {
+                    0 => c.up = (d & 31) as u32,
+                    1 => c.x0 = sext(d, w),
+                    2 => c.lim = sext(d, w),
+                    3 => c.n = (d & 31) as i64,
+                    5 => c.nbeats = (d & 0x7ff) as usize,
+                    6 => c.lastn = (d & 0x1f) as usize,
+                    a if (THR_ADDR..THR_ADDR + nq).contains(&a) => c.thr[(a - THR_ADDR + 1) as usize] = sext(d, w),
+                    a => bank.kernel.configure(a, d),
+                }
             }
         }
         if let Some((a, w, mask)) = write {
@@ -413,10 +476,19 @@ pub struct Poly {
     pub top: i64,
 }
 
+impl Poly {
+    /// Exponent comparators.
+    pub const NQ: usize = 30;
+}
+
 impl Kernel for Poly {
-    const NQ: usize = 30;
-    const DIV_BITS: u32 = 33;
-    fn numerator_bit(i: u32) -> bool {
+    fn nq(&self) -> usize {
+        Self::NQ
+    }
+    fn div_bits(&self) -> u32 {
+        33
+    }
+    fn numerator_bit(&self, i: u32) -> bool {
         i == 32
     }
     fn configure(&mut self, addr: u32, data: u64) {
@@ -483,10 +555,19 @@ pub struct Log {
     pub c: i64,
 }
 
+impl Log {
+    /// Exponent comparators.
+    pub const NQ: usize = 30;
+}
+
 impl Kernel for Log {
-    const NQ: usize = 30;
-    const DIV_BITS: u32 = 0;
-    fn numerator_bit(_i: u32) -> bool {
+    fn nq(&self) -> usize {
+        Self::NQ
+    }
+    fn div_bits(&self) -> u32 {
+        0
+    }
+    fn numerator_bit(&self, _i: u32) -> bool {
         false
     }
     fn configure(&mut self, addr: u32, data: u64) {
@@ -550,6 +631,83 @@ pub fn log_config(bits: u32, lanes: usize, unit: &crate::units::fqvit::Softmax, 
     Ok(v)
 }
 
+/// The mode code of a method in a multi-method softmax: its `in_mode` value and the bank bits
+/// (7:6) of its configuration addresses.
+pub fn mode_code(m: Method) -> u32 {
+    match m {
+        Method::IBert => 0,
+        Method::FqVit => 1,
+        Method::IVit => 2,
+    }
+}
+
+/// A kernel of any of the three families, so one [`RowSoftmax`] can hold several (each call
+/// goes to the family's own kernel).
+#[derive(Debug, Clone)]
+pub enum AnyKernel {
+    /// Shiftmax (I-ViT).
+    Shift(Shift),
+    /// i-exp softmax (I-BERT).
+    Poly(Poly),
+    /// Log-Int-Softmax (FQ-ViT).
+    Log(Log),
+}
+
+impl AnyKernel {
+    /// The hardware kernel of a method, with the output widths of its single-method unit.
+    pub fn of(m: Method) -> AnyKernel {
+        match m {
+            Method::IVit => AnyKernel::Shift(Shift { ob: 16 }),
+            Method::IBert => AnyKernel::Poly(Poly { ob: 8, ..Default::default() }),
+            Method::FqVit => AnyKernel::Log(Log { bits: 4, ..Default::default() }),
+        }
+    }
+}
+
+macro_rules! any_kernel {
+    ($s:expr, $k:ident => $e:expr) => {
+        match $s {
+            AnyKernel::Shift($k) => $e,
+            AnyKernel::Poly($k) => $e,
+            AnyKernel::Log($k) => $e,
+        }
+    };
+}
+
+impl Kernel for AnyKernel {
+    fn nq(&self) -> usize {
+        any_kernel!(self, k => k.nq())
+    }
+    fn div_bits(&self) -> u32 {
+        any_kernel!(self, k => k.div_bits())
+    }
+    fn numerator_bit(&self, i: u32) -> bool {
+        any_kernel!(self, k => k.numerator_bit(i))
+    }
+    fn configure(&mut self, addr: u32, data: u64) {
+        any_kernel!(self, k => k.configure(addr, data))
+    }
+    fn exp(&self, c: &Common, m: i64, q: i64) -> i64 {
+        any_kernel!(self, k => k.exp(c, m, q))
+    }
+    fn divisor(&self, sum: i64) -> i64 {
+        any_kernel!(self, k => k.divisor(sum))
+    }
+    fn out(&self, e: i64, factor: i64) -> i64 {
+        any_kernel!(self, k => k.out(e, factor))
+    }
+}
+
+/// The cycle model of a multi-method softmax over `methods` (at least two, distinct).
+pub fn multi(bits: u32, lanes: usize, methods: &[Method]) -> RowSoftmax<AnyKernel> {
+    RowSoftmax::multi(bits, lanes, methods.iter().map(|&m| (mode_code(m), AnyKernel::of(m))).collect())
+}
+
+/// A single-method unit's configuration writes moved into `m`'s bank of a multi-method unit.
+pub fn to_bank(m: Method, writes: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    writes.into_iter().map(|(a, d)| (mode_code(m) << BANK_ADDR_BITS | a, d)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +723,7 @@ mod tests {
             config: shift_config(8, lanes, 0.05, 0, 15, n).unwrap(),
             beats: beats_of(&codes, lanes),
             masks: masks_of(&flags, lanes),
+            modes: Vec::new(),
             in_allow: vec![true],
             out_ready: vec![true],
         };
@@ -602,5 +761,85 @@ mod tests {
             // A lone unmasked element takes the whole probability, as in a row of its own.
             assert_eq!(out[2], vec![0, 0, shiftmax(lanes, &[(&[100], &[false])])[0][0]], "LANES {lanes}");
         }
+    }
+
+    /// Writes of the single-method unit of `m` for rows of `n` at scale `s` (adapted preset).
+    fn single_config(m: Method, lanes: usize, s: f64, n: usize) -> Vec<(u32, u32)> {
+        let cfg = crate::hdl::RtlConfig::new(&format!("softmax_{}", m.name()), 8, lanes).unwrap();
+        crate::cosim::softmax_config(&cfg, crate::units::Preset::Adapted, s, n).unwrap()
+    }
+
+    fn stream(lanes: usize, config: Vec<(u32, u32)>, rows: &[Vec<i64>], modes: &[u32], seed: u64) -> Stimulus {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let beats = beats_of(rows, lanes);
+        let nb = rows[0].len().div_ceil(lanes);
+        Stimulus {
+            lanes,
+            config,
+            modes: modes.iter().flat_map(|&c| std::iter::repeat_n(c, nb)).collect(),
+            masks: vec![0; beats.len()],
+            beats,
+            in_allow: (0..61).map(|_| rng.gen_bool(0.7)).collect(),
+            out_ready: (0..67).map(|_| rng.gen_bool(0.6)).collect(),
+        }
+    }
+
+    #[test]
+    fn multi_rows_equal_the_single_units_in_every_mode() {
+        use rand::{Rng, SeedableRng};
+        let all = [Method::IBert, Method::FqVit, Method::IVit];
+        let (s, n) = (0.05, 37);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let rows: Vec<Vec<i64>> = (0..24).map(|_| (0..n).map(|_| rng.gen_range(-128..128)).collect()).collect();
+        for lanes in [1, 4] {
+            for methods in [&all[..], &all[..2], &all[1..], &[Method::IBert, Method::IVit][..]] {
+                let config: Vec<(u32, u32)> = methods.iter().flat_map(|&m| to_bank(m, single_config(m, lanes, s, n))).collect();
+                let row_modes: Vec<Method> = rows.iter().map(|_| methods[rng.gen_range(0..methods.len())]).collect();
+                let codes: Vec<u32> = row_modes.iter().map(|&m| mode_code(m)).collect();
+                let st = stream(lanes, config.clone(), &rows, &codes, 5);
+                let t = run(&mut multi(8, lanes, methods), &st, st.beats.len(), 100_000);
+                assert_eq!(t.beats.len(), st.beats.len(), "{methods:?} LANES {lanes}: stalled");
+                let nb = n.div_ceil(lanes);
+                for (r, (row, &m)) in rows.iter().zip(&row_modes).enumerate() {
+                    // The row alone through the single-method unit of its mode.
+                    let one = stream(lanes, single_config(m, lanes, s, n), std::slice::from_ref(row), &[], 5);
+                    let want = run(&mut RowSoftmax::new(8, lanes, AnyKernel::of(m)), &one, nb, 10_000);
+                    let got: Vec<&Vec<i64>> = t.beats[r * nb..(r + 1) * nb].iter().map(|b| &b.data).collect();
+                    assert_eq!(got, want.beats.iter().map(|b| &b.data).collect::<Vec<_>>(), "{methods:?} LANES {lanes} row {r} ({m:?})");
+                }
+                for &m in methods {
+                    // A stream of one mode is the single-method unit's, cycle for cycle.
+                    let codes = vec![mode_code(m); rows.len()];
+                    let got =
+                        run(&mut multi(8, lanes, methods), &stream(lanes, config.clone(), &rows, &codes, 9), rows.len() * nb, 100_000);
+                    let one = stream(lanes, single_config(m, lanes, s, n), &rows, &[], 9);
+                    let mut want = run(&mut RowSoftmax::new(8, lanes, AnyKernel::of(m)), &one, rows.len() * nb, 100_000);
+                    // The multi-method unit spends one configuration cycle per write of every bank.
+                    let shift = (config.len() - one.config.len()) as u64;
+                    want.beats.iter_mut().for_each(|b| b.cycle += shift);
+                    assert_eq!(got.beats, want.beats, "{methods:?} LANES {lanes}, {m:?} only");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_multi_unit_that_ignored_the_mode_would_be_caught() {
+        // The same rows in I-ViT and in I-BERT mode differ, so a unit computing every row in
+        // one mode cannot pass the per-row comparison above.
+        let (s, n, lanes) = (0.05, 37, 1);
+        let methods = [Method::IBert, Method::IVit];
+        let config: Vec<(u32, u32)> = methods.iter().flat_map(|&m| to_bank(m, single_config(m, lanes, s, n))).collect();
+        let rows: Vec<Vec<i64>> = vec![(0..n as i64).map(|i| i * 7 % 200 - 100).collect(); 2];
+        let st = stream(lanes, config, &rows, &[mode_code(Method::IBert), mode_code(Method::IVit)], 1);
+        let t = run(&mut multi(8, lanes, &methods), &st, st.beats.len(), 100_000);
+        let (a, b) = t.beats.split_at(n);
+        assert_ne!(a.iter().map(|x| &x.data).collect::<Vec<_>>(), b.iter().map(|x| &x.data).collect::<Vec<_>>());
+        // A mode outside the subset runs the subset's first method (I-BERT here).
+        let st2 = Stimulus { modes: vec![mode_code(Method::FqVit); st.beats.len()], ..st.clone() };
+        let t2 = run(&mut multi(8, lanes, &methods), &st2, st2.beats.len(), 100_000);
+        assert_eq!(t2.beats[..n].iter().map(|x| &x.data).collect::<Vec<_>>(), a.iter().map(|x| &x.data).collect::<Vec<_>>());
+        assert_eq!(t2.beats[n..].iter().map(|x| &x.data).collect::<Vec<_>>(), a.iter().map(|x| &x.data).collect::<Vec<_>>());
     }
 }

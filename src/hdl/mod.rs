@@ -12,8 +12,10 @@ pub mod prims;
 pub mod softmax_fqvit;
 pub mod softmax_ibert;
 pub mod softmax_ivit;
+pub mod softmax_multi;
 pub mod softmax_row;
 
+use crate::units::Method;
 use layernorm_ibert::LayerNormIbert;
 use layernorm_ivit::LayerNormIvit;
 use rust_hdl::prelude::*;
@@ -26,6 +28,47 @@ use thiserror::Error;
 /// Units that have hardware so far (the others are golden models only).
 pub const RTL_UNITS: &[&str] =
     &["gelu_ibert", "gelu_ivit", "softmax_ivit", "softmax_ibert", "softmax_fqvit", "layernorm_ivit", "layernorm_ibert", "layernorm_fqvit"];
+/// Name of the multi-method softmax: generated as `softmax_multi_<m>_<m>[_<m>]`, the methods
+/// in the order ibert, fqvit, ivit (`mnq rtl --unit softmax_multi --methods ibert,ivit`).
+pub const MULTI_SOFTMAX: &str = "softmax_multi";
+/// Input widths of the multi-method softmax (each subset, width and lane count is a large
+/// monomorphised block; compile time is part of CI's budget).
+pub const MULTI_BITS: [u32; 2] = [6, 8];
+/// Lane counts of the multi-method softmax.
+pub const MULTI_LANES: [usize; 2] = [1, 4];
+/// The multi-method configurations committed in `rtl/` (co-simulated and costed in CI).
+pub const MULTI_DEFAULT: &[(&[Method], u32, usize)] =
+    &[(&[Method::IBert, Method::FqVit, Method::IVit], 8, 1), (&[Method::IBert, Method::IVit], 8, 1)];
+
+/// The methods of a multi-method softmax unit name (`softmax_multi_ibert_ivit`), or `None`
+/// for any other name.
+pub fn multi_methods(unit: &str) -> Option<Vec<Method>> {
+    let rest = unit.strip_prefix(MULTI_SOFTMAX)?.strip_prefix('_')?;
+    let mut v = Vec::new();
+    for part in rest.split('_') {
+        v.push([Method::IBert, Method::FqVit, Method::IVit].into_iter().find(|m| m.name() == part)?);
+    }
+    (v.len() >= 2 && v.windows(2).all(|w| w[0] < w[1])).then_some(v)
+}
+
+/// The unit name of a multi-method softmax over `methods` (any order, each once, at least two).
+pub fn multi_unit(methods: &[Method]) -> Result<String, HdlError> {
+    let mut v = methods.to_vec();
+    v.sort();
+    let names = || methods.iter().map(|m| m.name()).collect::<Vec<_>>().join(",");
+    if v.windows(2).any(|w| w[0] == w[1]) {
+        return Err(HdlError::Methods(format!("--methods {} names a method twice", names())));
+    }
+    if v.len() < 2 {
+        return Err(HdlError::Methods(format!(
+            "--methods {} is one method: its unit is softmax_{} (a multi-method softmax needs at least two of ibert, fqvit, ivit)",
+            names(),
+            v.first().map_or("?", |m| m.name())
+        )));
+    }
+    Ok(format!("{MULTI_SOFTMAX}_{}", v.iter().map(|m| m.name()).collect::<Vec<_>>().join("_")))
+}
+
 /// Supported lane counts.
 pub const LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// Supported input widths of the generated hardware.
@@ -40,6 +83,12 @@ pub enum HdlError {
     /// LANES not in the supported set.
     #[error("LANES = {0} is not supported: use a power of two in {LANES:?}")]
     Lanes(usize),
+    /// A method subset that has no multi-method softmax.
+    #[error("{0}")]
+    Methods(String),
+    /// LANES not generated for the multi-method softmax.
+    #[error("LANES = {0} is not generated for softmax_multi: use one of {MULTI_LANES:?}")]
+    MultiLanes(usize),
     /// Input width not in the supported set.
     #[error("{bits}-bit inputs are not generated for {unit}: supported widths {supported:?}", supported = supported_bits(unit))]
     Bits {
@@ -55,6 +104,7 @@ pub enum HdlError {
 /// monomorphised block, and compile time is part of CI's budget).
 pub fn supported_bits(unit: &str) -> Vec<u32> {
     match unit {
+        u if multi_methods(u).is_some() => MULTI_BITS.to_vec(),
         "layernorm_fqvit" => vec![6, 8],
         u if u.starts_with("softmax") || u == "gelu_ivit" => BITS.iter().copied().filter(|&b| b <= 12).collect(),
         _ => BITS.to_vec(),
@@ -75,11 +125,15 @@ pub struct RtlConfig {
 impl RtlConfig {
     /// Check the configuration can be generated.
     pub fn new(unit: &str, bits: u32, lanes: usize) -> Result<RtlConfig, HdlError> {
-        if !RTL_UNITS.contains(&unit) {
+        let multi = multi_methods(unit).is_some();
+        if !RTL_UNITS.contains(&unit) && !multi {
             return Err(HdlError::Unit(unit.to_string()));
         }
         if !LANES.contains(&lanes) {
             return Err(HdlError::Lanes(lanes));
+        }
+        if multi && !MULTI_LANES.contains(&lanes) {
+            return Err(HdlError::MultiLanes(lanes));
         }
         if !supported_bits(unit).contains(&bits) {
             return Err(HdlError::Bits { unit: unit.to_string(), bits });
@@ -93,13 +147,26 @@ impl RtlConfig {
     }
 
     /// Width of the configuration address: 12 bits for the LayerNorms (per-channel biases at
-    /// 1024 + c), 6 bits for the others.
+    /// 1024 + c), 8 for the multi-method softmax (a 6-bit bank per method), 6 bits for the others.
     pub fn cfg_addr_bits(&self) -> u32 {
         if self.unit.starts_with("layernorm") {
             crate::cycle::layernorm::CFG_ADDR_BITS
+        } else if self.methods().is_some() {
+            crate::cycle::softmax::BANK_ADDR_BITS + 2
         } else {
             6
         }
+    }
+
+    /// The methods of a multi-method softmax (`None` for a single-method unit).
+    pub fn methods(&self) -> Option<Vec<Method>> {
+        multi_methods(&self.unit)
+    }
+
+    /// The single-method configuration of `m` at this configuration's width and lanes (a
+    /// multi-method unit's bank `m` takes that unit's constants).
+    pub fn single(&self, m: Method) -> RtlConfig {
+        RtlConfig { unit: format!("softmax_{}", m.name()), bits: self.bits, lanes: self.lanes }
     }
 
     /// Output bits per lane.
@@ -110,6 +177,7 @@ impl RtlConfig {
     /// What the manifest records about this configuration.
     pub fn manifest(&self) -> ManifestEntry {
         let (out_bits, regs, latency, period, ii) = match self.unit.as_str() {
+            _ if self.methods().is_some() => self.multi_manifest(),
             "softmax_ivit" => {
                 let x = crate::cycle::softmax::xw(self.bits);
                 (
@@ -268,11 +336,20 @@ impl RtlConfig {
             format!("cfg_we, cfg_addr[{}:0], cfg_data[31:0]", self.cfg_addr_bits() - 1),
             format!("in_valid, in_ready, in_data[{}:0], in_last", self.bits as usize * self.lanes - 1),
         ];
+        if self.methods().is_some() {
+            ports.push("in_mode[1:0]: mode of the row, read with its first beat (0 ibert, 1 fqvit, 2 ivit; a mode not generated runs the first method)".into());
+        }
         if self.unit.starts_with("softmax") {
             ports.push(format!(
                 "in_mask[{}:0]: bit i = lane i masked (left out of the row's maximum and sum, output probability zero{})",
                 self.lanes - 1,
-                if self.unit == "softmax_fqvit" { ": code -1" } else { ": 0" }
+                if self.unit == "softmax_fqvit" {
+                    ": code -1"
+                } else if self.methods().is_some() {
+                    ": 0, or code -1 in fqvit mode"
+                } else {
+                    ": 0"
+                }
             ));
         }
         ports.push(format!("out_valid, out_ready, out_data[{}:0], out_last", out_bits as usize * self.lanes - 1));
@@ -290,6 +367,33 @@ impl RtlConfig {
             row_period_cycles: period,
             initiation_interval: ii,
         }
+    }
+}
+
+impl RtlConfig {
+    /// Output bits, registers and timing of a multi-method softmax: each method's bank holds
+    /// its single-method unit's registers, and each mode keeps that unit's phases.
+    fn multi_manifest(&self) -> (u32, Vec<String>, String, String, String) {
+        let methods = self.methods().expect("a multi-method configuration");
+        let singles: Vec<(Method, ManifestEntry)> = methods.iter().map(|&m| (m, self.single(m).manifest())).collect();
+        let out_bits = singles.iter().map(|(_, e)| e.out_bits_per_lane).max().unwrap_or(0);
+        let mut regs = vec![
+            "cfg_addr = 64*code + address; code 0 ibert, 1 fqvit, 2 ivit; each bank holds its softmax_<method>'s registers".to_string(),
+        ];
+        let per = |f: &dyn Fn(&ManifestEntry) -> String| {
+            singles.iter().map(|(m, e)| format!("{}: {}", m.name(), f(e))).collect::<Vec<_>>().join("; ")
+        };
+        for (m, e) in &singles {
+            let base = 64 * crate::cycle::softmax::mode_code(*m);
+            regs.extend(e.config_registers.iter().map(|r| format!("{}+{r}", base)));
+        }
+        (
+            out_bits,
+            regs,
+            per(&|e| e.latency_cycles.clone()),
+            per(&|e| e.row_period_cycles.clone()),
+            format!("one row at a time, each in the mode of its first beat; {}", per(&|e| e.initiation_interval.clone())),
+        )
     }
 }
 
@@ -322,7 +426,8 @@ pub struct ManifestEntry {
     pub initiation_interval: String,
 }
 
-/// The default set committed in `rtl/`: every unit with hardware at 8 and 6 bits, LANES 1 and 4.
+/// The default set committed in `rtl/`: every unit with hardware at 8 and 6 bits, LANES 1 and
+/// 4, and the multi-method softmaxes of [`MULTI_DEFAULT`].
 pub fn default_set() -> Vec<RtlConfig> {
     let mut v = Vec::new();
     for u in RTL_UNITS {
@@ -331,6 +436,10 @@ pub fn default_set() -> Vec<RtlConfig> {
                 v.push(RtlConfig::new(u, bits, lanes).expect("default configurations are supported"));
             }
         }
+    }
+    for &(methods, bits, lanes) in MULTI_DEFAULT {
+        let unit = multi_unit(methods).expect("default subsets are valid");
+        v.push(RtlConfig::new(&unit, bits, lanes).expect("default configurations are supported"));
     }
     v
 }
@@ -520,6 +629,59 @@ macro_rules! ln_fqvit {
     };
 }
 
+/// One multi-method softmax configuration; `$p`, `$f`, `$s` are 1 for the methods present.
+macro_rules! multi {
+    ($p:literal, $f:literal, $s:literal, $ob:literal, $ma:literal, $mo:literal, $ms:literal, $po:literal, $b:literal, $l:literal, $aw:literal, $name:expr, $h:expr) => {
+        emit(
+            &mut softmax_multi::SoftmaxMulti::<
+                $b,
+                $l,
+                { $b * $l },
+                { $b + 20 },
+                { ($b + 20) * 30 },
+                { ($b + 20) * 15 },
+                $aw,
+                $ob,
+                { $ob * $l },
+                { $p * $l },
+                { $f * $l },
+                { $s * $l },
+                $p,
+                $f,
+                $s,
+                $ma,
+                $mo,
+                $ms,
+                $po,
+            >::default(),
+            $name,
+            $h,
+        )
+    };
+}
+
+/// Every generated (subset, bits, lanes) of the multi-method softmax. Output lanes are 16 bits
+/// with I-ViT, else 9; the shared multiplier is E (32 bits with I-ViT, else I-BERT's 17) times
+/// the 34-bit factor, sliced to the bits the present methods read.
+macro_rules! multi_table {
+    ($methods:expr, $bits:expr, $lanes:expr, $name:expr, $h:expr; $($b:literal),*) => {{
+        use Method::{FqVit, IBert, IVit};
+        match ($methods, $bits, $lanes) {
+            $(
+                ([IBert, FqVit, IVit], $b, 1) => multi!(1, 1, 1, 16, 32, 18, 16, 8, $b, 1, 10, $name, $h),
+                ([IBert, FqVit, IVit], $b, 4) => multi!(1, 1, 1, 16, 32, 18, 16, 8, $b, 4, 8, $name, $h),
+                ([IBert, IVit], $b, 1) => multi!(1, 0, 1, 16, 32, 18, 16, 8, $b, 1, 10, $name, $h),
+                ([IBert, IVit], $b, 4) => multi!(1, 0, 1, 16, 32, 18, 16, 8, $b, 4, 8, $name, $h),
+                ([IBert, FqVit], $b, 1) => multi!(1, 1, 0, 9, 17, 10, 24, 0, $b, 1, 10, $name, $h),
+                ([IBert, FqVit], $b, 4) => multi!(1, 1, 0, 9, 17, 10, 24, 0, $b, 4, 8, $name, $h),
+                ([FqVit, IVit], $b, 1) => multi!(0, 1, 1, 16, 32, 16, 16, 0, $b, 1, 10, $name, $h),
+                ([FqVit, IVit], $b, 4) => multi!(0, 1, 1, 16, 32, 16, 16, 0, $b, 4, 8, $name, $h),
+            )*
+            _ => unreachable!("RtlConfig::new checked the configuration"),
+        }
+    }};
+}
+
 /// The Verilog of one configuration (deterministic: regenerating gives the same bytes).
 pub fn verilog(cfg: &RtlConfig) -> String {
     let m = cfg.manifest();
@@ -535,6 +697,9 @@ pub fn verilog(cfg: &RtlConfig) -> String {
         regs = m.config_registers.join("; "),
     );
     let name = cfg.name();
+    if let Some(methods) = cfg.methods() {
+        return multi_table!(methods.as_slice(), cfg.bits, cfg.lanes, &name, &header; 6, 8);
+    }
     match cfg.unit.as_str() {
         "gelu_ibert" => gelu_ibert_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
         "gelu_ivit" => gelu_ivit_table!(cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12),
@@ -545,5 +710,27 @@ pub fn verilog(cfg: &RtlConfig) -> String {
         "layernorm_ibert" => ln_table!(ln_ibert, cfg.bits, cfg.lanes, &name, &header; 4, 6, 8, 10, 12, 16),
         "layernorm_fqvit" => ln_table!(ln_fqvit, cfg.bits, cfg.lanes, &name, &header; 6, 8),
         _ => unreachable!("RtlConfig::new checked the unit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_names_are_canonical_and_bad_subsets_refused() {
+        assert_eq!(multi_unit(&[Method::IVit, Method::IBert]).unwrap(), "softmax_multi_ibert_ivit");
+        assert_eq!(multi_methods("softmax_multi_ibert_fqvit_ivit"), Some(vec![Method::IBert, Method::FqVit, Method::IVit]));
+        // Only the canonical order names a unit, so each subset has one file and one cost row.
+        assert_eq!(multi_methods("softmax_multi_ivit_ibert"), None);
+        assert_eq!(multi_methods("softmax_multi_ivit"), None);
+        assert_eq!(multi_methods("softmax_ivit"), None);
+        assert!(matches!(multi_unit(&[Method::IVit]), Err(HdlError::Methods(m)) if m.contains("softmax_ivit")));
+        assert!(matches!(multi_unit(&[Method::IVit, Method::IVit]), Err(HdlError::Methods(_))));
+        assert_eq!(RtlConfig::new("softmax_multi_ibert_ivit", 8, 2), Err(HdlError::MultiLanes(2)));
+        assert!(matches!(RtlConfig::new("softmax_multi_ibert_ivit", 10, 1), Err(HdlError::Bits { .. })));
+        let c = RtlConfig::new("softmax_multi_ibert_ivit", 6, 4).unwrap();
+        assert_eq!((c.cfg_addr_bits(), c.out_bits(), c.single(Method::IVit).unit.as_str()), (8, 16, "softmax_ivit"));
+        assert_eq!(RtlConfig::new("softmax_multi_ibert_fqvit", 8, 1).unwrap().out_bits(), 9);
     }
 }

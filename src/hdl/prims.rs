@@ -166,6 +166,36 @@ impl<const A: usize, const B: usize, const O: usize, const S: usize> Logic for M
     }
 }
 
+/// Bits `[LO+O−1 : LO]` of `a` (a fixed slice; the bits outside it are read elsewhere or dropped by design).
+#[derive(LogicBlock, Default)]
+pub struct Slice<const I: usize, const O: usize, const LO: usize> {
+    /// Value.
+    pub a: Signal<In, Bits<I>>,
+    /// The slice.
+    pub y: Signal<Out, Bits<O>>,
+}
+
+impl<const I: usize, const O: usize, const LO: usize> Logic for Slice<I, O, LO> {
+    fn update(&mut self) {
+        assert!(LO + O <= I, "Slice: beyond the value");
+    }
+    fn connect(&mut self) {
+        self.y.connect();
+    }
+    fn hdl(&self) -> Verilog {
+        let code = if LO + O == I && LO == 0 {
+            "    assign y = a;\n".to_string()
+        } else {
+            format!(
+                "    /* verilator lint_off UNUSEDSIGNAL */\n    wire [{}:0] full = a;\n    /* verilator lint_on UNUSEDSIGNAL */\n    assign y = full[{}:{LO}];\n",
+                I - 1,
+                LO + O - 1
+            )
+        };
+        Verilog::Wrapper(Wrapper { code, cores: String::new() })
+    }
+}
+
 /// Round-half-to-even right shift `y = RNE(a / 2^s)` of a non-negative value.
 #[derive(LogicBlock, Default)]
 pub struct RneShr<const W: usize, const S: usize> {
